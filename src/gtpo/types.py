@@ -1,0 +1,112 @@
+"""The nouns that flow through gtpo: problems, turns, trajectories, execution results.
+
+Plain dataclasses, no behaviour beyond small derived properties. Every stage reads and writes these, so
+keeping them here (and nothing else) lets any module import them without pulling in a higher layer.
+
+Vocabulary: a *group* is the G trajectories sampled for one problem; a *turn* is one model message
+(reasoning and at most one code block) followed by the tool's output, which is an *observation* and is
+never trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+ExecStatus = Literal["ok", "error", "timeout", "memory", "killed"]
+"""Outcome of one sandbox call. Anything but "ok" is the model's code misbehaving, never an exception."""
+
+FinishReason = Literal["answer", "max_turns", "length", "eos"]
+"""Why a trajectory ended: a final ``\\boxed{}`` answer, the turn cap, the token budget, or EOS without an answer."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One question with its reference answer. ``id`` is stable across epochs (used for grouping and logs)."""
+
+    id: str
+    question: str
+    answer: str
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """What the sandbox returns for one code cell: the text the model will read, and how it went."""
+
+    status: ExecStatus
+    output: str
+    wall_time_s: float = 0.0
+
+
+class CodeExecutor(Protocol):
+    """What the rollout needs from a sandbox: stateful sessions and a batched run.
+
+    ``gtpo.sandbox.SandboxPool`` implements it; tests may pass a scripted executor.
+    """
+
+    def open_session(self) -> str: ...
+
+    def run_batch(self, calls: list[tuple[str, str]]) -> list[ExecResult]:
+        """Run ``(session_id, code)`` pairs concurrently; results in input order."""
+        ...
+
+    def close_session(self, session_id: str) -> None: ...
+
+
+@dataclass
+class Turn:
+    """One model message plus the tool output after it: everything turn rewards need.
+
+    ``invalid_call`` is decided by ``gtpo.tools.is_invalid_call`` from ``has_tool_call``/``parse_error``/
+    ``exec_status`` and the configured set of statuses that count as invalid.
+    """
+
+    text: str
+    """The model's text for this turn, exactly as decoded from its sampled tokens."""
+    code: str | None = None
+    """Code of the (last complete) python block; None if the turn made no tool call."""
+    has_tool_call: bool = False
+    """True if the turn opened a python code block (complete or not)."""
+    parse_error: bool = False
+    """True if a code block was opened but never closed (unparseable call)."""
+    exec_status: ExecStatus | None = None
+    """Sandbox status, None when nothing ran."""
+    tool_output: str | None = None
+    """The observation text appended after this turn (already formatted), None if none."""
+    invalid_call: bool = False
+    final_answer: str | None = None
+    """Content of the last ``\\boxed{}`` in this turn, if any."""
+    num_model_tokens: int = 0
+
+
+@dataclass
+class Trajectory:
+    """One sampled multi-turn episode with its token bookkeeping.
+
+    Token lists are aligned and cover prompt + model tokens + observation tokens:
+    ``loss_mask`` is 1 only on model-sampled tokens; ``turn_ids`` is the 0-based turn index on model tokens
+    and -1 on prompt and observation tokens; ``sampler_logprobs`` is the sampler's log-prob on model tokens
+    and 0.0 elsewhere.
+    """
+
+    problem: Problem
+    group_id: int
+    turns: list[Turn] = field(default_factory=list)
+    input_ids: list[int] = field(default_factory=list)
+    loss_mask: list[int] = field(default_factory=list)
+    turn_ids: list[int] = field(default_factory=list)
+    sampler_logprobs: list[float] = field(default_factory=list)
+    prompt_len: int = 0
+    finish_reason: FinishReason = "eos"
+    final_answer: str | None = None
+    correct: bool = False
+
+    @property
+    def num_turns(self) -> int:
+        return len(self.turns)
+
+    @property
+    def code(self) -> str:
+        """All of the trajectory's code, concatenated: the input to code-similarity reward shaping."""
+        return "\n".join(t.code for t in self.turns if t.code)
