@@ -17,7 +17,7 @@ ExecStatus = Literal["ok", "error", "timeout", "memory", "killed"]
 """Outcome of one sandbox call. Anything but "ok" is the model's code misbehaving, never an exception."""
 
 FinishReason = Literal["answer", "max_turns", "length", "eos"]
-"""Why a trajectory ended: a final ``\\boxed{}`` answer, the turn cap, the token budget, or EOS without an answer."""
+"""Why a trajectory ended: a ``\\boxed{}`` answer, the turn cap, the token budget, or EOS (no answer)."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,122 @@
+"""The ``gtpo`` command: train, compare, eval, demo, build-tiny.
+
+``gtpo train --help`` documents every config field (from the dataclass docstrings in ``gtpo.config``).
+A preset file is applied first (``--preset NAME_OR_PATH``), then the flags. This module parses and
+dispatches; it holds no training logic.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+USAGE = """usage: gtpo COMMAND [options]
+
+commands:
+  train       train a policy with GTPO (default) or GRPO; no options = the embedded default on CPU
+  compare     GTPO vs GRPO and ablations on the same seeds/data; writes a table and plots
+  eval        score a model or checkpoint on benchmarks with tool use
+  demo        print a worked example of GTPO and GRPO credit assignment on one group
+  build-tiny  rebuild the shipped tiny model (tokenizer + SFT warm start)
+
+`gtpo COMMAND --help` explains each command's options.
+"""
+
+
+def _train_config(argv: list[str], description: str, prog: str):
+    """Parse a TrainConfig: optional ``--preset`` first, then tyro flags over it."""
+    import tyro
+
+    from gtpo.config import ConfigError, TrainConfig, load_preset
+
+    base = TrainConfig()
+    rest = list(argv)
+    if "--preset" in rest:
+        i = rest.index("--preset")
+        if i + 1 >= len(rest):
+            raise ConfigError("--preset needs a value: a shipped preset name or a YAML path")
+        base = load_preset(rest[i + 1])
+        del rest[i : i + 2]
+    return tyro.cli(TrainConfig, default=base, args=rest, description=description, prog=prog), rest
+
+
+def train(argv: list[str]) -> None:
+    config, _ = _train_config(
+        argv, "Train with GTPO or GRPO. Flags override --preset NAME_OR_PATH.", "gtpo train"
+    )
+    from gtpo.trainer import Trainer
+
+    trainer = Trainer(config)
+    try:
+        metrics = trainer.train()
+    finally:
+        trainer.close()
+    keys = [k for k in metrics if k.startswith(("reward/accuracy", "eval/"))]
+    print("final: " + ", ".join(f"{k}={metrics[k]:.3f}" for k in keys))
+    print(f"run directory: {config.output_dir}")
+
+
+def compare(argv: list[str]) -> None:
+    from gtpo.compare import VARIANTS, run_comparison
+    from gtpo.trainer import Trainer
+
+    variants = list(VARIANTS)
+    if "--variants" in argv:
+        i = argv.index("--variants")
+        variants = argv[i + 1].split(",")
+        argv = argv[:i] + argv[i + 2 :]
+    if "--output-dir" not in argv and "--output_dir" not in argv:
+        argv = [*argv, "--output-dir", "runs/compare"]
+    config, _ = _train_config(
+        argv,
+        "Run GTPO, GRPO and ablations on the same seeds/data (choose with --variants a,b,...; known: "
+        + ", ".join(VARIANTS)
+        + "). Other flags set the shared base config.",
+        "gtpo compare",
+    )
+
+    def train_one(cfg) -> None:
+        print(f"== {Path(cfg.output_dir).name}", flush=True)
+        trainer = Trainer(cfg)
+        try:
+            trainer.train()
+        finally:
+            trainer.close()
+
+    root = Path(config.output_dir)
+    run_comparison(config, variants, root, train_one)
+    print((root / "compare.md").read_text())
+    print(f"plots: {root / 'compare.png'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    command, rest = argv[0], argv[1:]
+    from gtpo.config import ConfigError
+
+    try:
+        if command == "train":
+            train(rest)
+        elif command == "compare":
+            compare(rest)
+        elif command == "eval":
+            from gtpo.eval_cli import main as eval_main
+
+            eval_main(rest)
+        elif command == "demo":
+            from gtpo.demo import main as demo_main
+
+            demo_main()
+        elif command == "build-tiny":
+            from gtpo.tiny.build import main as build_main
+
+            build_main(rest)
+        else:
+            print(f"gtpo: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+            sys.exit(2)
+    except ConfigError as err:
+        print(f"gtpo {command}: {err}", file=sys.stderr)
+        sys.exit(2)

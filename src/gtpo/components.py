@@ -1,0 +1,148 @@
+"""Build a run's components from its config: device, policy (+LoRA, reference), sampler, sandbox, data.
+
+Kept apart from the trainer so that the trainer reads as the loop it is, and so ``gtpo eval`` can build the
+same sampler and sandbox. Nothing here trains.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gtpo.config import ConfigError, DataConfig, ModelConfig, RolloutConfig
+from gtpo.types import Problem
+
+GENERIC_SYSTEM_PROMPT = (
+    "Solve the problem step by step. You may write Python code in a ```python code block; it will be run and "
+    "its output shown to you in an ```output block, and you can continue reasoning and writing code. "
+    "Put the final answer in \\boxed{}."
+)
+
+TINY = "tiny"
+ARITH = "arith"
+ARITH_HELDOUT = "arith-heldout"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but no CUDA GPU is visible; use --device cpu or auto")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def model_path(name_or_path: str) -> str:
+    """Map the shipped model's alias to its directory; anything else is passed to transformers as is."""
+    if name_or_path == TINY:
+        from gtpo.tiny.build import DEFAULT_MODEL_DIR
+
+        return str(DEFAULT_MODEL_DIR)
+    return name_or_path
+
+
+def build_policy(cfg: ModelConfig, device: torch.device) -> tuple[torch.nn.Module, Any]:
+    """Load the trainable policy (optionally wrapped with LoRA) and its tokenizer."""
+    from gtpo.policy import load_policy
+
+    dtype = resolve_dtype(cfg.dtype, device)
+    model, tokenizer = load_policy(model_path(cfg.name_or_path), dtype=dtype, device=device)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if cfg.lora_rank > 0:
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError as err:
+            raise ImportError("model.lora_rank > 0 needs peft: pip install 'gtpo[lora]'") from err
+        lora = LoraConfig(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            target_modules=list(cfg.lora_target_modules),
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+    return model, tokenizer
+
+
+def build_reference(cfg: ModelConfig, device: torch.device) -> torch.nn.Module | None:
+    """A frozen copy of the initial policy for the KL term. With LoRA none is loaded: the base is the ref."""
+    if cfg.lora_rank > 0:
+        return None
+    from gtpo.policy import load_policy
+
+    ref, _ = load_policy(model_path(cfg.name_or_path), dtype=resolve_dtype(cfg.dtype, device), device=device)
+    ref.eval().requires_grad_(False)
+    return ref
+
+
+def build_sampler(cfg: RolloutConfig, model: torch.nn.Module, tokenizer: Any, name_or_path: str) -> Any:
+    if cfg.backend == "vllm":
+        from gtpo.generate_vllm import VLLMSampler
+
+        return VLLMSampler(model_path(name_or_path))
+    from gtpo.generate import HFSampler
+
+    return HFSampler(model, tokenizer)
+
+
+def build_sandbox(cfg: RolloutConfig) -> Any:
+    import os
+
+    from gtpo.sandbox import SandboxLimits, SandboxPool
+
+    limits = SandboxLimits(wall_time_s=cfg.sandbox_timeout_s, memory_mb=cfg.sandbox_memory_mb)
+    return SandboxPool(limits=limits, max_workers=cfg.sandbox_workers or os.cpu_count() or 1)
+
+
+def system_prompt_for(cfg: DataConfig) -> str:
+    if cfg.system_prompt is not None:
+        return cfg.system_prompt
+    if cfg.train == ARITH:
+        from gtpo.tasks.arith import SYSTEM_PROMPT
+
+        return SYSTEM_PROMPT
+    return GENERIC_SYSTEM_PROMPT
+
+
+def load_train_problems(cfg: DataConfig, seed: int) -> list[Problem]:
+    if cfg.train == ARITH:
+        from gtpo.tasks.arith import train_problems
+
+        return train_problems(seed=seed)
+    return _load(cfg.train, cfg, cfg.split)
+
+
+def load_eval_problems(cfg: DataConfig) -> list[Problem]:
+    if not cfg.eval:
+        return []
+    if cfg.eval == ARITH_HELDOUT:
+        from gtpo.tasks.arith import heldout_problems
+
+        problems = heldout_problems()
+    else:
+        from gtpo.data import BENCHMARKS, load_benchmark
+
+        problems = load_benchmark(cfg.eval) if cfg.eval in BENCHMARKS else _load(cfg.eval, cfg, "test")
+    return problems[: cfg.eval_limit] if cfg.eval_limit else problems
+
+
+def _load(source: str, cfg: DataConfig, split: str) -> list[Problem]:
+    from gtpo.data import load_problems
+
+    if not Path(source).exists() and "/" not in source:
+        raise ConfigError(
+            f"data source {source!r} is neither an existing file nor an HF dataset name (owner/name); "
+            "use 'arith', a .jsonl/.parquet path, or a dataset name"
+        )
+    return load_problems(
+        source, question_field=cfg.question_field, answer_field=cfg.answer_field, split=split
+    )

@@ -1,0 +1,258 @@
+"""Typed training configuration: dataclasses with a docstring per field, parsed by tyro.
+
+The defaults ARE the embedded default run (`gtpo train` with no arguments): the shipped tiny model on the
+built-in arithmetic task, sized to finish in minutes on a laptop CPU. Real-model recipes live as presets in
+``gtpo/presets/*.yaml`` and are loaded with ``--preset NAME_OR_PATH``; command-line flags override a preset.
+
+This module only describes and validates settings; it runs nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+class ConfigError(ValueError):
+    """A setting is unknown or invalid. The message names the field and how to fix it."""
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "tiny"
+    """A Hugging Face causal LM: hub name or local directory. "tiny" is the shipped few-MB model."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype. "auto": bfloat16 on a GPU that supports it, float32 otherwise."""
+    lora_rank: int = 0
+    """LoRA rank (peft); 0 trains all weights."""
+    lora_alpha: float = 32.0
+    """LoRA scaling numerator (effective scale alpha/rank)."""
+    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    """Module names LoRA adapts."""
+    gradient_checkpointing: bool = False
+    """Trade compute for memory on long multi-turn contexts."""
+
+
+@dataclass
+class DataConfig:
+    train: str = "arith"
+    """Training problems: "arith" (embedded task), a .jsonl/.json/.parquet path, or an HF dataset name."""
+    eval: str = "arith-heldout"
+    """Held-out problems: "arith-heldout", a benchmark name (math500, gsm8k, ...), a path, or "" for none."""
+    question_field: str = "question"
+    """Column holding the question (files and HF datasets)."""
+    answer_field: str = "answer"
+    """Column holding the reference answer."""
+    split: str = "train"
+    """Split to read from an HF dataset."""
+    eval_limit: int = 128
+    """Evaluate on at most this many held-out problems (0 = all)."""
+    system_prompt: str | None = None
+    """System prompt explaining the TIR protocol; None uses the task's (embedded) or the generic one."""
+
+
+@dataclass
+class RolloutConfig:
+    group_size: int = 8
+    """G: trajectories sampled per problem (a group)."""
+    problems_per_step: int = 8
+    """Problems per training step; the batch has problems_per_step * group_size trajectories."""
+    max_turns: int = 5
+    """Turn cap per trajectory (SimpleTIR trains with 5)."""
+    max_new_tokens_per_turn: int = 96
+    """Token cap for one model message."""
+    max_total_tokens: int = 512
+    """Cap on prompt + all turns + observations."""
+    temperature: float = 1.0
+    """Sampling temperature; log-probs for the loss use the same temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold."""
+    backend: Literal["hf", "vllm"] = "hf"
+    """Generation backend: transformers (CPU/GPU) or vLLM (GPU, optional extra)."""
+    sandbox_timeout_s: float = 5.0
+    """Wall-time limit per code cell."""
+    sandbox_memory_mb: int = 2048
+    """Address-space limit per sandbox session."""
+    sandbox_workers: int = 0
+    """Concurrent sandbox executions; 0 = number of CPU cores."""
+    filter_void: bool = False
+    """SimpleTIR: leave out of the loss trajectories with a void turn (no code block and no final answer)."""
+    eval_temperature: float = 0.0
+    """Temperature for held-out evaluation (0 = greedy)."""
+    eval_samples: int = 1
+    """k samples per held-out problem (avg@k, pass@k)."""
+
+
+@dataclass
+class AlgoConfig:
+    algo: Literal["gtpo", "grpo"] = "gtpo"
+    """GTPO (turn rewards, returns, shaping) or the GRPO baseline (one reward per trajectory)."""
+    gamma: float = 0.9
+    """Discount of turn returns (GTPO). 1.0 is the 'no discount' ablation."""
+    adv_norm: Literal["group", "turn_index"] = "group"
+    """Set over which GTPO returns are normalized: all turns of a group pooled, or per turn position."""
+    scale_by_std: bool = True
+    """Divide centered rewards/returns by the set's std (False: mean-centering only, as in Dr. GRPO)."""
+    format_penalty: float = 0.1
+    """Penalty on a turn whose tool call is invalid (0 = 'no format penalty' ablation)."""
+    no_call_penalty: float = 0.1
+    """Penalty on turn 1 when it makes no tool call."""
+    invalid_statuses: tuple[str, ...] = ("error", "timeout", "memory", "killed")
+    """Execution statuses that make a tool call invalid (an unparseable block always does)."""
+    shaping: bool = True
+    """Self-supervised reward shaping: failed trajectories earn code similarity to the group's successes."""
+    shaping_alpha: float = 0.5
+    """Scale of the shaped reward; < 1 so a near miss never outranks a correct answer."""
+    similarity: str = "tfidf"
+    """Code similarity for shaping: "tfidf" (offline) or "st:<sentence-transformers model>"."""
+    clip_low: float = 0.2
+    """PPO clip range below 1."""
+    clip_high: float = 0.28
+    """PPO clip range above 1 (clip-higher, as SimpleTIR/DAPO)."""
+    dual_clip: float | None = None
+    """Dual-clip constant c for negative advantages (SimpleTIR uses 3.0); None disables."""
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
+    """How token losses are aggregated."""
+    kl_coef: float = 0.0
+    """Coefficient of the k3 KL penalty to a frozen reference policy (0 = no reference model)."""
+    entropy_coef: float = 0.0
+    """Entropy bonus coefficient."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-4
+    """AdamW learning rate (the tiny default; real models use ~1e-6)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.99)
+    """AdamW betas."""
+    warmup_steps: int = 2
+    """Linear learning-rate warmup, then constant."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip (0 = off)."""
+    micro_batch_size: int = 16
+    """Trajectories per forward/backward; gradients accumulate over the batch."""
+    update_epochs: int = 1
+    """Passes over each rollout batch; old log-probs are recomputed once before them."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything `gtpo train` needs. Defaults run the embedded default on a CPU in minutes."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    steps: int = 40
+    """Training steps (one rollout batch and its update each)."""
+    seed: int = 0
+    """Seeds data order, sampling and initialization; the same seed reproduces a run."""
+    output_dir: str = "runs/default"
+    """Run directory: config, metrics.jsonl, checkpoints."""
+    eval_every: int = 10
+    """Evaluate every N steps (and at step 0 and the end); 0 = never."""
+    save_every: int = 10
+    """Checkpoint every N steps (and at the end); 0 = only at the end."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep."""
+    resume: bool = False
+    """Continue from the newest checkpoint in output_dir."""
+    loggers: tuple[Literal["jsonl", "tensorboard", "wandb"], ...] = ("jsonl",)
+    """Metric sinks; JSONL is always written."""
+    device: str = "auto"
+    """"auto" (cuda if available), "cpu", "cuda", "cuda:1", ..."""
+    progress: bool = True
+    """Show a progress bar with reward and accuracy."""
+
+
+def to_dict(config: TrainConfig) -> dict[str, Any]:
+    """The resolved config as plain JSON-able data (saved in the run directory)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def from_dict(data: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+    """Overlay ``data`` on ``base`` (default: the defaults), refusing unknown fields by name."""
+    return _overlay(base or TrainConfig(), data, prefix="")
+
+
+def _overlay(obj: Any, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    updates = {}
+    for key, value in data.items():
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"unknown config field '{prefix}{key}'. Known fields here: {known}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            updates[key] = _overlay(current, value, prefix=f"{prefix}{key}.")
+        elif isinstance(current, tuple) and isinstance(value, list):
+            updates[key] = tuple(value)
+        else:
+            updates[key] = value
+    return dataclasses.replace(obj, **updates)
+
+
+def load_preset(name_or_path: str, base: TrainConfig | None = None) -> TrainConfig:
+    """Load a YAML preset: a file path, or the name of a shipped preset (``gtpo/presets/NAME.yaml``)."""
+    path = Path(name_or_path)
+    if not path.exists():
+        path = PRESET_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        shipped = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+        raise ConfigError(f"--preset {name_or_path!r}: no such file or shipped preset (shipped: {shipped})")
+    data = yaml.safe_load(path.read_text()) or {}
+    return from_dict(data, base)
+
+
+def validate(config: TrainConfig) -> TrainConfig:
+    """Check values a type cannot express; raise ConfigError naming the field and the fix."""
+    checks = [
+        (config.steps >= 1, "steps", "must be >= 1"),
+        (config.rollout.group_size >= 2, "rollout.group_size", "must be >= 2 (advantages are relative)"),
+        (config.rollout.problems_per_step >= 1, "rollout.problems_per_step", "must be >= 1"),
+        (config.rollout.max_turns >= 1, "rollout.max_turns", "must be >= 1"),
+        (config.rollout.max_new_tokens_per_turn >= 1, "rollout.max_new_tokens_per_turn", "must be >= 1"),
+        (config.rollout.temperature > 0, "rollout.temperature", "must be > 0 for training"),
+        (0 < config.rollout.top_p <= 1, "rollout.top_p", "must be in (0, 1]"),
+        (config.rollout.eval_samples >= 1, "rollout.eval_samples", "must be >= 1"),
+        (0 < config.algo.gamma <= 1, "algo.gamma", "must be in (0, 1]"),
+        (config.algo.format_penalty >= 0, "algo.format_penalty", "must be >= 0 (it is subtracted)"),
+        (config.algo.no_call_penalty >= 0, "algo.no_call_penalty", "must be >= 0 (it is subtracted)"),
+        (0 <= config.algo.shaping_alpha < 1, "algo.shaping_alpha", "must be in [0, 1) so shaping < success"),
+        (0 <= config.algo.clip_low < 1, "algo.clip_low", "must be in [0, 1)"),
+        (config.algo.clip_high >= 0, "algo.clip_high", "must be >= 0"),
+        (config.algo.dual_clip is None or config.algo.dual_clip > 1, "algo.dual_clip", "must be > 1 or None"),
+        (config.algo.kl_coef >= 0, "algo.kl_coef", "must be >= 0"),
+        (config.optim.lr > 0, "optim.lr", "must be > 0"),
+        (config.optim.micro_batch_size >= 1, "optim.micro_batch_size", "must be >= 1"),
+        (config.optim.update_epochs >= 1, "optim.update_epochs", "must be >= 1"),
+        (config.model.lora_rank >= 0, "model.lora_rank", "must be >= 0"),
+    ]
+    for ok, name, fix in checks:
+        if not ok:
+            raise ConfigError(f"invalid config field '{name}': {fix} (got {_get(config, name)!r})")
+    unknown = set(config.algo.invalid_statuses) - {"error", "timeout", "memory", "killed"}
+    if unknown:
+        raise ConfigError(
+            f"invalid config field 'algo.invalid_statuses': unknown status {sorted(unknown)}; "
+            "choose from error, timeout, memory, killed"
+        )
+    return config
+
+
+def _get(config: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        config = getattr(config, part)
+    return config

@@ -1,0 +1,94 @@
+"""Credit assignment: graded trajectories -> rewards -> advantages on every model token.
+
+This is the one place that reads trajectory records (turns, correctness, code) and hands plain lists and
+tensors to the pure math in ``gtpo.rewards`` and ``gtpo.advantages``. It holds no formula of its own; see
+docs/algorithms.md for the equations and the function that implements each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from gtpo.advantages import grpo_advantages, gtpo_advantages, turns_to_tokens
+from gtpo.rewards import format_ok, grpo_rewards, shaped_accuracy, turn_rewards
+from gtpo.types import Trajectory
+
+Similarity = Callable[[list[str], list[str]], torch.Tensor]
+
+
+@dataclass
+class Credit:
+    """Token advantages [B, T] aligned with the collated batch, plus what produced them (for logging)."""
+
+    token_advantages: torch.Tensor
+    trajectory_rewards: torch.Tensor
+    """[B]: GRPO's min(acc, fmt_ok), or GTPO's undiscounted sum of turn rewards."""
+    accuracy_values: list[float]
+    """Per trajectory acc after shaping (1/0 without shaping)."""
+    metrics: dict[str, float]
+
+
+def assign_credit(
+    trajectories: Sequence[Trajectory],
+    turn_ids: torch.Tensor,
+    *,
+    algo: str,
+    gamma: float,
+    adv_norm: str,
+    scale_by_std: bool,
+    format_penalty: float,
+    no_call_penalty: float,
+    shaping: bool,
+    shaping_alpha: float,
+    similarity: Similarity | None,
+) -> Credit:
+    """Compute advantages for one batch of groups. ``turn_ids`` [B, T] comes from the collated batch."""
+    if algo not in ("gtpo", "grpo"):
+        raise ValueError(f"algo.algo must be 'gtpo' or 'grpo', got {algo!r}")
+    correct = [t.correct for t in trajectories]
+    group_ids = torch.tensor([t.group_id for t in trajectories])
+    invalid = [[turn.invalid_call for turn in t.turns] or [False] for t in trajectories]
+    first_call = [bool(t.turns) and t.turns[0].has_tool_call for t in trajectories]
+    fmt_ok = format_ok(invalid, first_call)
+
+    if shaping and algo == "gtpo":
+        if similarity is None:
+            raise ValueError("algo.shaping is on but no similarity function was given")
+        acc = shaped_accuracy(
+            correct,
+            [t.code for t in trajectories],
+            group_ids.tolist(),
+            alpha=shaping_alpha,
+            similarity=similarity,
+        )
+    else:
+        acc = [float(c) for c in correct]
+
+    if algo == "grpo":
+        rewards = grpo_rewards(correct, fmt_ok)
+        adv = grpo_advantages(rewards, group_ids, scale_by_std=scale_by_std)
+        # Every model token of a trajectory gets its one advantage; untrained tokens (turn_ids -1) get 0.
+        token_adv = torch.where(turn_ids >= 0, adv[:, None].to(torch.float32), torch.zeros(()))
+        traj_rewards = rewards.to(torch.float32)
+    else:
+        rewards_bk, turn_mask = turn_rewards(
+            acc, invalid, first_call, format_penalty=format_penalty, no_call_penalty=no_call_penalty
+        )
+        adv_bk = gtpo_advantages(
+            rewards_bk, turn_mask, group_ids, gamma, norm=adv_norm, scale_by_std=scale_by_std
+        )
+        token_adv = turns_to_tokens(adv_bk, turn_ids)
+        traj_rewards = (rewards_bk * turn_mask).sum(dim=1)
+
+    shaped = [a for a, c in zip(acc, correct, strict=True) if not c and a > 0]
+    metrics = {
+        "reward/mean": traj_rewards.mean().item(),
+        "reward/format_ok_rate": sum(fmt_ok) / len(fmt_ok),
+        "reward/shaped_frac": len(shaped) / len(acc),
+        "reward/shaped_mean": sum(shaped) / len(shaped) if shaped else 0.0,
+        "adv/abs_mean": token_adv[turn_ids >= 0].abs().mean().item() if (turn_ids >= 0).any() else 0.0,
+    }
+    return Credit(token_adv, traj_rewards, acc, metrics)

@@ -1,0 +1,82 @@
+"""Evaluation: sample k trajectories per held-out problem with the training protocol, and score them.
+
+The trainer's scheduled evaluations and ``gtpo eval`` both call ``evaluate_problems``, so a number seen during
+training and one seen afterwards are computed by the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gtpo.rollout import rollout
+from gtpo.types import CodeExecutor, Problem, Trajectory
+
+
+@dataclass
+class EvalReport:
+    """Scores of one evaluation run; ``per_problem`` holds each problem's k correctness flags."""
+
+    name: str
+    k: int
+    per_problem: list[list[bool]]
+    trajectories: list[Trajectory] = field(repr=False, default_factory=list)
+
+    @property
+    def accuracy(self) -> float:
+        """avg@k: mean accuracy over the k samples of every problem."""
+        flat = [c for row in self.per_problem for c in row]
+        return sum(flat) / len(flat) if flat else 0.0
+
+    def metrics(self, prefix: str = "eval/") -> dict[str, float]:
+        trajs = self.trajectories
+        turns = [t.num_turns for t in trajs]
+        all_turns = [turn for t in trajs for turn in t.turns]
+        return {
+            f"{prefix}avg@{self.k}": self.accuracy,
+            f"{prefix}turns_mean": sum(turns) / len(turns) if turns else 0.0,
+            f"{prefix}tool_call_rate": (
+                sum(turn.has_tool_call for turn in all_turns) / len(all_turns) if all_turns else 0.0
+            ),
+        }
+
+
+def evaluate_problems(
+    problems: Sequence[Problem],
+    *,
+    name: str,
+    sampler: Any,
+    tokenizer: Any,
+    executor: CodeExecutor,
+    system_prompt: str,
+    k: int = 1,
+    temperature: float = 0.0,
+    max_turns: int = 5,
+    max_new_tokens_per_turn: int = 512,
+    max_total_tokens: int = 4096,
+    batch_problems: int = 32,
+    seed: int | None = 0,
+    grade_fn: Callable[[str | None, str], bool] | None = None,
+) -> EvalReport:
+    """Roll out ``k`` samples per problem (in chunks of ``batch_problems``) and collect correctness."""
+    trajectories: list[Trajectory] = []
+    for start in range(0, len(problems), batch_problems):
+        chunk = list(problems[start : start + batch_problems])
+        out = rollout(
+            chunk,
+            k,
+            sampler,
+            tokenizer,
+            executor,
+            system_prompt=system_prompt,
+            max_turns=max_turns,
+            max_total_tokens=max_total_tokens,
+            max_new_tokens_per_turn=max_new_tokens_per_turn,
+            temperature=temperature,
+            grade_fn=grade_fn,
+            seed=None if seed is None else seed + start,
+        )
+        trajectories.extend(out)
+    per_problem = [[t.correct for t in trajectories[i * k : (i + 1) * k]] for i in range(len(problems))]
+    return EvalReport(name=name, k=k, per_problem=per_problem, trajectories=trajectories)

@@ -1,0 +1,65 @@
+"""Checkpoints restore model, optimizer, scheduler and RNG; a torn write never becomes 'latest'."""
+
+import random
+
+import torch
+
+from gtpo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+
+def _setup(seed):
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 / (s + 1))
+    return model, optimizer, scheduler
+
+
+def _train_step(model, optimizer, scheduler):
+    loss = model(torch.randn(5, 4)).pow(2).mean()
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad()
+
+
+def test_resume_matches_uninterrupted(tmp_path):
+    model, opt, sched = _setup(0)
+    for _ in range(2):
+        _train_step(model, opt, sched)
+    save_checkpoint(tmp_path, 2, model, opt, sched, {"stream": {"epoch": 0, "position": 9}})
+    for _ in range(2):
+        _train_step(model, opt, sched)
+    expected = [p.detach().clone() for p in model.parameters()]
+    random_after = random.random()
+
+    model2, opt2, sched2 = _setup(1)  # different init: everything must come from the checkpoint
+    state = load_checkpoint(latest_checkpoint(tmp_path), model2, opt2, sched2)
+    assert state["step"] == 2 and state["stream"]["position"] == 9
+    for _ in range(2):
+        _train_step(model2, opt2, sched2)
+    for a, b in zip(expected, model2.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    assert random.random() == random_after
+
+
+def test_pruning_and_latest(tmp_path):
+    model, opt, sched = _setup(0)
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, model, opt, sched, {}, keep=2)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*"))
+    assert names == ["step_0000002", "step_0000003"]
+    assert latest_checkpoint(tmp_path).name == "step_0000003"
+
+
+def test_leftover_temporary_directory_is_ignored(tmp_path):
+    model, opt, sched = _setup(0)
+    save_checkpoint(tmp_path, 1, model, opt, sched, {})
+    torn = tmp_path / "checkpoints" / ".tmp-step_0000002-999"
+    torn.mkdir()
+    (torn / "model.safetensors").write_bytes(b"partial")
+    assert latest_checkpoint(tmp_path).name == "step_0000001"
+
+
+def test_no_checkpoint_returns_none(tmp_path):
+    assert latest_checkpoint(tmp_path) is None

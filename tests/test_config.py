@@ -1,0 +1,41 @@
+"""Config: presets load, unknown and invalid fields fail with a message naming the field."""
+
+import pytest
+
+from gtpo.config import ConfigError, TrainConfig, from_dict, load_preset, to_dict, validate
+
+
+def test_defaults_are_valid_and_roundtrip():
+    config = validate(TrainConfig())
+    assert from_dict(to_dict(config)) == config
+
+
+def test_overlay_changes_only_named_fields():
+    config = from_dict({"algo": {"gamma": 1.0}, "steps": 3})
+    assert config.algo.gamma == 1.0 and config.steps == 3
+    assert config.algo.shaping is TrainConfig().algo.shaping
+
+
+def test_unknown_field_names_the_field():
+    with pytest.raises(ConfigError, match=r"algo\.gama"):
+        from_dict({"algo": {"gama": 0.5}})
+
+
+def test_invalid_value_names_field_and_fix():
+    with pytest.raises(ConfigError, match=r"rollout\.group_size.*>= 2"):
+        validate(from_dict({"rollout": {"group_size": 1}}))
+    with pytest.raises(ConfigError, match=r"algo\.invalid_statuses"):
+        validate(from_dict({"algo": {"invalid_statuses": ["oops"]}}))
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-math-1.5b", "qwen2.5-math-7b"])
+def test_shipped_presets_load_and_validate(name):
+    config = validate(load_preset(name))
+    assert config.rollout.group_size == 16
+    assert config.optim.lr == pytest.approx(1e-6)
+    assert (config.algo.clip_low, config.algo.clip_high) == (0.2, 0.28)
+
+
+def test_missing_preset_lists_shipped_ones():
+    with pytest.raises(ConfigError, match="qwen2.5-math-1.5b"):
+        load_preset("no-such-preset")
