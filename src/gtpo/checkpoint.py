@@ -2,7 +2,10 @@
 
 A checkpoint is written into a temporary directory and renamed into place, and the ``latest`` pointer is
 replaced atomically after it, so a run killed at any instant leaves either the previous checkpoint or the new
-one, never a torn one. What is not here: choosing *when* to save (the trainer does that).
+one, never a torn one. Model and optimizer go through torch's distributed-checkpoint state-dict API with full
+(unsharded) state dicts, so one format serves a single process, DDP and FSDP2. Under torchrun every rank must
+call save/load (FSDP gathers shards); rank 0 writes, every rank reads (a shared filesystem is assumed).
+What is not here: choosing *when* to save (the trainer does that).
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest"
@@ -54,17 +58,22 @@ def save_checkpoint(
     scheduler: Any,
     trainer_state: dict[str, Any],
     keep: int = 2,
-) -> Path:
-    """Write checkpoint ``step`` atomically and prune all but the newest ``keep``. Returns its directory."""
+) -> Path | None:
+    """Write checkpoint ``step`` atomically and prune all but the newest ``keep``.
+
+    Returns its directory on the writing rank (rank 0), None on the others."""
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_state, optim_state = get_state_dict(model, optimizer, options=options)
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return None
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
     tmp = root / f".tmp-step_{step:07d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    # save_model handles tied weights (e.g. shared embedding/LM head), which save_file refuses.
-    save_model(model, str(tmp / "model.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(model_state, tmp / "model.pt")
+    torch.save(optim_state, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(rng_state(), tmp / "rng.pt")
     (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=2))
@@ -91,9 +100,13 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore model, optimizer, scheduler and RNG states in place; return the trainer state (with step)."""
     path = Path(path)
-    device = next(model.parameters()).device
-    load_model(model, str(path / "model.safetensors"), device=str(device))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=False))
+    set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=torch.load(path / "model.pt", map_location="cpu", weights_only=True),
+        optim_state_dict=torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True),
+        options=StateDictOptions(full_state_dict=True),
+    )
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     set_rng_state(torch.load(path / "rng.pt", weights_only=False))
     return json.loads((path / "trainer_state.json").read_text())

@@ -25,9 +25,10 @@ ARITH = "arith"
 ARITH_HELDOUT = "arith-heldout"
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto``: this rank's GPU if there is one (torchrun's LOCAL_RANK), else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name!r} but no CUDA GPU is visible; use --device cpu or auto")

@@ -170,7 +170,9 @@ class TrainConfig:
     loggers: tuple[Literal["jsonl", "tensorboard", "wandb"], ...] = ("jsonl",)
     """Metric sinks; JSONL is always written."""
     device: str = "auto"
-    """"auto" (cuda if available), "cpu", "cuda", "cuda:1", ..."""
+    """"auto" (cuda if available), "cpu", "cuda", "cuda:1", ... Under torchrun: each rank's local GPU."""
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """Data parallelism under torchrun: DDP (all weights on every rank) or FSDP2 (sharded; large models)."""
     progress: bool = True
     """Show a progress bar with reward and accuracy."""
 

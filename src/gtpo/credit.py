@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gtpo.advantages import grpo_advantages, gtpo_advantages, turns_to_tokens
+from gtpo.advantages import grpo_advantages, gtpo_advantages
 from gtpo.rewards import format_ok, grpo_rewards, shaped_accuracy, turn_rewards
 from gtpo.types import Trajectory
 
@@ -21,9 +21,9 @@ Similarity = Callable[[list[str], list[str]], torch.Tensor]
 
 @dataclass
 class Credit:
-    """Token advantages [B, T] aligned with the collated batch, plus what produced them (for logging)."""
+    """Per-turn advantages [B, K] (GRPO: the trajectory's advantage on every turn) and what produced them."""
 
-    token_advantages: torch.Tensor
+    turn_advantages: torch.Tensor
     trajectory_rewards: torch.Tensor
     """[B]: GRPO's min(acc, fmt_ok), or GTPO's undiscounted sum of turn rewards."""
     accuracy_values: list[float]
@@ -33,7 +33,6 @@ class Credit:
 
 def assign_credit(
     trajectories: Sequence[Trajectory],
-    turn_ids: torch.Tensor,
     *,
     algo: str,
     gamma: float,
@@ -45,7 +44,8 @@ def assign_credit(
     shaping_alpha: float,
     similarity: Similarity | None,
 ) -> Credit:
-    """Compute advantages for one batch of groups. ``turn_ids`` [B, T] comes from the collated batch."""
+    """Advantages for whole groups. Needs only turn records, so a group split across ranks can be
+    gathered without its token lists (see gtpo.distributed)."""
     if algo not in ("gtpo", "grpo"):
         raise ValueError(f"algo.algo must be 'gtpo' or 'grpo', got {algo!r}")
     correct = [t.correct for t in trajectories]
@@ -67,28 +67,27 @@ def assign_credit(
     else:
         acc = [float(c) for c in correct]
 
+    rewards_bk, turn_mask = turn_rewards(
+        acc, invalid, first_call, format_penalty=format_penalty, no_call_penalty=no_call_penalty
+    )
     if algo == "grpo":
-        rewards = grpo_rewards(correct, fmt_ok)
-        adv = grpo_advantages(rewards, group_ids, scale_by_std=scale_by_std)
-        # Every model token of a trajectory gets its one advantage; untrained tokens (turn_ids -1) get 0.
-        token_adv = torch.where(turn_ids >= 0, adv[:, None].to(torch.float32), torch.zeros(()))
-        traj_rewards = rewards.to(torch.float32)
+        traj_rewards = grpo_rewards(correct, fmt_ok).to(torch.float32)
+        adv = grpo_advantages(traj_rewards, group_ids, scale_by_std=scale_by_std)
+        # GRPO: the trajectory's one advantage on every one of its turns (hence on every model token).
+        turn_adv = torch.where(turn_mask, adv[:, None].to(torch.float32), torch.zeros(()))
     else:
-        rewards_bk, turn_mask = turn_rewards(
-            acc, invalid, first_call, format_penalty=format_penalty, no_call_penalty=no_call_penalty
-        )
-        adv_bk = gtpo_advantages(
+        turn_adv = gtpo_advantages(
             rewards_bk, turn_mask, group_ids, gamma, norm=adv_norm, scale_by_std=scale_by_std
         )
-        token_adv = turns_to_tokens(adv_bk, turn_ids)
         traj_rewards = (rewards_bk * turn_mask).sum(dim=1)
 
     shaped = [a for a, c in zip(acc, correct, strict=True) if not c and a > 0]
+    valid_adv = turn_adv[turn_mask]
     metrics = {
         "reward/mean": traj_rewards.mean().item(),
         "reward/format_ok_rate": sum(fmt_ok) / len(fmt_ok),
         "reward/shaped_frac": len(shaped) / len(acc),
         "reward/shaped_mean": sum(shaped) / len(shaped) if shaped else 0.0,
-        "adv/abs_mean": token_adv[turn_ids >= 0].abs().mean().item() if (turn_ids >= 0).any() else 0.0,
+        "adv/abs_mean": valid_adv.abs().mean().item() if valid_adv.numel() else 0.0,
     }
-    return Credit(token_adv, traj_rewards, acc, metrics)
+    return Credit(turn_adv, traj_rewards, acc, metrics)

@@ -11,7 +11,9 @@ on the first update epoch for reasons that have nothing to do with the policy ch
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -21,10 +23,22 @@ import numpy as np
 import torch
 
 from gtpo import components
+from gtpo.advantages import turns_to_tokens
 from gtpo.batch import TokenBatch, collate
 from gtpo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from gtpo.config import TrainConfig, to_dict, validate
 from gtpo.credit import assign_credit
+from gtpo.distributed import (
+    DistContext,
+    all_reduce_max,
+    all_reduce_sum,
+    barrier,
+    gather_objects,
+    init_distributed,
+    shard_indices,
+    strip_tokens,
+    wrap_model,
+)
 from gtpo.evaluate import EvalReport, evaluate_problems
 from gtpo.losses import clipped_policy_loss
 from gtpo.metrics import MetricLogger, read_metrics
@@ -32,6 +46,7 @@ from gtpo.policy import token_logprobs
 from gtpo.problem_stream import ProblemStream
 from gtpo.rollout import is_void_trajectory, rollout, rollout_metrics
 from gtpo.similarity import get_similarity
+from gtpo.types import CodeExecutor, Trajectory
 
 
 def seed_everything(seed: int) -> None:
@@ -48,14 +63,28 @@ def step_seed(seed: int, step: int) -> int:
 class Trainer:
     """Runs GTPO or GRPO for ``config.steps`` steps; see the module docstring for the loop."""
 
-    def __init__(self, config: TrainConfig) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        sampler: Any = None,
+        executor: CodeExecutor | None = None,
+        ctx: DistContext | None = None,
+    ) -> None:
+        """``sampler``/``executor`` replace the configured ones (tests, custom backends); ``ctx`` the
+        process group read from torchrun's environment."""
         self.cfg = validate(config)
+        self.ctx = ctx or init_distributed()
         self.run_dir = Path(config.output_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         seed_everything(config.seed)
-        self.device = components.resolve_device(config.device)
-        self.model, self.tokenizer = components.build_policy(config.model, self.device)
-        self.model.eval()
+        self.device = components.resolve_device(config.device, self.ctx.local_rank)
+        policy, self.tokenizer = components.build_policy(config.model, self.device)
+        policy.eval()
+        self.policy = policy
+        """The plain module: generation, log-probs without gradient, checkpoints."""
+        self.model = wrap_model(policy, self.ctx, config.strategy)
+        """What the update runs forward/backward through (DDP/FSDP2 under torchrun, else the policy)."""
         self.ref_model = (
             components.build_reference(config.model, self.device) if config.algo.kl_coef > 0 else None
         )
@@ -68,10 +97,10 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0
         )
-        self.sampler = components.build_sampler(
-            config.rollout, self.model, self.tokenizer, config.model.name_or_path
+        self.sampler = sampler or components.build_sampler(
+            config.rollout, self.policy, self.tokenizer, config.model.name_or_path
         )
-        self.sandbox = components.build_sandbox(config.rollout)
+        self.sandbox = executor or components.build_sandbox(config.rollout)
         self.stream = ProblemStream(components.load_train_problems(config.data, config.seed), config.seed)
         self.eval_problems = components.load_eval_problems(config.data)
         self.system_prompt = components.system_prompt_for(config.data)
@@ -80,8 +109,10 @@ class Trainer:
         self.step = 0
         if config.resume:
             self._resume()
-        (self.run_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
-        self.logger = MetricLogger(self.run_dir, config.loggers, to_dict(config))
+        self.logger = None
+        if self.ctx.is_main:
+            (self.run_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
+            self.logger = MetricLogger(self.run_dir, config.loggers, to_dict(config))
 
     # ----------------------------------------------------------------------------------------------- loop
     def train(self) -> dict[str, float]:
@@ -89,15 +120,15 @@ class Trainer:
         cfg = self.cfg
         last: dict[str, float] = {}
         if self.step == 0 and cfg.eval_every and self.eval_problems:
-            self.logger.log(0, self.evaluate().metrics())
-        bar = _progress(cfg.progress, initial=self.step, total=cfg.steps)
+            self._log(0, self.evaluate().metrics())
+        bar = _progress(cfg.progress and self.ctx.is_main, initial=self.step, total=cfg.steps)
         try:
             while self.step < cfg.steps:
                 metrics = self.train_step()
                 self.step += 1
                 if self._due(cfg.eval_every) and self.eval_problems:
                     metrics.update(self.evaluate().metrics())
-                self.logger.log(self.step, metrics)
+                self._log(self.step, metrics)
                 if self._due(cfg.save_every):
                     self.save()
                 last = metrics
@@ -109,6 +140,10 @@ class Trainer:
                 bar.close()
         return last
 
+    def _log(self, step: int, metrics: dict[str, float]) -> None:
+        if self.logger is not None:
+            self.logger.log(step, metrics)
+
     def _due(self, every: int) -> bool:
         return self.step == self.cfg.steps or (every > 0 and self.step % every == 0)
 
@@ -116,13 +151,18 @@ class Trainer:
         cfg, algo = self.cfg, self.cfg.algo
         start = time.perf_counter()
         problems = self.stream.take(cfg.rollout.problems_per_step)
-        trajectories, timings = self._rollout(problems)
+        # Trajectory j samples problem j // G; this rank generates its round-robin share of the batch.
+        total = len(problems) * cfg.rollout.group_size
+        local_index = shard_indices(total, self.ctx)
+        local, timings = self._rollout([problems[j // cfg.rollout.group_size] for j in local_index])
+        for trajectory, j in zip(local, local_index, strict=True):
+            trajectory.group_id = j // cfg.rollout.group_size
         rollout_s = time.perf_counter() - start
 
-        batch = collate(trajectories, self.tokenizer.pad_token_id)
+        # Groups are normalized whole: every rank gathers all turn records and computes all advantages.
+        everyone = gather_objects([strip_tokens(t) for t in local], local_index, total, self.ctx)
         credit = assign_credit(
-            trajectories,
-            batch.turn_ids,
+            everyone,
             algo=algo.algo,
             gamma=algo.gamma,
             adv_norm=algo.adv_norm,
@@ -133,37 +173,41 @@ class Trainer:
             shaping_alpha=algo.shaping_alpha,
             similarity=self.similarity,
         )
+        batch = collate(local, self.tokenizer.pad_token_id)
+        turn_advantages = credit.turn_advantages[local_index]
+        advantages = turns_to_tokens(turn_advantages, batch.turn_ids)
         loss_mask = batch.loss_mask.to(torch.float32)
         if cfg.rollout.filter_void:
-            keep = torch.tensor([not is_void_trajectory(t) for t in trajectories], dtype=torch.float32)
+            keep = torch.tensor([not is_void_trajectory(t) for t in local], dtype=torch.float32)
             loss_mask = loss_mask * keep[:, None]
         update_start = time.perf_counter()
-        update_metrics = self._update(batch, credit.token_advantages, loss_mask)
+        update_metrics = self._update(batch, advantages, loss_mask)
         update_s = time.perf_counter() - update_start
 
-        generated = int(batch.loss_mask.sum().item())
+        world = self.ctx.world_size
+        generated = all_reduce_sum(float(batch.loss_mask.sum().item()), self.ctx, self.device)
+        processed = all_reduce_sum(float(batch.attention_mask.sum().item()), self.ctx, self.device)
         metrics = {
-            **rollout_metrics(trajectories),
+            **rollout_metrics(everyone),
             **credit.metrics,
             **update_metrics,
             "perf/step_s": time.perf_counter() - start,
             "perf/rollout_s": rollout_s,
             "perf/update_s": update_s,
-            "perf/gen_tokens_per_s": generated / max(timings.get("generation_s", rollout_s), 1e-9),
-            "perf/train_tokens_per_s": int(batch.attention_mask.sum().item())
-            * cfg.optim.update_epochs
-            / max(update_s, 1e-9),
+            "perf/gen_tokens_per_s": generated / max(timings.get("generation_s", rollout_s) * world, 1e-9),
+            "perf/train_tokens_per_s": processed * cfg.optim.update_epochs / max(update_s, 1e-9),
             "optim/lr": self.scheduler.get_last_lr()[0],
         }
         metrics.update({f"perf/{k}": v for k, v in timings.items()})
         return metrics
 
-    def _rollout(self, problems: list[Any]) -> tuple[list[Any], dict[str, float]]:
+    def _rollout(self, problems: list[Any]) -> tuple[list[Trajectory], dict[str, float]]:
+        """One trajectory per entry of ``problems`` (a problem appears G times across the ranks)."""
         r = self.cfg.rollout
         with torch.no_grad():
             result = rollout(
                 problems,
-                r.group_size,
+                1,
                 self.sampler,
                 self.tokenizer,
                 self.sandbox,
@@ -174,7 +218,7 @@ class Trainer:
                 temperature=r.temperature,
                 top_p=r.top_p,
                 invalid_statuses=frozenset(self.cfg.algo.invalid_statuses),
-                seed=step_seed(self.cfg.seed, self.step),
+                seed=step_seed(self.cfg.seed, self.step) + self.ctx.rank,
             )
         return result.trajectories, result.timings.as_dict()
 
@@ -191,18 +235,27 @@ class Trainer:
     def _update(
         self, batch: TokenBatch, advantages: torch.Tensor, loss_mask: torch.Tensor
     ) -> dict[str, float]:
+        """Clipped-surrogate update with gradient accumulation; under torchrun the gradients of all ranks
+        add up to the gradient of one process holding the whole batch."""
         cfg, algo = self.cfg, self.cfg.algo
         batch = batch.to(self.device)
         advantages, loss_mask = advantages.to(self.device), loss_mask.to(self.device)
         old_logp = self._logprobs(self.model, batch)
         ref_logp = self._logprobs(self.ref_model, batch) if self.ref_model is not None else None
-        denominator = _denominator(algo.loss_agg, loss_mask, cfg.rollout.max_total_tokens)
+        local_denominator = _denominator(algo.loss_agg, loss_mask, cfg.rollout.max_total_tokens)
+        denominator = max(all_reduce_sum(local_denominator, self.ctx, self.device), 1.0)
         mb = cfg.optim.micro_batch_size
+        rows = batch.input_ids.shape[0]
+        # Every rank runs the same number of forward/backward passes (DDP/FSDP collectives must match);
+        # a rank with fewer rows repeats its first rows with a zero mask, which adds nothing to the gradient.
+        micro_steps = int(all_reduce_max(math.ceil(rows / mb), self.ctx, self.device))
         sums: dict[str, float] = {}
         count = 0
+        grad_norm = 0.0
         for _ in range(cfg.optim.update_epochs):
-            for lo in range(0, batch.input_ids.shape[0], mb):
-                sl = slice(lo, lo + mb)
+            for i in range(micro_steps):
+                sl = slice(i * mb, (i + 1) * mb) if i * mb < rows else slice(0, min(mb, rows))
+                weight = 1.0 if i * mb < rows else 0.0
                 logp, entropy = token_logprobs(
                     self.model,
                     batch.input_ids[sl],
@@ -214,7 +267,7 @@ class Trainer:
                     logp,
                     old_logp[sl],
                     advantages[sl],
-                    loss_mask[sl],
+                    loss_mask[sl] * weight,
                     clip_low=algo.clip_low,
                     clip_high=algo.clip_high,
                     dual_clip=algo.dual_clip,
@@ -225,27 +278,34 @@ class Trainer:
                     entropy=entropy,
                     entropy_coef=algo.entropy_coef,
                 )
-                loss.backward()
-                m["loss"] = loss.item()
-                for key, value in m.items():
-                    sums[key] = sums.get(key, 0.0) + float(value)
-                count += 1
+                # DDP/FSDP average gradients over ranks; the loss already divides by the global
+                # normalizer, so scale back up to make the result a sum over ranks.
+                last = i == micro_steps - 1
+                with _no_sync(self.model, skip=not last):
+                    (loss * self.ctx.world_size).backward()
+                if weight:
+                    m["loss"] = loss.item()
+                    for key, value in m.items():
+                        sums[key] = sums.get(key, 0.0) + float(value)
+                    count += 1
             params = [p for p in self.model.parameters() if p.requires_grad]
             clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip).item()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-        out = {f"loss/{k}": v / count for k, v in sums.items()}
+        out = {f"loss/{k}": v / max(count, 1) for k, v in sums.items()}
         out["loss/total"] = sums.get("loss", 0.0) / cfg.optim.update_epochs
         out["optim/grad_norm"] = grad_norm
         return out
 
     # ------------------------------------------------------------------------------------ eval, ckpt
     def evaluate(self) -> EvalReport:
+        """Held-out evaluation, problems sharded across ranks and the results gathered on every rank."""
         r = self.cfg.rollout
-        return evaluate_problems(
-            self.eval_problems,
+        index = shard_indices(len(self.eval_problems), self.ctx)
+        report = evaluate_problems(
+            [self.eval_problems[i] for i in index],
             name=self.cfg.data.eval,
             sampler=self.sampler,
             tokenizer=self.tokenizer,
@@ -258,8 +318,23 @@ class Trainer:
             max_total_tokens=r.max_total_tokens,
             seed=self.cfg.seed,
         )
+        if not self.ctx.enabled:
+            return report
+        k, total = report.k, len(self.eval_problems)
+        rows = [
+            (row, [strip_tokens(t) for t in report.trajectories[i * k : (i + 1) * k]])
+            for i, row in enumerate(report.per_problem)
+        ]
+        gathered = gather_objects(rows, index, total, self.ctx)
+        return EvalReport(
+            name=report.name,
+            k=k,
+            per_problem=[row for row, _ in gathered],
+            trajectories=[t for _, trajs in gathered for t in trajs],
+        )
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """Every rank calls this (FSDP gathers shards for it); rank 0 writes."""
         state = {"stream": self.stream.state_dict()}
         return save_checkpoint(
             self.run_dir,
@@ -280,11 +355,21 @@ class Trainer:
         state = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
         self.stream.load_state_dict(state["stream"])
         self.step = int(state["step"])
-        _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+        if self.ctx.is_main:
+            _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
 
     def close(self) -> None:
-        self.logger.close()
+        if self.logger is not None:
+            self.logger.close()
         self.sandbox.close()
+        barrier(self.ctx)
+
+
+def _no_sync(model: torch.nn.Module, skip: bool) -> Any:
+    """DDP all-reduces on every backward; accumulate locally until the last micro-batch."""
+    if skip and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return model.no_sync()
+    return contextlib.nullcontext()
 
 
 def _denominator(agg: str, loss_mask: torch.Tensor, max_len: int) -> float:
