@@ -19,7 +19,8 @@ OUTPUT_TEMPLATE = "\n```output\n{output}\n```\n"
 DEFAULT_INVALID_STATUSES: frozenset[str] = frozenset({"error", "timeout", "memory", "killed"})
 """Execution statuses that make a tool call invalid by default (parse errors always count)."""
 
-_CLOSED_BLOCK = re.compile(r"```python[ \t]*\n(.*?)\n?```", re.DOTALL)
+_CLOSED_BLOCK = re.compile(r"```python[ \t]*\r?\n(.*?)\r?\n?```", re.DOTALL)
+"""A fenced python block: trailing spaces after the tag and CRLF line ends are tolerated."""
 
 
 def has_closed_code_block(text: str) -> bool:
@@ -53,19 +54,29 @@ def format_tool_output(output: str) -> str:
 
 
 def extract_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), with nested braces; None if absent or unclosed."""
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), with nested braces.
+
+    None if absent, unclosed or empty: an empty box (often the model echoing the instruction "put your answer
+    in \\boxed{}") is not an answer. Escaped braces ``\\{`` ``\\}`` (set notation) are content, not nesting.
+    """
     start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
     if start < 0:
         return None
     i = text.index("{", start) + 1
     depth = 1
-    for j in range(i, len(text)):
-        if text[j] == "{":
+    j = i
+    while j < len(text):
+        char = text[j]
+        if char == "\\":
+            j += 2  # a backslash escapes the next character: \{ \} \\ are not braces
+            continue
+        if char == "{":
             depth += 1
-        elif text[j] == "}":
+        elif char == "}":
             depth -= 1
             if depth == 0:
-                return text[i:j].strip()
+                return text[i:j].strip() or None
+        j += 1
     return None
 
 
