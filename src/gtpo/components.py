@@ -35,11 +35,17 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if cuda_bf16 else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+def resolve_dtype(name: str) -> torch.dtype:
+    """Weights dtype; "auto" keeps float32 master weights (bf16 compute comes from ``autocast``)."""
+    return {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}.get(
+        name, torch.float16
+    )
+
+
+def autocast(dtype_name: str, device: torch.device) -> Any:
+    """bf16 autocast for "auto" on a GPU that supports it; a no-op elsewhere (CPU runs in float32)."""
+    enabled = dtype_name == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def model_path(name_or_path: str) -> str:
@@ -55,7 +61,7 @@ def build_policy(cfg: ModelConfig, device: torch.device) -> tuple[torch.nn.Modul
     """Load the trainable policy (optionally wrapped with LoRA) and its tokenizer."""
     from gtpo.policy import load_policy
 
-    dtype = resolve_dtype(cfg.dtype, device)
+    dtype = resolve_dtype(cfg.dtype)
     model, tokenizer = load_policy(model_path(cfg.name_or_path), dtype=dtype, device=device)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -80,7 +86,7 @@ def build_reference(cfg: ModelConfig, device: torch.device) -> torch.nn.Module |
         return None
     from gtpo.policy import load_policy
 
-    ref, _ = load_policy(model_path(cfg.name_or_path), dtype=resolve_dtype(cfg.dtype, device), device=device)
+    ref, _ = load_policy(model_path(cfg.name_or_path), dtype=resolve_dtype(cfg.dtype), device=device)
     ref.eval().requires_grad_(False)
     return ref
 

@@ -29,7 +29,8 @@ class ModelConfig:
     name_or_path: str = "tiny"
     """A Hugging Face causal LM: hub name or local directory. "tiny" is the shipped few-MB model."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Weights dtype. "auto": bfloat16 on a GPU that supports it, float32 otherwise."""
+    """Weights dtype. "auto": float32 master weights, computing in bfloat16 (autocast) on GPUs that support
+    it. "bfloat16" halves weight memory, but AdamW updates at lr ~1e-6 round away in bf16 weights."""
     lora_rank: int = 0
     """LoRA rank (peft); 0 trains all weights."""
     lora_alpha: float = 32.0

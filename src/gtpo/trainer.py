@@ -148,6 +148,10 @@ class Trainer:
         return self.step == self.cfg.steps or (every > 0 and self.step % every == 0)
 
     def train_step(self) -> dict[str, float]:
+        with components.autocast(self.cfg.model.dtype, self.device):
+            return self._train_step()
+
+    def _train_step(self) -> dict[str, float]:
         cfg, algo = self.cfg, self.cfg.algo
         start = time.perf_counter()
         problems = self.stream.take(cfg.rollout.problems_per_step)
@@ -302,6 +306,10 @@ class Trainer:
     # ------------------------------------------------------------------------------------ eval, ckpt
     def evaluate(self) -> EvalReport:
         """Held-out evaluation, problems sharded across ranks and the results gathered on every rank."""
+        with components.autocast(self.cfg.model.dtype, self.device):
+            return self._evaluate()
+
+    def _evaluate(self) -> EvalReport:
         r = self.cfg.rollout
         index = shard_indices(len(self.eval_problems), self.ctx)
         report = evaluate_problems(
