@@ -1,0 +1,64 @@
+"""Load a causal LM and its tokenizer, and compute token log-probs (and entropy) of given sequences.
+
+Not here: sampling (``gtpo.generate``) and the loss (``gtpo.losses``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def load_policy(
+    name_or_path: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, Any]:
+    """A transformers causal LM and its tokenizer from a local directory or a hub name.
+
+    The tokenizer gets a pad token if it has none (its EOS), since batching needs one.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    looks_local = name_or_path.startswith((".", "/", "~")) or Path(name_or_path).exists()
+    if looks_local and not Path(name_or_path).expanduser().exists():
+        raise FileNotFoundError(
+            f"model.name_or_path: {name_or_path!r} does not exist; give a local model directory or a hub name"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    except OSError as err:
+        raise OSError(
+            f"model.name_or_path: could not load {name_or_path!r} ({err.__class__.__name__}). If this machine "
+            "cannot reach the Hugging Face Hub, download the model elsewhere and pass its local directory."
+        ) from err
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device), tokenizer
+
+
+def token_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``logp[:, t] = log p(input_ids[:, t] | input_ids[:, :t])`` under ``logits / temperature``.
+
+    Shapes [B, T]; position 0 has no prefix and gets 0. Sequences are right-padded (positions start at 0,
+    as in generation). The temperature must be the sampler's, so that the ratio is 1 before any update.
+    Entropy [B, T] is that of the same tempered distribution at each position.
+    """
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    if temperature not in (0.0, 1.0):
+        logits = logits / temperature
+    log_norm = torch.logsumexp(logits, dim=-1)
+    picked = logits.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    logp = torch.nn.functional.pad(picked - log_norm, (1, 0))
+    entropy = None
+    if with_entropy:
+        probs = torch.softmax(logits, dim=-1)
+        entropy = torch.nn.functional.pad(log_norm - (probs * logits).sum(-1), (1, 0))
+    return logp, entropy
