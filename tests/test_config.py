@@ -37,5 +37,5 @@ def test_shipped_presets_load_and_validate(name):
 
 
 def test_missing_preset_lists_shipped_ones():
-    with pytest.raises(ConfigError, match="qwen2.5-math-1.5b"):
+    with pytest.raises(ConfigError, match=r"qwen2\.5-math-1\.5b"):
         load_preset("no-such-preset")
