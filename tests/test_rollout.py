@@ -5,8 +5,8 @@ import torch
 
 from gtpo.batch import collate
 from gtpo.generate import HFSampler, ScriptedSampler
-from gtpo.policy import token_logprobs
-from gtpo.rollout import is_void_trajectory, prompt_ids, rollout, rollout_metrics
+from gtpo.policy import prompt_ids, token_logprobs
+from gtpo.rollout import is_void_trajectory, rollout, rollout_metrics
 from gtpo.tools import format_tool_output
 from gtpo.types import ExecResult, Problem
 

@@ -100,9 +100,7 @@ def turns_to_tokens(turn_values: torch.Tensor, turn_ids: torch.Tensor) -> torch.
     return torch.where(is_model_token, gathered, torch.zeros((), dtype=turn_values.dtype))
 
 
-def _normalize_within_sets(
-    values: torch.Tensor, set_ids: torch.Tensor, scale_by_std: bool, eps: float
-) -> torch.Tensor:
+def _normalize_within_sets(values: torch.Tensor, set_ids: torch.Tensor, scale_by_std: bool, eps: float) -> torch.Tensor:
     """(v - mean_S) / (std_S + eps) per set S (population std), 0 for sets whose values are all equal.
 
     Statistics run in float64 so that sums of rewards like 0.9 * 0.1 do not leave float32 residue.

@@ -41,9 +41,7 @@ def _train_config(argv: list[str], description: str, prog: str):
 
 
 def train(argv: list[str]) -> None:
-    config, _ = _train_config(
-        argv, "Train with GTPO or GRPO. Flags override --preset NAME_OR_PATH.", "gtpo train"
-    )
+    config, _ = _train_config(argv, "Train with GTPO or GRPO. Flags override --preset NAME_OR_PATH.", "gtpo train")
     from gtpo.trainer import Trainer
 
     trainer = Trainer(config)

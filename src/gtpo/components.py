@@ -37,9 +37,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 def resolve_dtype(name: str) -> torch.dtype:
     """Weights dtype; "auto" keeps float32 master weights (bf16 compute comes from ``autocast``)."""
-    return {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}.get(
-        name, torch.float16
-    )
+    return {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}.get(name, torch.float16)
 
 
 def autocast(dtype_name: str, device: torch.device) -> Any:
@@ -150,6 +148,4 @@ def _load(source: str, cfg: DataConfig, split: str) -> list[Problem]:
             f"data source {source!r} is neither an existing file nor an HF dataset name (owner/name); "
             "use 'arith', a .jsonl/.parquet path, or a dataset name"
         )
-    return load_problems(
-        source, question_field=cfg.question_field, answer_field=cfg.answer_field, split=split
-    )
+    return load_problems(source, question_field=cfg.question_field, answer_field=cfg.answer_field, split=split)

@@ -76,9 +76,7 @@ def assign_credit(
         # GRPO: the trajectory's one advantage on every one of its turns (hence on every model token).
         turn_adv = torch.where(turn_mask, adv[:, None].to(torch.float32), torch.zeros(()))
     else:
-        turn_adv = gtpo_advantages(
-            rewards_bk, turn_mask, group_ids, gamma, norm=adv_norm, scale_by_std=scale_by_std
-        )
+        turn_adv = gtpo_advantages(rewards_bk, turn_mask, group_ids, gamma, norm=adv_norm, scale_by_std=scale_by_std)
         traj_rewards = (rewards_bk * turn_mask).sum(dim=1)
 
     shaped = [a for a, c in zip(acc, correct, strict=True) if not c and a > 0]

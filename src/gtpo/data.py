@@ -136,9 +136,7 @@ def load_benchmark(name: str, path: str | None = None, limit: int | None = None)
     fix = f"a {name} file needs the columns of {spec.hf_name} ({columns})"
     hint = {field: fix for field in (*spec.question_fields, spec.answer_field)}
     id_field = spec.id_field if rows and spec.id_field in rows[0] else None
-    return _problems(
-        rows, source, name, spec.question_fields, spec.answer_field, id_field, spec.normalize, hint
-    )
+    return _problems(rows, source, name, spec.question_fields, spec.answer_field, id_field, spec.normalize, hint)
 
 
 def read_rows(
@@ -194,8 +192,7 @@ def _read_hf(name: str, split: str, config: str | None) -> list[dict[str, Any]]:
         import datasets
     except ImportError as err:
         raise ImportError(
-            f"{name!r} is not a local file, and loading HF datasets needs the optional extra: "
-            "pip install 'gtpo[data]'"
+            f"{name!r} is not a local file, and loading HF datasets needs the optional extra: pip install 'gtpo[data]'"
         ) from err
     return list(datasets.load_dataset(name, config, split=split))
 

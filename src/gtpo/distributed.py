@@ -103,9 +103,7 @@ def all_reduce_max(value: float, ctx: DistContext, device: torch.device) -> floa
     return tensor.item()
 
 
-def wrap_model(
-    model: torch.nn.Module, ctx: DistContext, strategy: Literal["ddp", "fsdp"] = "ddp"
-) -> torch.nn.Module:
+def wrap_model(model: torch.nn.Module, ctx: DistContext, strategy: Literal["ddp", "fsdp"] = "ddp") -> torch.nn.Module:
     """DDP (small models: every rank keeps all weights) or FSDP2 (``fully_shard``: weights, gradients and
     optimizer state sharded across ranks; what a 7B model needs)."""
     if not ctx.enabled:

@@ -77,6 +77,6 @@ def evaluate_problems(
             grade_fn=grade_fn,
             seed=None if seed is None else seed + start,
         )
-        trajectories.extend(out)
+        trajectories.extend(out.trajectories)
     per_problem = [[t.correct for t in trajectories[i * k : (i + 1) * k]] for i in range(len(problems))]
     return EvalReport(name=name, k=k, per_problem=per_problem, trajectories=trajectories)

@@ -108,9 +108,7 @@ def grade(prediction: str | None, reference: str, timeout_s: float = 5.0) -> boo
     return grade_batch([prediction], [reference], timeout_s)[0]
 
 
-def grade_batch(
-    predictions: Sequence[str | None], references: Sequence[str], timeout_s: float = 5.0
-) -> list[bool]:
+def grade_batch(predictions: Sequence[str | None], references: Sequence[str], timeout_s: float = 5.0) -> list[bool]:
     """``grade`` for aligned lists: fast path for all, then one worker session for the rest (input order)."""
     if len(predictions) != len(references):
         raise ValueError(

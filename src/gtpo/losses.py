@@ -80,9 +80,7 @@ def clipped_policy_loss(
     named |= {"ref_logp": ref_logp, "entropy": entropy}
     for name, tensor in named.items():
         if tensor is not None and (tensor.dim() != 2 or tensor.shape != logp.shape):
-            raise ValueError(
-                f"{name} must be [B, T] like logp {tuple(logp.shape)}, got {tuple(tensor.shape)}"
-            )
+            raise ValueError(f"{name} must be [B, T] like logp {tuple(logp.shape)}, got {tuple(tensor.shape)}")
     if clip_low < 0 or clip_high < 0:
         raise ValueError(f"clip_low and clip_high must be >= 0, got {clip_low} and {clip_high}")
     if dual_clip is not None and dual_clip <= 1.0:

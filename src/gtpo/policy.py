@@ -38,6 +38,13 @@ def load_policy(
     return model.to(device), tokenizer
 
 
+def prompt_ids(tokenizer: Any, system_prompt: str, question: str) -> list[int]:
+    """The chat-template prompt, ending where the assistant's message begins."""
+    messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": question}]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
 def token_logprobs(
     model: torch.nn.Module,
     input_ids: torch.Tensor,

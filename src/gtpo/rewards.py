@@ -59,10 +59,7 @@ def format_ok(invalid_calls: Sequence[Sequence[bool]], first_turn_has_call: Sequ
     from the penalty sizes: setting the penalties to 0 (the GTPO ablation) leaves GRPO's format term intact.
     """
     _check_lengths(invalid_calls=invalid_calls, first_turn_has_call=first_turn_has_call)
-    return [
-        bool(first) and not any(calls)
-        for calls, first in zip(invalid_calls, first_turn_has_call, strict=True)
-    ]
+    return [bool(first) and not any(calls) for calls, first in zip(invalid_calls, first_turn_has_call, strict=True)]
 
 
 def grpo_rewards(correct: Sequence[bool], fmt_ok: Sequence[bool]) -> torch.Tensor:

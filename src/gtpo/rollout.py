@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gtpo.generate import Sampler
+from gtpo.policy import prompt_ids
 from gtpo.tools import (
     DEFAULT_INVALID_STATUSES,
     extract_boxed,
@@ -50,13 +51,6 @@ class RolloutTimings:
 class RolloutResult:
     trajectories: list[Trajectory]
     timings: RolloutTimings = field(default_factory=RolloutTimings)
-
-
-def prompt_ids(tokenizer: Any, system_prompt: str, question: str) -> list[int]:
-    """The chat-template prompt, ending where the assistant's message begins."""
-    messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": question}]
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return tokenizer.encode(text, add_special_tokens=False)
 
 
 def rollout(
@@ -206,7 +200,7 @@ def rollout_metrics(trajectories: Sequence[Trajectory]) -> dict[str, float]:
         "rollout/tool_call_rate": len(calls) / max(len(turns), 1),
         "rollout/invalid_call_rate": sum(turn.invalid_call for turn in turns) / max(len(turns), 1),
         "rollout/timeout_rate": sum(turn.exec_status == "timeout" for turn in calls) / max(len(calls), 1),
-        "rollout/length_mean": sum(sum(t.loss_mask) for t in trajectories) / n,
+        "rollout/length_mean": sum(turn.num_model_tokens for turn in turns) / n,
         "rollout/void_rate": sum(is_void_trajectory(t) for t in trajectories) / n,
         "rollout/zero_variance_group_frac": sum(len(v) == 1 for v in groups.values()) / len(groups),
     }

@@ -49,9 +49,7 @@ def tfidf_code_similarity(a: list[str], b: list[str]) -> torch.Tensor:
         document_frequency.update(counts.keys())
     vocab = {term: col for col, term in enumerate(document_frequency)}
     n_docs = len(features)
-    idf = torch.tensor(
-        [math.log((1 + n_docs) / (1 + document_frequency[t])) + 1 for t in vocab], dtype=torch.float64
-    )
+    idf = torch.tensor([math.log((1 + n_docs) / (1 + document_frequency[t])) + 1 for t in vocab], dtype=torch.float64)
 
     def vectors(snippets: list[str]) -> torch.Tensor:
         matrix = torch.zeros(len(snippets), len(vocab), dtype=torch.float64)

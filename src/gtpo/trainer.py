@@ -85,14 +85,10 @@ class Trainer:
         """The plain module: generation, log-probs without gradient, checkpoints."""
         self.model = wrap_model(policy, self.ctx, config.strategy)
         """What the update runs forward/backward through (DDP/FSDP2 under torchrun, else the policy)."""
-        self.ref_model = (
-            components.build_reference(config.model, self.device) if config.algo.kl_coef > 0 else None
-        )
+        self.ref_model = components.build_reference(config.model, self.device) if config.algo.kl_coef > 0 else None
         params = [p for p in self.model.parameters() if p.requires_grad]
         optim = config.optim
-        self.optimizer = torch.optim.AdamW(
-            params, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
-        )
+        self.optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
         warmup = max(optim.warmup_steps, 0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0
@@ -236,9 +232,7 @@ class Trainer:
             ]
         return torch.cat(parts)
 
-    def _update(
-        self, batch: TokenBatch, advantages: torch.Tensor, loss_mask: torch.Tensor
-    ) -> dict[str, float]:
+    def _update(self, batch: TokenBatch, advantages: torch.Tensor, loss_mask: torch.Tensor) -> dict[str, float]:
         """Clipped-surrogate update with gradient accumulation; under torchrun the gradients of all ranks
         add up to the gradient of one process holding the whole batch."""
         cfg, algo = self.cfg, self.cfg.algo
@@ -255,7 +249,7 @@ class Trainer:
         micro_steps = int(all_reduce_max(math.ceil(rows / mb), self.ctx, self.device))
         sums: dict[str, float] = {}
         count = 0
-        grad_norm = 0.0
+        grad_norm = total_loss = 0.0
         for _ in range(cfg.optim.update_epochs):
             for i in range(micro_steps):
                 sl = slice(i * mb, (i + 1) * mb) if i * mb < rows else slice(0, min(mb, rows))
@@ -288,7 +282,7 @@ class Trainer:
                 with _no_sync(self.model, skip=not last):
                     (loss * self.ctx.world_size).backward()
                 if weight:
-                    m["loss"] = loss.item()
+                    total_loss += loss.item()
                     for key, value in m.items():
                         sums[key] = sums.get(key, 0.0) + float(value)
                     count += 1
@@ -299,7 +293,7 @@ class Trainer:
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         out = {f"loss/{k}": v / max(count, 1) for k, v in sums.items()}
-        out["loss/total"] = sums.get("loss", 0.0) / cfg.optim.update_epochs
+        out["loss/total"] = total_loss / cfg.optim.update_epochs
         out["optim/grad_norm"] = grad_norm
         return out
 

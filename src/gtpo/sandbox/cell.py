@@ -136,9 +136,7 @@ def short_traceback(exc: BaseException, last_line: str | None = None) -> str:
     text = _scrub_host_paths("".join(lines))
     if len(text) > MAX_ERROR_CHARS:
         half = MAX_ERROR_CHARS // 2
-        text = (
-            f"{text[:half]}\n[... {len(text) - 2 * half} characters of traceback omitted ...]\n{text[-half:]}"
-        )
+        text = f"{text[:half]}\n[... {len(text) - 2 * half} characters of traceback omitted ...]\n{text[-half:]}"
     return text
 
 
@@ -216,9 +214,7 @@ class CellRunner:
             error = short_traceback(e, self._timeout_message(e.kind, wall_s, cpu_s))
         except MemoryError as e:
             status = "memory"
-            error = short_traceback(
-                e, f"MemoryError: the cell exceeded the {self._memory_mb} MB memory limit\n"
-            )
+            error = short_traceback(e, f"MemoryError: the cell exceeded the {self._memory_mb} MB memory limit\n")
         except SystemExit as e:
             if e.code not in (None, 0):
                 status, error = "error", short_traceback(e)

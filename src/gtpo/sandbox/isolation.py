@@ -172,9 +172,7 @@ def _cover(path: str, options: str, keep: list[str], read_only: bool) -> None:
         mount(None, path, None, MS_REMOUNT | MS_RDONLY | flags)
 
 
-def confine_filesystem(
-    uid: int, gid: int, workdir_mb: int, hidden_paths: list[str], own_pid_ns: bool
-) -> list[str]:
+def confine_filesystem(uid: int, gid: int, workdir_mb: int, hidden_paths: list[str], own_pid_ns: bool) -> list[str]:
     """Inside a fresh mount namespace (as root): private tmpfs at /tmp, read-only /, fresh /proc.
 
     ``hidden_paths``, /dev/shm (a world-writable mount of its own) and any directory the sandbox uid could

@@ -169,9 +169,7 @@ class Zygote:
             shutil.rmtree(fallback_workdir, ignore_errors=True)
             raise
         used_workdir = fallback_workdir if hello["fallback_workdir"] else None
-        return SessionProcess(
-            parent, output_fd, pidfd, pid, hello["isolation"], uid, generation, used_workdir
-        )
+        return SessionProcess(parent, output_fd, pidfd, pid, hello["isolation"], uid, generation, used_workdir)
 
     def _ask(self, request: dict, fds: list[int]) -> tuple[dict, int]:
         """One request to the zygote, started first if needed; the caller holds the lock."""

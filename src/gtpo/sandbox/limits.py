@@ -68,9 +68,7 @@ class SandboxLimits:
         if not isinstance(self.hidden_paths, tuple) or not all(
             isinstance(p, str) and p.startswith("/") for p in self.hidden_paths
         ):
-            raise ValueError(
-                f"SandboxLimits.hidden_paths must be a tuple of absolute paths, got {self.hidden_paths!r}"
-            )
+            raise ValueError(f"SandboxLimits.hidden_paths must be a tuple of absolute paths, got {self.hidden_paths!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy, as sent to the zygote (a separate interpreter, configured through argv)."""

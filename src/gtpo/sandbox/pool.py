@@ -125,9 +125,7 @@ class SandboxPool:
         process = self._state.supply.spawn()
         report = dict(process.isolation)
         self._state.supply.discard(process)
-        wanted = ["privileges", "filesystem", "processes", "ipc"] + (
-            [] if self.limits.network else ["network"]
-        )
+        wanted = ["privileges", "filesystem", "processes", "ipc"] + ([] if self.limits.network else ["network"])
         for name in wanted:
             if not report.get(name):
                 logger.warning("gtpo.sandbox: %s", _MISSING[name])
@@ -168,9 +166,7 @@ class SandboxPool:
                 raise SandboxError("the SandboxPool is closed")
             session = self._state.sessions.get(session_id)
         if session is None:
-            raise ValueError(
-                f"unknown session_id {session_id!r}: open it with open_session() (or it was closed)"
-            )
+            raise ValueError(f"unknown session_id {session_id!r}: open it with open_session() (or it was closed)")
         return session
 
     def _discard_process(self, session: _Session) -> None:
@@ -198,9 +194,7 @@ class SandboxPool:
             notice = self._ensure_process(session)
             assert session.process is not None
             wall_s = min(self.limits.wall_time_s, remaining)
-            result, alive = session.process.execute(
-                code, wall_s, self.limits.cpu_time_s, self.limits.max_output_chars
-            )
+            result, alive = session.process.execute(code, wall_s, self.limits.cpu_time_s, self.limits.max_output_chars)
             session.used_wall_s += result.wall_time_s
             if session.closed or not alive:
                 self._discard_process(session)
@@ -212,9 +206,7 @@ class SandboxPool:
         """Start the session's process if it has none; return a notice if an earlier one died idle."""
         notice = ""
         process = session.process
-        if process is not None and (
-            process.generation != self._state.zygote.check() or not process.is_alive()
-        ):
+        if process is not None and (process.generation != self._state.zygote.check() or not process.is_alive()):
             self._discard_process(session)  # died idle, or is dying with an earlier zygote
             notice = "[the session's process had died; it was restarted, so earlier names are gone]\n"
         if session.process is None:

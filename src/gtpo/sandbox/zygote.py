@@ -115,9 +115,7 @@ def _install_descriptors(session_fd: int, output_fd: int) -> None:
     os.closerange(OUTPUT_BACKUP_FD + 1, os.sysconf("SC_OPEN_MAX"))
 
 
-def _session(
-    session_fd: int, output_fd: int, uid: int | None, fallback_path: str, limits: dict[str, Any]
-) -> None:
+def _session(session_fd: int, output_fd: int, uid: int | None, fallback_path: str, limits: dict[str, Any]) -> None:
     """A session process's whole life: confine itself (as root), drop privileges, serve cells."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the cell's subprocesses must be waitable
     os.setsid()  # its own process group: a kill(0, ...) by the cell reaches only the session
@@ -151,9 +149,7 @@ def _session(
     _serve(sock, runner, report["processes"])
 
 
-def _confine(
-    uid: int | None, fallback_path: str, limits: dict[str, Any]
-) -> tuple[dict[str, Any], str, str | None]:
+def _confine(uid: int | None, fallback_path: str, limits: dict[str, Any]) -> tuple[dict[str, Any], str, str | None]:
     """Enter mount/network namespaces and confine the filesystem; return (report, workdir, fallback dir)."""
     pid_namespace = os.getpid() == 1
     report: dict[str, Any] = {**isolation.enter_namespaces(limits["network"]), "processes": pid_namespace}
