@@ -154,7 +154,7 @@ class Trainer:
         # Trajectory j samples problem j // G; this rank generates its round-robin share of the batch.
         total = len(problems) * cfg.rollout.group_size
         local_index = shard_indices(total, self.ctx)
-        local, timings = self._rollout([problems[j // cfg.rollout.group_size] for j in local_index])
+        local, timings = self._rollout([problems[j // cfg.rollout.group_size] for j in local_index], local_index)
         for trajectory, j in zip(local, local_index, strict=True):
             trajectory.group_id = j // cfg.rollout.group_size
         rollout_s = time.perf_counter() - start
@@ -201,8 +201,9 @@ class Trainer:
         metrics.update({f"perf/{k}": v for k, v in timings.items()})
         return metrics
 
-    def _rollout(self, problems: list[Any]) -> tuple[list[Trajectory], dict[str, float]]:
-        """One trajectory per entry of ``problems`` (a problem appears G times across the ranks)."""
+    def _rollout(self, problems: list[Any], indices: list[int]) -> tuple[list[Trajectory], dict[str, float]]:
+        """One trajectory per entry of ``problems`` (a problem appears G times across the ranks);
+        ``indices`` are their positions in the global batch."""
         r = self.cfg.rollout
         with torch.no_grad():
             result = rollout(
