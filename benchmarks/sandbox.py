@@ -104,9 +104,7 @@ def main() -> None:
     print()
     for name, stats in rows:
         base = stats["subprocess python -c"]["per_s"]
-        ratios = ", ".join(
-            f"{mode} {s['per_s'] / base:.1f}x" for mode, s in stats.items() if mode.startswith("pool")
-        )
+        ratios = ", ".join(f"{mode} {s['per_s'] / base:.1f}x" for mode, s in stats.items() if mode.startswith("pool"))
         print(f"{name}: exec/s ratio vs subprocess baseline: {ratios}")
 
 

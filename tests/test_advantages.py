@@ -121,9 +121,7 @@ def test_zero_variance_and_singleton_sets_give_zero_not_nan(norm: str, scale_by_
     # group 0: identical trajectories whose returns are all 0.5 + 0.5 * 1.0 = 1.0 (every set constant);
     # group 1: a single one-turn trajectory (a set of one)
     rewards, mask = _padded([[0.5, 1.0], [0.5, 1.0], [0.3]])
-    adv = gtpo_advantages(
-        rewards.float(), mask, torch.tensor([0, 0, 1]), 0.5, norm=norm, scale_by_std=scale_by_std
-    )
+    adv = gtpo_advantages(rewards.float(), mask, torch.tensor([0, 0, 1]), 0.5, norm=norm, scale_by_std=scale_by_std)
     assert torch.equal(adv, torch.zeros_like(adv))
 
 
@@ -183,9 +181,7 @@ def _reference_gtpo(
     rows: list[list[float]], groups: list[int], gamma: float, norm: str, scale_by_std: bool, eps: float
 ) -> list[list[float]]:
     """Plain-Python GTPO advantages: the definition, written as loops."""
-    returns = [
-        [sum(gamma ** (k - j) * row[k] for k in range(j, len(row))) for j in range(len(row))] for row in rows
-    ]
+    returns = [[sum(gamma ** (k - j) * row[k] for k in range(j, len(row))) for j in range(len(row))] for row in rows]
     sets: dict[tuple[int, ...], list[float]] = {}
     for i, row_returns in enumerate(returns):
         for j, value in enumerate(row_returns):
@@ -218,9 +214,7 @@ def test_vectorized_matches_loop_reference(seed: int, norm: str, scale_by_std: b
         assert adv[i, : len(row)].tolist() == pytest.approx(row, abs=1e-9)
 
 
-def _set_members(
-    groups: list[int], mask: torch.Tensor, norm: str
-) -> dict[tuple[int, ...], list[tuple[int, int]]]:
+def _set_members(groups: list[int], mask: torch.Tensor, norm: str) -> dict[tuple[int, ...], list[tuple[int, int]]]:
     sets: dict[tuple[int, ...], list[tuple[int, int]]] = {}
     for i, j in mask.nonzero().tolist():
         sets.setdefault((groups[i],) if norm == "group" else (groups[i], j), []).append((i, j))
@@ -312,9 +306,7 @@ def test_grpo_rejects_a_2d_reward() -> None:
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("norm", ["group", "turn_index"])
 @pytest.mark.parametrize("scale_by_std", [True, False])
-def test_single_turn_gtpo_without_shaping_or_penalty_equals_grpo(
-    seed: int, norm: str, scale_by_std: bool
-) -> None:
+def test_single_turn_gtpo_without_shaping_or_penalty_equals_grpo(seed: int, norm: str, scale_by_std: bool) -> None:
     rng = random.Random(seed)
     groups = [g for g in rng.sample(range(1000), 3) for _ in range(rng.randint(1, 6))]
     correct = [rng.random() < 0.4 for _ in groups]

@@ -48,9 +48,7 @@ def _credit(algo, **overrides):
 def test_gtpo_turn_advantages_match_the_pure_function():
     credit = _credit("gtpo")
     # Turn rewards by hand: acc on the last turn; -0.1 per invalid call; -0.1 when turn 1 has no call.
-    rewards = torch.tensor(
-        [[-0.1, 0.0, 1.0], [-0.1, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0]]
-    )
+    rewards = torch.tensor([[-0.1, 0.0, 1.0], [-0.1, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
     mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 0], [1, 1, 0]], dtype=torch.bool)
     expected = gtpo_advantages(rewards, mask, torch.tensor([0, 0, 0, 7, 7]), 0.9)
     torch.testing.assert_close(credit.turn_advantages, expected)

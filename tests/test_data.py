@@ -43,9 +43,7 @@ def test_load_problems_from_parquet(tmp_path: Path) -> None:
     pq = pytest.importorskip("pyarrow.parquet")
     path = tmp_path / "rows.parquet"
     pq.write_table(pa.Table.from_pylist([{"question": "x?", "answer": "\\frac{1}{2}"}]), path)
-    assert load_problems(str(path)) == [
-        Problem(id="rows-0", question="x?", answer="\\frac{1}{2}", source="rows")
-    ]
+    assert load_problems(str(path)) == [Problem(id="rows-0", question="x?", answer="\\frac{1}{2}", source="rows")]
 
 
 def test_limit_keeps_the_first_rows(tmp_path: Path) -> None:
@@ -92,9 +90,7 @@ def test_bad_rows_are_reported_with_their_position(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="JSON list of objects"):
         load_problems(str(not_a_list))
     lines_in_json = tmp_path / "lines.json"
-    lines_in_json.write_text(
-        '{"question": "q", "answer": 1}\n{"question": "r", "answer": 2}\n', encoding="utf-8"
-    )
+    lines_in_json.write_text('{"question": "q", "answer": 1}\n{"question": "r", "answer": 2}\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"needs the \.jsonl suffix"):
         load_problems(str(lines_in_json))
 
@@ -177,9 +173,7 @@ def test_load_benchmark_from_parquet(tmp_path: Path) -> None:
 
 
 def test_benchmark_file_in_the_wrong_format_names_the_expected_columns() -> None:
-    with pytest.raises(
-        ValueError, match=r"row 0 has no column 'problem'.*HuggingFaceH4/MATH-500 \(problem, answer\)"
-    ):
+    with pytest.raises(ValueError, match=r"row 0 has no column 'problem'.*HuggingFaceH4/MATH-500 \(problem, answer\)"):
         load_benchmark("math500", path=str(FIXTURES / "gsm8k.jsonl"))
 
 

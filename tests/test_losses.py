@@ -61,9 +61,7 @@ def test_ratio_one_token_sum_norm_divides_by_the_fixed_normalizer() -> None:
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
     default, _ = clipped_policy_loss(logp, logp.detach(), adv, mask, agg="seq-mean-token-sum-norm")
     assert default.item() == pytest.approx(-(3.0 - 1.0) / (2 * 3))  # B * T
-    given, _ = clipped_policy_loss(
-        logp, logp.detach(), adv, mask, agg="seq-mean-token-sum-norm", denominator=2 * 100
-    )
+    given, _ = clipped_policy_loss(logp, logp.detach(), adv, mask, agg="seq-mean-token-sum-norm", denominator=2 * 100)
     assert given.item() == pytest.approx(-(3.0 - 1.0) / (2 * 100))  # sequences * length budget
 
 

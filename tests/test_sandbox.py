@@ -141,20 +141,14 @@ def test_output_is_truncated_with_a_visible_marker(pool, session):
     result = pool.run(session, "print('a' * 10_000)")
     assert result.status == "ok"
     omitted = 10_001 - MAX_CHARS  # 10_000 'a' and a newline, of which MAX_CHARS are shown
-    assert (
-        result.output
-        == "a" * MAX_CHARS + f"\n[... output truncated: {omitted} more characters not shown ...]\n"
-    )
+    assert result.output == "a" * MAX_CHARS + f"\n[... output truncated: {omitted} more characters not shown ...]\n"
 
 
 def test_printing_100_mb_is_cut_not_carried(pool, session):
     result = pool.run(session, "for _ in range(100):\n    print('x' * 999_999)")
     assert result.status == "ok"
     omitted = 100 * (999_999 + 1) - MAX_CHARS  # 100 lines of 999_999 'x' and a newline, MAX_CHARS shown
-    assert (
-        result.output
-        == "x" * MAX_CHARS + f"\n[... output truncated: {omitted} more characters not shown ...]\n"
-    )
+    assert result.output == "x" * MAX_CHARS + f"\n[... output truncated: {omitted} more characters not shown ...]\n"
     assert_healthy(pool)
 
 
@@ -533,9 +527,7 @@ def test_closing_a_session_stops_its_running_cell():
         session_id = small.open_session()
         small.run(session_id, "pass")  # the process is up before the race below
         results = []
-        runner = threading.Thread(
-            target=lambda: results.append(small.run(session_id, "while True:\n    pass"))
-        )
+        runner = threading.Thread(target=lambda: results.append(small.run(session_id, "while True:\n    pass")))
         runner.start()
         time.sleep(0.3)
         small.close_session(session_id)

@@ -1,0 +1,116 @@
+"""Two gloo processes take one step; the parameters equal one process's on the same data.
+
+Trajectories are scripted per *global* trajectory index (so groups have reward variance, and each
+trajectory is the same whichever rank generates it); the batch of 3 x 3 = 9 trajectories splits 5/4 over
+two ranks, so the uneven micro-batch path (a zero-weight pass) runs too.
+"""
+
+import os
+import socket
+
+import torch
+import torch.multiprocessing as mp
+
+from gtpo.config import from_dict
+from gtpo.distributed import DistContext, init_distributed, shard_indices
+from gtpo.generate import ScriptedSampler
+from gtpo.rollout import rollout
+from gtpo.trainer import Trainer
+
+GROUP = 3
+
+
+class ScriptedTrainer(Trainer):
+    """Trajectory j: right with tool use unless j % 3 == 1 (a wrong guess) or j % 3 == 2 (failed call first)."""
+
+    def _rollout(self, problems, indices):
+        trajectories = []
+        for problem, j in zip(problems, indices, strict=True):
+            expression = problem.question.replace("What is ", "").rstrip("?")
+            if problem.question.startswith("Let x"):
+                expression = "0"
+            scripts = {
+                0: [f"```python\nprint({expression})\n```", f"\\boxed{{{problem.answer}}}"],
+                1: ["\\boxed{1}"],
+                2: ["```python\nprint(y)\n```", "\\boxed{2}"],
+            }[j % 3]
+            sampler = ScriptedSampler(self.tokenizer, lambda _ctx, turn, s=scripts: s[min(turn, len(s) - 1)])
+            result = rollout(
+                [problem],
+                1,
+                sampler,
+                self.tokenizer,
+                self.sandbox,
+                system_prompt=self.system_prompt,
+                max_turns=2,
+                max_total_tokens=400,
+                max_new_tokens_per_turn=64,
+            )
+            trajectories += result.trajectories
+        return trajectories, result.timings.as_dict()
+
+
+def _config(model_dir, out):
+    return from_dict(
+        {
+            "model": {"name_or_path": model_dir},
+            "data": {"eval": ""},
+            "rollout": {"group_size": GROUP, "problems_per_step": 3, "sandbox_workers": 1},
+            "optim": {"micro_batch_size": 2, "lr": 1e-2, "warmup_steps": 0},
+            "steps": 1,
+            "eval_every": 0,
+            "save_every": 0,
+            "output_dir": str(out),
+            "progress": False,
+            "device": "cpu",
+        }
+    )
+
+
+def _one_step(config, ctx=None):
+    trainer = ScriptedTrainer(config, ctx=ctx)
+    try:
+        metrics = trainer.train_step()
+    finally:
+        trainer.sandbox.close()
+    return trainer, metrics
+
+
+def _worker(rank, world, port, model_dir, out):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    ctx = init_distributed("gloo")
+    trainer, metrics = _one_step(_config(model_dir, out / f"rank{rank}"), ctx)
+    if rank == 0:
+        state = {k: v.detach().clone() for k, v in trainer.policy.state_dict().items()}
+        torch.save({"state": state, "metrics": metrics}, out / "two_ranks.pt")
+    torch.distributed.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_sharding_is_round_robin_and_complete():
+    shards = [shard_indices(9, DistContext(rank=r, world_size=2)) for r in range(2)]
+    assert shards == [[0, 2, 4, 6, 8], [1, 3, 5, 7]]
+
+
+def test_two_gloo_ranks_equal_one_process(tmp_path, tiny_tokenizer, tiny_model):
+    model_dir = tmp_path / "model"
+    tiny_model.save_pretrained(model_dir)
+    tiny_tokenizer.save_pretrained(model_dir)
+    single, single_metrics = _one_step(_config(str(model_dir), tmp_path / "single"))
+    assert single_metrics["adv/abs_mean"] > 0 and 0 < single_metrics["reward/accuracy"] < 1
+
+    mp.spawn(_worker, args=(2, _free_port(), str(model_dir), tmp_path), nprocs=2, join=True)
+    two = torch.load(tmp_path / "two_ranks.pt", weights_only=False)
+    for name, value in single.policy.state_dict().items():
+        torch.testing.assert_close(two["state"][name], value, atol=2e-6, rtol=1e-5, msg=name)
+    for key in ("reward/accuracy", "reward/mean", "adv/abs_mean"):
+        assert two["metrics"][key] == single_metrics[key]
+    changed = any(
+        not torch.equal(value, tiny_model.state_dict()[name]) for name, value in single.policy.state_dict().items()
+    )
+    assert changed
