@@ -1,0 +1,74 @@
+"""gtpo eval: report numbers by hand, trajectory files, run comparison, and an end-to-end CLI run."""
+
+import json
+
+import pytest
+
+from gtpo.eval_cli import EvalConfig, main, run
+from gtpo.eval_report import compare_runs, summarize, write_results
+from gtpo.evaluate import EvalReport
+from gtpo.types import Problem, Trajectory, Turn
+
+
+def _report(name, per_problem):
+    trajectories = [
+        Trajectory(problem=Problem(id=f"p{i}", question="q", answer="1"), group_id=i, turns=[Turn(text="t")], correct=c)
+        for i, row in enumerate(per_problem)
+        for c in row
+    ]
+    return EvalReport(name=name, k=len(per_problem[0]), per_problem=per_problem, trajectories=trajectories)
+
+
+def test_summary_numbers_by_hand():
+    row = summarize(_report("toy", [[True, False], [False, False], [True, True]]))
+    assert row["avg@2"] == pytest.approx((0.5 + 0.0 + 1.0) / 3)
+    # pass@2 with n = k = 2: a problem passes if any sample is right.
+    assert row["pass@2"] == pytest.approx(2 / 3)
+    assert row["ci95_low"] < row["avg@2"] < row["ci95_high"]
+    assert row["problem_ids"] == ["p0", "p1", "p2"]
+
+
+def test_results_files_and_comparison(tmp_path):
+    write_results([_report("toy", [[True], [True], [False], [True]])], tmp_path / "a")
+    write_results([_report("toy", [[False], [True], [False], [False]])], tmp_path / "b")
+    rows = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert rows[0]["avg@1"] == 0.75
+    assert len((tmp_path / "a" / "trajectories_toy.jsonl").read_text().splitlines()) == 4
+    table = compare_runs(tmp_path / "a", tmp_path / "b")
+    assert "| toy | 0.750 | 0.250 | +0.500 |" in table
+
+
+def test_cli_end_to_end_on_fixtures(tmp_path, tiny_tokenizer, tiny_model):
+    model_dir = tmp_path / "model"
+    tiny_model.save_pretrained(model_dir)
+    tiny_tokenizer.save_pretrained(model_dir)
+    base = dict(model=str(model_dir), max_turns=2, max_new_tokens_per_turn=8, max_total_tokens=256, device="cpu")
+    rows = run(
+        EvalConfig(
+            **base,
+            benchmarks=("gsm8k", "svamp"),
+            data_dir="tests/fixtures/benchmarks",
+            output_dir=str(tmp_path / "a"),
+        )
+    )
+    assert [r["benchmark"] for r in rows] == ["gsm8k", "svamp"] and all(r["problems"] == 3 for r in rows)
+    run(
+        EvalConfig(
+            **base,
+            benchmarks=("gsm8k",),
+            data_dir="tests/fixtures/benchmarks",
+            no_tools=True,
+            output_dir=str(tmp_path / "b"),
+        )
+    )
+    main(["--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--output-dir", str(tmp_path / "c")])
+    assert "gsm8k" in (tmp_path / "c" / "compare.md").read_text()
+
+
+def test_bad_input_names_the_flag(tmp_path):
+    from gtpo.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--benchmarks"):
+        run(EvalConfig(benchmarks=("mmlu",), output_dir=str(tmp_path)))
+    with pytest.raises(ConfigError, match="--temperature"):
+        run(EvalConfig(k=4, output_dir=str(tmp_path)))
