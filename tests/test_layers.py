@@ -30,7 +30,7 @@ LAYERS = {
     "generate_vllm": 2,
     "batch": 2,
     "tasks": 2,
-    "tiny": 2,
+    "tiny": 4,  # the rebuild pipeline trains and measures through the rollout
     "distributed": 2,
     "rollout": 3,
     "credit": 3,
