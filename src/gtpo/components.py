@@ -93,7 +93,9 @@ def build_sampler(cfg: RolloutConfig, model: torch.nn.Module, tokenizer: Any, na
     if cfg.backend == "vllm":
         from gtpo.generate_vllm import VLLMSampler
 
-        return VLLMSampler(model_path(name_or_path))
+        return VLLMSampler(
+            model_path(name_or_path), gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, tokenizer=tokenizer
+        )
     from gtpo.generate import HFSampler
 
     return HFSampler(model, tokenizer)

@@ -77,6 +77,8 @@ class RolloutConfig:
     """Nucleus sampling threshold."""
     backend: Literal["hf", "vllm"] = "hf"
     """Generation backend: transformers (CPU/GPU) or vLLM (GPU, optional extra)."""
+    vllm_gpu_memory_utilization: float = 0.4
+    """vLLM backend: share of GPU memory its engine (weights + KV cache) may take beside the trainer."""
     sandbox_timeout_s: float = 5.0
     """Wall-time limit per code cell."""
     sandbox_memory_mb: int = 2048

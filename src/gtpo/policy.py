@@ -69,3 +69,23 @@ def token_logprobs(
         probs = torch.softmax(logits, dim=-1)
         entropy = torch.nn.functional.pad(log_norm - (probs * logits).sum(-1), (1, 0))
     return logp, entropy
+
+
+def inference_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The policy's full weights under the plain HF names an inference engine loads.
+
+    FSDP2 shards are gathered (every rank gets the full tensors: each rank feeds its own engine); a LoRA
+    policy is merged for the copy and unmerged again, and its ``base_layer``/``lora_`` names are mapped back
+    to the base model's. Called after each optimizer step by samplers that hold their own weights (vLLM).
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    module = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    if hasattr(module, "merge_adapter") and hasattr(module, "get_base_model"):
+        module.merge_adapter()
+        try:
+            state = {k: v.detach().clone() for k, v in module.get_base_model().state_dict().items()}
+        finally:
+            module.unmerge_adapter()
+        return {k.replace(".base_layer.", "."): v for k, v in state.items() if ".lora_" not in k}
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True))

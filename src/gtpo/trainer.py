@@ -42,7 +42,7 @@ from gtpo.distributed import (
 from gtpo.evaluate import EvalReport, evaluate_problems
 from gtpo.losses import clipped_policy_loss
 from gtpo.metrics import MetricLogger, read_metrics
-from gtpo.policy import token_logprobs
+from gtpo.policy import inference_weights, token_logprobs
 from gtpo.problem_stream import ProblemStream
 from gtpo.rollout import is_void_trajectory, rollout, rollout_metrics
 from gtpo.similarity import get_similarity
@@ -293,6 +293,8 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
+        if hasattr(self.sampler, "sync_weights"):  # an engine with its own copy of the weights (vLLM)
+            self.sampler.sync_weights(inference_weights(self.model).items())
         out = {f"loss/{k}": v / max(count, 1) for k, v in sums.items()}
         out["loss/total"] = total_loss / cfg.optim.update_epochs
         out["optim/grad_norm"] = grad_norm
