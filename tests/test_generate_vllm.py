@@ -50,7 +50,8 @@ class FakeLLM:
             if reason == "eos":
                 ids.append(self.tokenizer.eos_token_id)
             lps = [{t: FakeLogprob(-0.5)} for t in ids]
-            outs.append(types.SimpleNamespace(outputs=[FakeCompletion(ids, lps, "stop" if reason != "len" else "length")]))
+            finish = "stop" if reason != "len" else "length"
+            outs.append(types.SimpleNamespace(outputs=[FakeCompletion(ids, lps, finish)]))
         return outs
 
 
@@ -114,7 +115,9 @@ def test_sync_weights_reaches_engine_model(fake_vllm, tiny_tokenizer, tiny_model
     llm = FakeLLM(tiny_tokenizer, [])
     llm.llm_engine = types.SimpleNamespace(
         model_executor=types.SimpleNamespace(
-            driver_worker=types.SimpleNamespace(worker=types.SimpleNamespace(model_runner=types.SimpleNamespace(model=engine_model)))
+            driver_worker=types.SimpleNamespace(
+                worker=types.SimpleNamespace(model_runner=types.SimpleNamespace(model=engine_model))
+            )
         )
     )
     VLLMSampler("unused", llm=llm).sync_weights(inference_weights(tiny_model).items())

@@ -2,9 +2,9 @@
 
 It honours the same contract as ``HFSampler``: token ids exactly as sampled (``CompletionOutput.token_ids``,
 never re-tokenized text), the sampled tokens' log-probs, and a turn that ends at the close of a python block.
-vLLM has no "closed block" stop condition, so the closing fence (three backticks ending a line) is matched with stop strings
-that keep the stop text, and the finish reason is then decided by ``has_closed_code_block`` on the decoded
-text, exactly as the HF sampler decides it.
+vLLM has no "closed block" stop condition, so the closing fence (three backticks ending a line) is
+matched with stop strings that keep the stop text, and the finish reason is then decided by
+``has_closed_code_block`` on the decoded text, exactly as the HF sampler decides it.
 
 The engine runs in the trainer's process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) beside the policy, sharing the
 GPU (``gpu_memory_utilization``); ``sync_weights`` copies the policy's parameters into it after each update.
@@ -100,7 +100,7 @@ class VLLMSampler:
 
     def _to_sample(self, completion: Any, cap: int) -> Sample:
         ids = list(completion.token_ids)[: max(cap, 0)]
-        logprobs = [_sampled_logprob(step, token) for step, token in zip(completion.logprobs or [], ids)]
+        logprobs = [_sampled_logprob(step, token) for step, token in zip(completion.logprobs or [], ids, strict=False)]
         logprobs += [0.0] * (len(ids) - len(logprobs))
         finish: SampleFinish = "length"
         if ids and ids[-1] in self.eos_ids:
