@@ -106,7 +106,7 @@ def measure(model: torch.nn.Module, tokenizer: Any, n: int = 96, temperature: fl
     }
 
 
-def build(out: Path, steps: int, seed: int, traces: int) -> dict[str, Any]:
+def build(out: Path, steps: int, seed: int, traces: int, measure_n: int = 96) -> dict[str, Any]:
     torch.manual_seed(seed)
     if not HELDOUT_PATH.exists():
         write_heldout()
@@ -124,7 +124,7 @@ def build(out: Path, steps: int, seed: int, traces: int) -> dict[str, Any]:
         "sft_seconds": time.perf_counter() - start,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-    info.update({f"temp1_{k}": v for k, v in measure(model, tokenizer).items()})
+    info.update({f"temp1_{k}": v for k, v in measure(model, tokenizer, n=measure_n).items()})
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
