@@ -135,7 +135,7 @@ def build(out: Path, steps: int, seed: int, traces: int, measure_n: int = 96) ->
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="gtpo build-tiny", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR, help="output directory (HF format)")
-    parser.add_argument("--steps", type=int, default=1500, help="supervised steps (batch 32)")
+    parser.add_argument("--steps", type=int, default=3500, help="supervised steps (batch 32)")
     parser.add_argument("--traces", type=int, default=20000, help="number of generated traces")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
