@@ -1,0 +1,205 @@
+"""GTPO turn rewards for verl: from decoded multi-turn responses to rewards on each turn's last token.
+
+Two entry points share one parser (``verl_parse``) and gtpo's reward math (``gtpo.rewards``):
+
+- ``gtpo_reward_tensor(data, tokenizer)``: a whole batch (a verl ``DataProto`` with ``responses``,
+  ``response_mask``, ``uid`` and ground truths). Groups are whole here, so code-similarity shaping
+  (``shaped_accuracy``) is applied within each ``uid`` group, as in gtpo's own trainer.
+- ``GTPORewardManager``: verl's reward-loop interface (``run_single``), which verl 0.9 calls on **one
+  trajectory at a time**, during rollout. It returns the unshaped turn rewards (their sum as the score, the
+  list in ``reward_extra_info``); the ``gtpo_tool_agent`` loop puts them on each turn's last token. Shaping
+  needs the group's successful code, which a one-trajectory call cannot see, so it is off on that path
+  (docs/verl.md says why and what it changes).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from verl import DataProto
+from verl.experimental.reward_loop.reward_manager import register
+from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
+
+from gtpo.grading import grade_batch
+from gtpo.integrations.verl_parse import build_turns, decode_segments
+from gtpo.integrations.verl_turns import place_turn_rewards, turn_spans
+from gtpo.rewards import format_ok, shaped_accuracy, turn_rewards
+from gtpo.similarity import tfidf_code_similarity
+from gtpo.types import Problem, Trajectory
+
+Similarity = Callable[[list[str], list[str]], torch.Tensor]
+TURN_REWARDS_KEY = "gtpo_turn_rewards"
+"""``reward_extra_info`` key: the JSON list of a trajectory's turn rewards (read by ``verl_agent_loop``)."""
+TURN_SPANS_KEY = "gtpo_turn_spans"
+"""``extra_fields`` key where the ``gtpo_tool_agent`` loop leaves each turn's token range for the reward."""
+
+
+@dataclass(frozen=True)
+class RewardSettings:
+    """gtpo's reward settings: the ``algo`` config fields of the same names, with their defaults
+    (docs/algorithms.md), plus the grader's time limit per answer."""
+
+    format_penalty: float = 0.1
+    no_call_penalty: float = 0.1
+    shaping: bool = True
+    shaping_alpha: float = 0.5
+    grade_timeout_s: float = 5.0
+
+
+def read_trajectory(
+    response_ids: Sequence[int], spans: Sequence[tuple[int, int]], tokenizer: Any, ground_truth: str, uid: str
+) -> Trajectory:
+    """One response as a gtpo ``Trajectory`` (turn records, final answer); ``correct`` is set by grading."""
+    turns = build_turns(decode_segments(response_ids, spans, tokenizer))
+    trajectory = Trajectory(problem=Problem(id=uid, question="", answer=str(ground_truth)), group_id=0, turns=turns)
+    trajectory.final_answer = turns[-1].final_answer if turns else None
+    return trajectory
+
+
+def grade(trajectories: Sequence[Trajectory], timeout_s: float) -> None:
+    """Set ``correct`` on each trajectory with gtpo's grader (math-verify in a worker process)."""
+    verdicts = grade_batch([t.final_answer for t in trajectories], [t.problem.answer for t in trajectories], timeout_s)
+    for trajectory, verdict in zip(trajectories, verdicts, strict=True):
+        trajectory.correct = trajectory.final_answer is not None and verdict
+
+
+def trajectory_turn_rewards(
+    trajectories: Sequence[Trajectory], settings: RewardSettings, similarity: Similarity | None
+) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """(turn rewards [B, K], turn mask [B, K], acc per trajectory), the reward half of ``gtpo.credit``.
+
+    Shaping runs within ``group_id`` groups when ``settings.shaping`` and a similarity are given.
+    """
+    correct = [t.correct for t in trajectories]
+    invalid = [[turn.invalid_call for turn in t.turns] or [False] for t in trajectories]
+    first_call = [bool(t.turns) and t.turns[0].has_tool_call for t in trajectories]
+    if settings.shaping and similarity is not None:
+        groups = [t.group_id for t in trajectories]
+        acc = shaped_accuracy(correct, [t.code for t in trajectories], groups, settings.shaping_alpha, similarity)
+    else:
+        acc = [float(c) for c in correct]
+    rewards, mask = turn_rewards(acc, invalid, first_call, settings.format_penalty, settings.no_call_penalty)
+    return rewards, mask, acc
+
+
+def gtpo_reward_tensor(
+    data: DataProto,
+    tokenizer: Any,
+    settings: RewardSettings = RewardSettings(),  # frozen, so sharing the default is safe
+    similarity: Similarity | None = tfidf_code_similarity,
+) -> tuple[torch.Tensor, dict[str, list[Any]]]:
+    """Token-level rewards [B, T] for a batch: turn j's reward on turn j's last token; and per-row info.
+
+    Reads ``batch['responses']``, ``batch['response_mask']`` (and ``attention_mask`` to drop padding when
+    present), ``non_tensor_batch['uid']`` and ``non_tensor_batch['reward_model'][i]['ground_truth']``.
+    """
+    responses, response_mask = data.batch["responses"], data.batch["response_mask"]
+    lengths = _response_lengths(data)
+    uids = [str(u) for u in data.non_tensor_batch["uid"]]
+    group_of = {uid: g for g, uid in enumerate(dict.fromkeys(uids))}
+    trajectories = []
+    for i, uid in enumerate(uids):
+        ids = responses[i, : lengths[i]].tolist()
+        spans = turn_spans(response_mask[i, : lengths[i]])
+        trajectory = read_trajectory(ids, spans, tokenizer, _ground_truth(data.non_tensor_batch, i), uid)
+        trajectory.group_id = group_of[uid]
+        trajectories.append(trajectory)
+    grade(trajectories, settings.grade_timeout_s)
+    rewards, mask, acc = trajectory_turn_rewards(trajectories, settings, similarity)
+    token_rewards = place_turn_rewards(rewards, response_mask.long())
+    info = _info(trajectories, rewards, mask, acc)
+    return token_rewards.to(torch.float32), info
+
+
+def _info(
+    trajectories: Sequence[Trajectory], rewards: torch.Tensor, mask: torch.Tensor, acc: Sequence[float]
+) -> dict[str, list[Any]]:
+    fmt_ok = format_ok(
+        [[turn.invalid_call for turn in t.turns] or [False] for t in trajectories],
+        [bool(t.turns) and t.turns[0].has_tool_call for t in trajectories],
+    )
+    return {
+        "acc": [float(t.correct) for t in trajectories],
+        "shaped_acc": [float(a) for a in acc],
+        "format_ok": [float(ok) for ok in fmt_ok],
+        "num_model_turns": [t.num_turns for t in trajectories],
+        "invalid_calls": [sum(turn.invalid_call for turn in t.turns) for t in trajectories],
+        TURN_REWARDS_KEY: [json.dumps(rewards[i][mask[i]].tolist()) for i in range(len(trajectories))],
+    }
+
+
+def _response_lengths(data: DataProto) -> list[int]:
+    responses = data.batch["responses"]
+    if "attention_mask" in data.batch:
+        return data.batch["attention_mask"][:, -responses.shape[1] :].sum(dim=1).tolist()
+    return [responses.shape[1]] * responses.shape[0]
+
+
+def _ground_truth(non_tensor_batch: dict[str, np.ndarray], i: int) -> str:
+    reward_model = non_tensor_batch["reward_model"][i]
+    return str(reward_model["ground_truth"])
+
+
+@register("gtpo")
+class GTPORewardManager(RewardManagerBase):
+    """verl reward-loop manager: one trajectory -> gtpo turn rewards (unshaped; see the module docstring).
+
+    Configure with ``reward.reward_manager.source=importlib``,
+    ``reward.reward_manager.module.path=pkg://gtpo.integrations.verl_reward`` and
+    ``reward.reward_manager.name=GTPORewardManager``. Settings (``RewardSettings`` fields) are read from
+    ``reward.reward_kwargs``, where verl's own DAPO manager reads its arguments.
+    """
+
+    def __init__(self, config: Any, tokenizer: Any, compute_score: Any = None, **kwargs: Any) -> None:
+        super().__init__(config, tokenizer, compute_score)
+        kwargs_cfg = _select(config, ("reward", "reward_kwargs")) or {}
+        fields = RewardSettings.__dataclass_fields__
+        self.settings = RewardSettings(**{k: v for k, v in dict(kwargs_cfg).items() if k in fields})
+
+    async def run_single(self, data: DataProto) -> dict[str, Any]:
+        """Score the last row of ``data`` (verl passes one trajectory, possibly as several outputs)."""
+        row = data[-1:]
+        return await self.loop.run_in_executor(None, self.score_row, row)
+
+    def score_row(self, row: DataProto) -> dict[str, Any]:
+        """The synchronous body of ``run_single``: parse, grade, turn rewards (no shaping: one trajectory)."""
+        ids, spans = _row_tokens(row)
+        uid = str(row.non_tensor_batch["uid"][0]) if "uid" in row.non_tensor_batch else ""
+        trajectory = read_trajectory(ids, spans, self.tokenizer, _ground_truth(row.non_tensor_batch, 0), uid)
+        grade([trajectory], self.settings.grade_timeout_s)
+        rewards, mask, acc = trajectory_turn_rewards([trajectory], self.settings, similarity=None)
+        info = {key: values[0] for key, values in _info([trajectory], rewards, mask, acc).items()}
+        return {"reward_score": float(rewards[mask].sum()), "reward_extra_info": info}
+
+
+def _row_tokens(row: DataProto) -> tuple[list[int], list[tuple[int, int]]]:
+    """Unpadded response ids and turn spans of a one-row DataProto.
+
+    The spans come from ``response_mask`` when the batch has it, else from what the ``gtpo_tool_agent`` loop
+    left in ``tool_extra_fields`` (verl's rollout-time reward call carries no response mask).
+    """
+    ids = row.batch["responses"][0, : _response_lengths(row)[0]].tolist()
+    if "response_mask" in row.batch:
+        return ids, turn_spans(row.batch["response_mask"][0, : len(ids)])
+    extra = row.non_tensor_batch.get("tool_extra_fields")
+    spans = (extra[0] or {}).get(TURN_SPANS_KEY) if extra is not None else None
+    if spans is None:
+        raise ValueError(
+            "GTPORewardManager needs the turn boundaries: run the rollout with the gtpo_tool_agent loop "
+            "(gtpo.integrations.verl_agent_loop), which records them, or pass response_mask"
+        )
+    return ids, [(int(s), int(e)) for s, e in spans]
+
+
+def _select(config: Any, path: Sequence[str]) -> Any:
+    node = config
+    for key in path:
+        if node is None:
+            return None
+        node = node.get(key) if hasattr(node, "get") else getattr(node, key, None)
+    return node
