@@ -35,7 +35,7 @@ def test_results_files_and_comparison(tmp_path):
     assert rows[0]["avg@1"] == 0.75
     assert len((tmp_path / "a" / "trajectories_toy.jsonl").read_text().splitlines()) == 4
     table = compare_runs(tmp_path / "a", tmp_path / "b")
-    assert "| toy | 0.750 | 0.250 | +0.500 |" in table
+    assert "| toy | 0.750 | 0.250 | -0.500 |" in table
 
 
 def test_cli_end_to_end_on_fixtures(tmp_path, tiny_tokenizer, tiny_model):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from gtpo.config import from_dict
+from gtpo.eval_cli import EvalConfig, load_model
 from gtpo.metrics import read_metrics
 from gtpo.trainer import Trainer
 
@@ -65,6 +66,13 @@ def test_smoke_run_logs_evaluates_and_checkpoints(model_dir, tmp_path, algo):
     assert json.loads((tmp_path / "config.json").read_text())["algo"]["algo"] == algo
     assert (tmp_path / "checkpoints" / "step_0000002" / "model.pt").exists()
     assert trainer.step == 2
+    # gtpo eval takes the run directory (its newest checkpoint) or one checkpoint, with the saved weights
+    checkpoints = tmp_path / "checkpoints"
+    for given, expected in ((tmp_path, "step_0000002"), (checkpoints / "step_0000001", "step_0000001")):
+        model, _, name = load_model(EvalConfig(checkpoint=str(given)), torch.device("cpu"))
+        saved = torch.load(checkpoints / expected / "model.pt", weights_only=True)
+        assert name.endswith("@" + expected)
+        assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
 
 
 def test_resume_after_interruption_matches_uninterrupted(model_dir, tmp_path):

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from gtpo import components
+from gtpo.checkpoint import latest_checkpoint
 from gtpo.config import ConfigError, DataConfig, ModelConfig, RolloutConfig, from_dict
 from gtpo.data import BENCHMARKS, load_benchmark, load_problems
 from gtpo.eval_report import compare_runs, markdown_table, write_results
@@ -28,7 +29,8 @@ class EvalConfig:
     model: str = "tiny"
     """Model to score: "tiny", a hub name or a local directory."""
     checkpoint: str | None = None
-    """A gtpo checkpoint directory (runs/NAME/checkpoints/step_N): its run's model with the trained weights."""
+    """A gtpo checkpoint (runs/NAME/checkpoints/step_0000060) or a run directory (runs/NAME: its newest
+    checkpoint): the run's model with the trained weights."""
     benchmarks: tuple[str, ...] = ("arith-heldout",)
     """Benchmarks by name: arith-heldout, aime24, aime25, amc23, math500, svamp, gsm8k."""
     data_dir: str | None = None
@@ -58,7 +60,8 @@ class EvalConfig:
     output_dir: str = "runs/eval"
     """Where results and trajectories are written."""
     compare: tuple[str, str] | None = None
-    """Two earlier output directories to compare (nothing is evaluated then)."""
+    """Two earlier output directories A B (baseline first) to compare: B - A with its 95% interval (nothing is
+    evaluated then)."""
     device: str = "auto"
     """"auto", "cpu", "cuda", ..."""
     seed: int = 0
@@ -87,10 +90,13 @@ def load_model(cfg: EvalConfig, device: torch.device) -> tuple[torch.nn.Module, 
         model, tokenizer = components.build_policy(ModelConfig(name_or_path=cfg.model), device)
         return model.eval(), tokenizer, cfg.model
     path = Path(cfg.checkpoint)
+    if (path / "config.json").exists():  # a run directory: take its newest complete checkpoint
+        path = latest_checkpoint(path) or path
     run_config = path.parent.parent / "config.json"
     if not (path / "model.pt").exists() or not run_config.exists():
         raise ConfigError(
-            f"--checkpoint {path}: expected runs/NAME/checkpoints/step_N with model.pt and the run's config"
+            f"--checkpoint {cfg.checkpoint}: expected a run directory with a finished checkpoint (runs/NAME) or "
+            "one of its checkpoints (runs/NAME/checkpoints/step_0000060) with model.pt and the run's config.json"
         )
     model_cfg = from_dict(json.loads(run_config.read_text())).model
     model, tokenizer = components.build_policy(model_cfg, device)

@@ -87,18 +87,18 @@ def write_results(reports: Sequence[EvalReport], out: Path) -> list[dict[str, An
 
 
 def compare_runs(dir_a: Path, dir_b: Path) -> str:
-    """Markdown table of two evaluation directories on their common benchmarks, with A - B and its interval."""
+    """Two evaluation directories on their common benchmarks: B - A (the change from baseline A), its interval."""
     rows_a = {r["benchmark"]: r for r in json.loads((Path(dir_a) / RESULTS).read_text())}
     rows_b = {r["benchmark"]: r for r in json.loads((Path(dir_b) / RESULTS).read_text())}
     lines = [
-        f"| benchmark | A: {Path(dir_a).name} | B: {Path(dir_b).name} | A - B | 95% interval |",
+        f"| benchmark | A: {Path(dir_a).name} | B: {Path(dir_b).name} | B - A | 95% interval |",
         "|---|---|---|---|---|",
     ]
     for name in [n for n in rows_a if n in rows_b]:
         a, b = rows_a[name], rows_b[name]
         if a["problem_ids"] != b["problem_ids"]:
             raise ValueError(f"--compare: {name} was evaluated on different problems in the two runs")
-        diff, lo, hi = paired_difference(a["per_problem"], b["per_problem"])
+        diff, lo, hi = paired_difference(b["per_problem"], a["per_problem"])
         acc_a, acc_b = a[f"avg@{a['k']}"], b[f"avg@{b['k']}"]
         lines.append(f"| {name} | {acc_a:.3f} | {acc_b:.3f} | {diff:+.3f} | [{lo:+.3f}, {hi:+.3f}] |")
     return "\n".join(lines) + "\n"
