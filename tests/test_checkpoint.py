@@ -2,9 +2,11 @@
 
 import random
 
+import pytest
 import torch
 
-from gtpo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from gtpo.checkpoint import claim_run_dir, latest_checkpoint, load_checkpoint, save_checkpoint
+from gtpo.config import ConfigError
 
 
 def _setup(seed):
@@ -63,3 +65,16 @@ def test_leftover_temporary_directory_is_ignored(tmp_path):
 
 def test_no_checkpoint_returns_none(tmp_path):
     assert latest_checkpoint(tmp_path) is None
+
+
+def test_claim_run_dir_refuses_to_mix_runs_and_overwrite_clears_them(tmp_path):
+    claim_run_dir(tmp_path / "new", resume=False, overwrite=False)  # empty or missing: nothing to do
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
+    (tmp_path / "checkpoints" / "step_0000001").mkdir(parents=True)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"metrics.jsonl, checkpoints\): pass --resume"):
+        claim_run_dir(tmp_path, resume=False, overwrite=False)
+    claim_run_dir(tmp_path, resume=True, overwrite=False)  # resuming keeps everything
+    assert (tmp_path / "checkpoints" / "step_0000001").exists()
+    claim_run_dir(tmp_path, resume=False, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # only the run's own files go

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from gtpo.config import from_dict
+from gtpo.config import ConfigError, from_dict
 from gtpo.eval_cli import EvalConfig, load_model
 from gtpo.metrics import read_metrics
 from gtpo.trainer import Trainer
@@ -89,8 +89,16 @@ def test_resume_after_interruption_matches_uninterrupted(model_dir, tmp_path):
 
 
 def test_resume_without_checkpoint_is_a_clear_error(model_dir, tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(ConfigError, match="no checkpoint"):
         Trainer(_config(model_dir, tmp_path, resume=True))
+
+
+def test_fresh_run_into_an_earlier_run_is_refused_unless_overwrite(model_dir, tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0}\n')
+    with pytest.raises(ConfigError, match="--overwrite"):
+        Trainer(_config(model_dir, tmp_path))
+    _train(_config(model_dir, tmp_path, steps=1, eval_every=0, overwrite=True))
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1]
 
 
 def test_filter_void_and_kl_paths_run(model_dir, tmp_path):

@@ -22,12 +22,32 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
+from gtpo.config import ConfigError
+from gtpo.metrics import METRICS_FILE
+
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest"
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR
+
+
+def claim_run_dir(run_dir: str | Path, resume: bool, overwrite: bool) -> None:
+    """Make ``run_dir`` ready for a run: a fresh run must not append to an earlier run's metrics or leave its
+    checkpoints beside its own (a later --resume would pick them up). Raises unless ``resume`` or ``overwrite``."""
+    run_dir = Path(run_dir)
+    earlier = [p for p in (run_dir / METRICS_FILE, checkpoint_root(run_dir)) if p.exists()]
+    if resume or not earlier:
+        return
+    if not overwrite:
+        found = ", ".join(p.name for p in earlier)
+        raise ConfigError(
+            f"output_dir {run_dir} already holds a run ({found}): pass --resume to continue it, --overwrite to "
+            "delete it and start over, or choose another --output-dir"
+        )
+    for path in earlier:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def rng_state() -> dict[str, Any]:

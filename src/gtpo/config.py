@@ -172,6 +172,9 @@ class TrainConfig:
     """How many recent checkpoints to keep."""
     resume: bool = False
     """Continue from the newest checkpoint in output_dir."""
+    overwrite: bool = False
+    """Start over in an output_dir that holds an earlier run, deleting its metrics and checkpoints. Without it
+    (or --resume) such a directory is an error, so that no run is lost or mixed into another by accident."""
     loggers: tuple[Literal["jsonl", "tensorboard", "wandb"], ...] = ("jsonl",)
     """Metric sinks; JSONL is always written."""
     device: str = "auto"

@@ -12,12 +12,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+METRICS_FILE = "metrics.jsonl"
+"""Each run directory's metric log, one JSON object per line."""
+
 
 class MetricLogger:
     """Writes ``{"step": N, ...metrics}`` lines to ``run_dir/metrics.jsonl`` and the optional sinks."""
 
     def __init__(self, run_dir: Path, loggers: Iterable[str], config: dict[str, Any] | None = None) -> None:
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = Path(run_dir) / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a", encoding="utf-8")
         self._tb = None

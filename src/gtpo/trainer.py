@@ -25,8 +25,8 @@ import torch
 from gtpo import components
 from gtpo.advantages import turns_to_tokens
 from gtpo.batch import TokenBatch, collate
-from gtpo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from gtpo.config import TrainConfig, to_dict, validate
+from gtpo.checkpoint import claim_run_dir, latest_checkpoint, load_checkpoint, save_checkpoint
+from gtpo.config import ConfigError, TrainConfig, to_dict, validate
 from gtpo.credit import assign_credit
 from gtpo.distributed import (
     DistContext,
@@ -76,6 +76,8 @@ class Trainer:
         self.cfg = validate(config)
         self.ctx = ctx or init_distributed()
         self.run_dir = Path(config.output_dir)
+        if self.ctx.is_main:  # before anything slow: a clash with an earlier run fails at once
+            claim_run_dir(self.run_dir, resume=config.resume, overwrite=config.overwrite)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         seed_everything(config.seed)
         self.device = components.resolve_device(config.device, self.ctx.local_rank)
@@ -354,7 +356,7 @@ class Trainer:
     def _resume(self) -> None:
         path = latest_checkpoint(self.run_dir)
         if path is None:
-            raise FileNotFoundError(
+            raise ConfigError(
                 f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}; run without --resume to start"
             )
         state = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
