@@ -6,14 +6,17 @@ network), so this measures speed, never quality. It runs what gtpo's trainer run
 - generation: ``model.generate`` with the KV cache, sampling, a fixed number of new tokens per row (EOS
   ignored, so every row decodes the same length). gtpo's ``HFSampler`` ran at 0.98x of ``model.generate`` on
   the tiny model (``benchmarks/rollout.py``); the vLLM backend is not measured here.
-- training: ``policy.token_logprobs`` -> ``losses.clipped_policy_loss`` -> backward -> AdamW step, float32
-  master weights with bf16 autocast on GPUs that support it (gtpo's ``dtype="auto"``), micro-batches with
-  gradient accumulation.
+- training: the trainer's own update (``Trainer._update``) on a batch of random sequences: old log-probs
+  (a no-grad forward), then per micro-batch ``token_logprobs`` -> ``clipped_policy_loss`` -> backward, then
+  gradient clipping and the AdamW step; float32 master weights with bf16 autocast on GPUs that support it
+  (gtpo's ``dtype="auto"``). The random model is saved with the shipped tiny tokenizer into a temporary
+  directory so that the trainer loads it as it would any model.
 
 MFU = achieved model FLOPs/s / the device's peak dense bf16 FLOPs/s. Model FLOPs per token count the matmuls
 only (``flops_per_token``): 2 per weight of every linear layer and the LM head (the input embedding is a
-lookup), plus causal attention; training is 3x forward (forward + backward), with no credit for recomputed
-activations. Peak FLOPs come from ``--peak-tflops`` or the table below; on a CPU, MFU is left out unless given.
+lookup), plus causal attention; a training token costs the old-log-prob forward plus 3x forward (forward +
+backward), with no credit for recomputed activations. Peak FLOPs come from ``--peak-tflops`` or the table
+below; on a CPU, MFU is left out unless given.
 
     python benchmarks/model_throughput.py --arch qwen2.5-1.5b            # on a GPU
     python benchmarks/model_throughput.py --arch small --device cpu      # a CPU check of the script
@@ -23,15 +26,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
+from gtpo.batch import TokenBatch
 from gtpo.components import autocast
-from gtpo.losses import clipped_policy_loss
-from gtpo.policy import token_logprobs
+from gtpo.config import from_dict
+from gtpo.tiny.build import DEFAULT_MODEL_DIR
+from gtpo.trainer import Trainer
 
 ARCHITECTURES: dict[str, dict] = {
     # Qwen2.5-1.5B / Qwen2.5-Math-1.5B (config.json of the released checkpoints).
@@ -157,28 +164,36 @@ def time_generation(model, device, batch: int, prompt_len: int, new_tokens: int,
     return statistics.median(rates)
 
 
-def time_training(model, device, batch: int, micro: int, seq_len: int, steps: int) -> float:
-    """Trained tokens/s of full optimizer steps (all positions count), median over ``steps`` after a warm-up."""
-    vocab = model.config.vocab_size
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=device.type == "cuda")
+def build_trainer(model, args, out: Path) -> Trainer:
+    """A gtpo Trainer around ``model`` (saved to ``out`` with the shipped tiny tokenizer, then loaded)."""
+    model.save_pretrained(out / "model")
+    AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR).save_pretrained(out / "model")
+    config = from_dict(
+        {
+            "model": {"name_or_path": str(out / "model"), "gradient_checkpointing": args.gradient_checkpointing},
+            "optim": {"micro_batch_size": args.micro_batch, "lr": 1e-6},
+            "rollout": {"max_total_tokens": args.seq_len, "sandbox_workers": 1},
+            "output_dir": str(out / "run"),
+            "device": args.device,
+            "progress": False,
+        }
+    )
+    return Trainer(config)
+
+
+def time_training(trainer: Trainer, batch: int, seq_len: int, repeats: int) -> float:
+    """Trained tokens/s of the trainer's update (all positions count), median over ``repeats`` after a warm-up."""
+    vocab = trainer.policy.config.vocab_size
     rates = []
-    for i in range(steps + 1):
-        ids = torch.randint(0, vocab, (batch, seq_len), device=device)
-        attention = torch.ones_like(ids)
-        loss_mask = (torch.rand(batch, seq_len, device=device) < 0.5).float()  # model tokens vs tool output
-        advantages = torch.randn(batch, seq_len, device=device) * loss_mask
-        synchronize(device)
+    for i in range(repeats + 1):
+        ids = torch.randint(0, vocab, (batch, seq_len))
+        loss_mask = (torch.rand(batch, seq_len) < 0.5).long()  # model tokens vs tool output
+        tokens = TokenBatch(ids, torch.ones_like(ids), loss_mask, loss_mask - 1, torch.zeros(batch, seq_len))
+        advantages = torch.randn(batch, seq_len) * loss_mask
+        synchronize(trainer.device)
         start = time.perf_counter()
-        for lo in range(0, batch, micro):
-            part = slice(lo, lo + micro)
-            with autocast("auto", device):
-                logp, _ = token_logprobs(model, ids[part], attention[part])
-            loss, _ = clipped_policy_loss(logp, logp.detach(), advantages[part], loss_mask[part], agg="token-mean")
-            (loss * (min(micro, batch - lo) / batch)).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        synchronize(device)
+        trainer._update(tokens, advantages, loss_mask.float())
+        synchronize(trainer.device)
         if i:
             rates.append(batch * seq_len / (time.perf_counter() - start))
     return statistics.median(rates)
@@ -206,8 +221,6 @@ def main() -> None:
     config = Qwen2Config(**ARCHITECTURES[args.arch])
     with torch.device(device):
         model = Qwen2ForCausalLM(config)
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
     shape = Shape.of(config)
     peak = peak_flops(device, args.peak_tflops)
     params = sum(p.numel() for p in model.parameters())
@@ -224,9 +237,14 @@ def main() -> None:
         rate = time_generation(model, device, args.gen_batch, args.prompt_len, args.new_tokens, args.repeats)
         report("generation", rate, flops_per_token(shape, args.prompt_len + args.new_tokens // 2, training=False))
     if not args.skip_training:
-        model.train()
-        rate = time_training(model, device, args.train_batch, args.micro_batch, args.seq_len, args.repeats)
-        report("training", rate, flops_per_token(shape, args.seq_len // 2, training=True))
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer = build_trainer(model.cpu(), args, Path(tmp))
+            try:
+                rate = time_training(trainer, args.train_batch, args.seq_len, args.repeats)
+            finally:
+                trainer.close()
+        per_token = flops_per_token(shape, args.seq_len // 2, training=True)
+        report("training", rate, per_token + flops_per_token(shape, args.seq_len // 2, training=False))
     if device.type == "cuda":
         print(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
 
