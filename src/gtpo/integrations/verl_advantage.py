@@ -60,11 +60,19 @@ def gtpo_token_advantages(
     return turns_to_tokens(advantages, turn_ids).to(dtype), turns_to_tokens(returns, turn_ids).to(dtype)
 
 
-def _settings(config: Any) -> tuple[float, bool]:
-    """(gamma, scale_by_std) from verl's algorithm config (an AlgoConfig or a DictConfig), or gtpo defaults."""
-    if config is None:
-        return GTPO_DEFAULT_GAMMA, True
-    return float(config.get("gamma", GTPO_DEFAULT_GAMMA)), bool(config.get("norm_adv_by_std_in_grpo", True))
+def _estimate(
+    token_level_rewards: torch.Tensor, response_mask: torch.Tensor, index: Any, epsilon: float, config: Any, norm: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What both registered estimators do, with gamma and scale_by_std read from verl's algorithm config (an
+    AlgoConfig or a DictConfig), or gtpo's defaults when verl passes none."""
+    gamma, scale_by_std = GTPO_DEFAULT_GAMMA, True
+    if config is not None:
+        gamma = float(config.get("gamma", GTPO_DEFAULT_GAMMA))
+        scale_by_std = bool(config.get("norm_adv_by_std_in_grpo", True))
+    with torch.no_grad():
+        return gtpo_token_advantages(
+            token_level_rewards, response_mask, index, gamma, norm, scale_by_std=scale_by_std, eps=epsilon
+        )
 
 
 @register_adv_est("gtpo")
@@ -80,11 +88,7 @@ def compute_gtpo_advantage(
 
     ``**kwargs`` takes what verl passes to some estimators and GTPO does not use (``reward_baselines``).
     """
-    gamma, scale_by_std = _settings(config)
-    with torch.no_grad():
-        return gtpo_token_advantages(
-            token_level_rewards, response_mask, index, gamma, "group", scale_by_std=scale_by_std, eps=epsilon
-        )
+    return _estimate(token_level_rewards, response_mask, index, epsilon, config, "group")
 
 
 @register_adv_est("gtpo_turn_index")
@@ -98,8 +102,4 @@ def compute_gtpo_turn_index_advantage(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """verl estimator ``gtpo_turn_index``: turn j normalized across the group's trajectories that have a
     turn j (gtpo ``adv_norm=turn_index``)."""
-    gamma, scale_by_std = _settings(config)
-    with torch.no_grad():
-        return gtpo_token_advantages(
-            token_level_rewards, response_mask, index, gamma, "turn_index", scale_by_std=scale_by_std, eps=epsilon
-        )
+    return _estimate(token_level_rewards, response_mask, index, epsilon, config, "turn_index")
