@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from gtpo.config import RolloutConfig
 from gtpo.generate import HFSampler
 from gtpo.policy import load_policy, prompt_ids
 from gtpo.rollout import rollout, rollout_metrics
@@ -27,6 +28,7 @@ from gtpo.tiny.build import DEFAULT_MODEL_DIR
 
 def full_rollouts(model, tokenizer, problems, group: int, repeats: int) -> dict[str, float]:
     sampler = HFSampler(model, tokenizer)
+    limits = RolloutConfig()  # the embedded default's turn and length limits
     totals = {"wall_s": 0.0, "generation_s": 0.0, "sandbox_s": 0.0, "grading_s": 0.0, "tokens": 0, "traj": 0}
     last_metrics: dict[str, float] = {}
     with SandboxPool() as pool:
@@ -39,9 +41,9 @@ def full_rollouts(model, tokenizer, problems, group: int, repeats: int) -> dict[
                 tokenizer,
                 pool,
                 system_prompt=SYSTEM_PROMPT,
-                max_turns=5,
-                max_new_tokens_per_turn=96,
-                max_total_tokens=512,
+                max_turns=limits.max_turns,
+                max_new_tokens_per_turn=limits.max_new_tokens_per_turn,
+                max_total_tokens=limits.max_total_tokens,
                 temperature=1.0,
                 seed=rep,
             )

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gtpo.config import TrainConfig, from_dict
-from gtpo.metrics import read_metrics
+from gtpo.metrics import METRICS_FILE, read_metrics
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "gtpo": {},
@@ -79,7 +79,7 @@ def summarize(records: list[dict[str, Any]], window: int = 5) -> dict[str, float
 
 
 def write_report(root: Path, variants: Sequence[str]) -> dict[str, Any]:
-    runs = {name: read_metrics(root / name / "metrics.jsonl") for name in variants}
+    runs = {name: read_metrics(root / name / METRICS_FILE) for name in variants}
     summary = {name: summarize(records) for name, records in runs.items()}
     (root / "compare.json").write_text(json.dumps(summary, indent=2))
     (root / "compare.md").write_text(markdown_table(summary))

@@ -41,7 +41,7 @@ from gtpo.distributed import (
 )
 from gtpo.evaluate import EvalReport, evaluate_problems
 from gtpo.losses import clipped_policy_loss
-from gtpo.metrics import MetricLogger, read_metrics
+from gtpo.metrics import METRICS_FILE, MetricLogger, read_metrics
 from gtpo.policy import inference_weights, token_logprobs
 from gtpo.problem_stream import ProblemStream
 from gtpo.rollout import is_void_trajectory, rollout, rollout_metrics
@@ -363,7 +363,7 @@ class Trainer:
         self.stream.load_state_dict(state["stream"])
         self.step = int(state["step"])
         if self.ctx.is_main:
-            _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+            _truncate_metrics(self.run_dir / METRICS_FILE, self.step)
 
     def close(self) -> None:
         if self.logger is not None:

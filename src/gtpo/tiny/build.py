@@ -75,10 +75,12 @@ def supervised_warm_start(
 
 def measure(model: torch.nn.Module, tokenizer: Any, n: int = 96, temperature: float = 1.0) -> dict[str, float]:
     """Held-out accuracy and tool use of the warm-started model, through the real rollout and sandbox."""
+    from gtpo.config import RolloutConfig
     from gtpo.generate import HFSampler
     from gtpo.rollout import rollout, rollout_metrics
     from gtpo.sandbox import SandboxPool
 
+    limits = RolloutConfig()  # the embedded default's turn and length limits
     with SandboxPool() as pool:
         start = time.perf_counter()
         result = rollout(
@@ -88,9 +90,9 @@ def measure(model: torch.nn.Module, tokenizer: Any, n: int = 96, temperature: fl
             tokenizer,
             pool,
             system_prompt=SYSTEM_PROMPT,
-            max_turns=5,
-            max_new_tokens_per_turn=96,
-            max_total_tokens=512,
+            max_turns=limits.max_turns,
+            max_new_tokens_per_turn=limits.max_new_tokens_per_turn,
+            max_total_tokens=limits.max_total_tokens,
             temperature=temperature,
             seed=0,
         )
