@@ -31,6 +31,42 @@ class Credit:
     metrics: dict[str, float]
 
 
+@dataclass
+class TurnRewards:
+    """GTPO's reward half: turn rewards [B, K], turn mask [B, K], acc after shaping, and GRPO's format flag."""
+
+    rewards: torch.Tensor
+    mask: torch.Tensor
+    acc: list[float]
+    fmt_ok: list[bool]
+
+
+def trajectory_turn_rewards(
+    trajectories: Sequence[Trajectory],
+    *,
+    format_penalty: float,
+    no_call_penalty: float,
+    shaping_alpha: float,
+    similarity: Similarity | None,
+) -> TurnRewards:
+    """Turn rewards of graded trajectories; shaping within ``group_id`` groups when ``similarity`` is given
+    (None: acc is 1/0). Shared by ``assign_credit`` and the verl reward (``gtpo.integrations.verl_reward``)."""
+    correct = [t.correct for t in trajectories]
+    invalid = [[turn.invalid_call for turn in t.turns] or [False] for t in trajectories]
+    first_call = [bool(t.turns) and t.turns[0].has_tool_call for t in trajectories]
+    if similarity is not None:
+        groups = [t.group_id for t in trajectories]
+        acc = shaped_accuracy(
+            correct, [t.code for t in trajectories], groups, alpha=shaping_alpha, similarity=similarity
+        )
+    else:
+        acc = [float(c) for c in correct]
+    rewards, mask = turn_rewards(
+        acc, invalid, first_call, format_penalty=format_penalty, no_call_penalty=no_call_penalty
+    )
+    return TurnRewards(rewards, mask, acc, format_ok(invalid, first_call))
+
+
 def assign_credit(
     trajectories: Sequence[Trajectory],
     *,
@@ -48,28 +84,18 @@ def assign_credit(
     gathered without its token lists (see gtpo.distributed)."""
     if algo not in ("gtpo", "grpo"):
         raise ValueError(f"algo.algo must be 'gtpo' or 'grpo', got {algo!r}")
+    if shaping and algo == "gtpo" and similarity is None:
+        raise ValueError("algo.shaping is on but no similarity function was given")
     correct = [t.correct for t in trajectories]
     group_ids = torch.tensor([t.group_id for t in trajectories])
-    invalid = [[turn.invalid_call for turn in t.turns] or [False] for t in trajectories]
-    first_call = [bool(t.turns) and t.turns[0].has_tool_call for t in trajectories]
-    fmt_ok = format_ok(invalid, first_call)
-
-    if shaping and algo == "gtpo":
-        if similarity is None:
-            raise ValueError("algo.shaping is on but no similarity function was given")
-        acc = shaped_accuracy(
-            correct,
-            [t.code for t in trajectories],
-            group_ids.tolist(),
-            alpha=shaping_alpha,
-            similarity=similarity,
-        )
-    else:
-        acc = [float(c) for c in correct]
-
-    rewards_bk, turn_mask = turn_rewards(
-        acc, invalid, first_call, format_penalty=format_penalty, no_call_penalty=no_call_penalty
+    turns = trajectory_turn_rewards(
+        trajectories,
+        format_penalty=format_penalty,
+        no_call_penalty=no_call_penalty,
+        shaping_alpha=shaping_alpha,
+        similarity=similarity if shaping and algo == "gtpo" else None,
     )
+    rewards_bk, turn_mask, acc, fmt_ok = turns.rewards, turns.mask, turns.acc, turns.fmt_ok
     if algo == "grpo":
         traj_rewards = grpo_rewards(correct, fmt_ok).to(torch.float32)
         adv = grpo_advantages(traj_rewards, group_ids, scale_by_std=scale_by_std)

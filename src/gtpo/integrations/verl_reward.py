@@ -1,6 +1,7 @@
 """GTPO turn rewards for verl: from decoded multi-turn responses to rewards on each turn's last token.
 
-Two entry points share one parser (``verl_parse``) and gtpo's reward math (``gtpo.rewards``):
+Two entry points share one parser (``verl_parse``) and the trainer's reward step
+(``gtpo.credit.trajectory_turn_rewards``, over the math in ``gtpo.rewards``):
 
 - ``gtpo_reward_tensor(data, tokenizer)``: a whole batch (a verl ``DataProto`` with ``responses``,
   ``response_mask``, ``uid`` and ground truths). Groups are whole here, so code-similarity shaping
@@ -25,10 +26,10 @@ from verl import DataProto
 from verl.experimental.reward_loop.reward_manager import register
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
+from gtpo.credit import TurnRewards, trajectory_turn_rewards
 from gtpo.grading import grade_batch
 from gtpo.integrations.verl_parse import build_turns, decode_segments
 from gtpo.integrations.verl_turns import place_turn_rewards, turn_spans
-from gtpo.rewards import format_ok, shaped_accuracy, turn_rewards
 from gtpo.similarity import tfidf_code_similarity
 from gtpo.types import Problem, Trajectory
 
@@ -68,23 +69,18 @@ def grade(trajectories: Sequence[Trajectory], timeout_s: float) -> None:
         trajectory.correct = trajectory.final_answer is not None and verdict
 
 
-def trajectory_turn_rewards(
+def turn_rewards_for(
     trajectories: Sequence[Trajectory], settings: RewardSettings, similarity: Similarity | None
-) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
-    """(turn rewards [B, K], turn mask [B, K], acc per trajectory), the reward half of ``gtpo.credit``.
-
-    Shaping runs within ``group_id`` groups when ``settings.shaping`` and a similarity are given.
-    """
-    correct = [t.correct for t in trajectories]
-    invalid = [[turn.invalid_call for turn in t.turns] or [False] for t in trajectories]
-    first_call = [bool(t.turns) and t.turns[0].has_tool_call for t in trajectories]
-    if settings.shaping and similarity is not None:
-        groups = [t.group_id for t in trajectories]
-        acc = shaped_accuracy(correct, [t.code for t in trajectories], groups, settings.shaping_alpha, similarity)
-    else:
-        acc = [float(c) for c in correct]
-    rewards, mask = turn_rewards(acc, invalid, first_call, settings.format_penalty, settings.no_call_penalty)
-    return rewards, mask, acc
+) -> TurnRewards:
+    """gtpo's turn rewards (``gtpo.credit.trajectory_turn_rewards``) with the settings of a verl run; shaping
+    within ``group_id`` groups when ``settings.shaping`` and a similarity are given."""
+    return trajectory_turn_rewards(
+        trajectories,
+        format_penalty=settings.format_penalty,
+        no_call_penalty=settings.no_call_penalty,
+        shaping_alpha=settings.shaping_alpha,
+        similarity=similarity if settings.shaping else None,
+    )
 
 
 def gtpo_reward_tensor(
@@ -110,26 +106,20 @@ def gtpo_reward_tensor(
         trajectory.group_id = group_of[uid]
         trajectories.append(trajectory)
     grade(trajectories, settings.grade_timeout_s)
-    rewards, mask, acc = trajectory_turn_rewards(trajectories, settings, similarity)
-    token_rewards = place_turn_rewards(rewards, response_mask.long())
-    info = _info(trajectories, rewards, mask, acc)
+    turns = turn_rewards_for(trajectories, settings, similarity)
+    token_rewards = place_turn_rewards(turns.rewards, response_mask.long())
+    info = _info(trajectories, turns)
     return token_rewards.to(torch.float32), info
 
 
-def _info(
-    trajectories: Sequence[Trajectory], rewards: torch.Tensor, mask: torch.Tensor, acc: Sequence[float]
-) -> dict[str, list[Any]]:
-    fmt_ok = format_ok(
-        [[turn.invalid_call for turn in t.turns] or [False] for t in trajectories],
-        [bool(t.turns) and t.turns[0].has_tool_call for t in trajectories],
-    )
+def _info(trajectories: Sequence[Trajectory], turns: TurnRewards) -> dict[str, list[Any]]:
     return {
         "acc": [float(t.correct) for t in trajectories],
-        "shaped_acc": [float(a) for a in acc],
-        "format_ok": [float(ok) for ok in fmt_ok],
+        "shaped_acc": [float(a) for a in turns.acc],
+        "format_ok": [float(ok) for ok in turns.fmt_ok],
         "num_model_turns": [t.num_turns for t in trajectories],
         "invalid_calls": [sum(turn.invalid_call for turn in t.turns) for t in trajectories],
-        TURN_REWARDS_KEY: [json.dumps(rewards[i][mask[i]].tolist()) for i in range(len(trajectories))],
+        TURN_REWARDS_KEY: [json.dumps(turns.rewards[i][turns.mask[i]].tolist()) for i in range(len(trajectories))],
     }
 
 
@@ -172,9 +162,9 @@ class GTPORewardManager(RewardManagerBase):
         uid = str(row.non_tensor_batch["uid"][0]) if "uid" in row.non_tensor_batch else ""
         trajectory = read_trajectory(ids, spans, self.tokenizer, _ground_truth(row.non_tensor_batch, 0), uid)
         grade([trajectory], self.settings.grade_timeout_s)
-        rewards, mask, acc = trajectory_turn_rewards([trajectory], self.settings, similarity=None)
-        info = {key: values[0] for key, values in _info([trajectory], rewards, mask, acc).items()}
-        return {"reward_score": float(rewards[mask].sum()), "reward_extra_info": info}
+        turns = turn_rewards_for([trajectory], self.settings, similarity=None)
+        info = {key: values[0] for key, values in _info([trajectory], turns).items()}
+        return {"reward_score": float(turns.rewards[turns.mask].sum()), "reward_extra_info": info}
 
 
 def _row_tokens(row: DataProto) -> tuple[list[int], list[tuple[int, int]]]:
