@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from gtpo.advantages import turns_to_tokens
+
 
 def _runs(response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(is_model_token, run_index, starts): run_index[i, t] is the index of the last turn started at or
@@ -79,9 +81,8 @@ def place_turn_rewards(turn_rewards: torch.Tensor, response_mask: torch.Tensor) 
         raise ValueError(
             f"response_mask has up to {turn_mask.shape[1]} turns but turn_rewards only {turn_rewards.shape[1]}"
         )
-    values = turn_rewards.gather(1, turn_ids.clamp(min=0))
-    ends = turn_end_mask(response_mask)
-    return torch.where(ends, values, torch.zeros((), dtype=turn_rewards.dtype, device=turn_rewards.device))
+    values = turns_to_tokens(turn_rewards, turn_ids)  # each turn's value on all of its tokens
+    return torch.where(turn_end_mask(response_mask), values, torch.zeros((), dtype=turn_rewards.dtype))
 
 
 def turn_spans(mask: list[int] | torch.Tensor) -> list[tuple[int, int]]:
