@@ -316,11 +316,33 @@ def test_cuda_graphs_equal_eager_on_gpu(shipped, contexts):
     model, tokenizer = shipped
     gpu_model = model.to("cuda")
     try:
-        eager = EngineSampler(gpu_model, tokenizer, EngineOptions(slots=16, max_len=512, cuda_graphs=False))
-        graphs = EngineSampler(gpu_model, tokenizer, EngineOptions(slots=16, max_len=512, cuda_graphs=True))
+        options = {"slots": 16, "max_len": 512, "static_shapes": True}  # the same kernels, replayed or not
+        eager = EngineSampler(gpu_model, tokenizer, EngineOptions(**options, cuda_graphs=False))
+        graphs = EngineSampler(gpu_model, tokenizer, EngineOptions(**options, cuda_graphs=True))
         a = eager.generate(contexts, [64] * len(contexts), temperature=1.0, seed=4)
         b = graphs.generate(contexts, [64] * len(contexts), temperature=1.0, seed=4)
-        assert graphs.engine.graphs is not None and graphs.engine.graphs.graphs
+        assert graphs.engine.graph_error is None and graphs.engine.graphs.graphs
         assert [s.token_ids for s in a] == [s.token_ids for s in b]
+        assert [s.logprobs for s in a] == [s.logprobs for s in b]
     finally:
         model.to("cpu")
+
+
+def test_backend_choice_and_settings_are_checked(shipped):
+    from gtpo.components import build_sampler
+    from gtpo.config import ConfigError, RolloutConfig, TrainConfig, validate
+    from gtpo.engine.weights import check_supported
+
+    model, tokenizer = shipped
+    default = build_sampler(RolloutConfig(), model, tokenizer, "tiny")
+    assert isinstance(default, EngineSampler)
+    assert (default.engine.options.slots, default.engine.options.max_len) == (64, 512)  # the whole default batch
+    assert isinstance(build_sampler(RolloutConfig(backend="hf"), model, tokenizer, "tiny"), HFSampler)
+    for field, value in (("engine_slots", -1), ("engine_chunk", -2), ("rejoin_steps", 0)):
+        with pytest.raises(ConfigError, match=rf"rollout\.{field}"):
+            validate(TrainConfig(rollout=RolloutConfig(**{field: value})))
+    with pytest.raises(ValueError, match="schedule"):
+        rollout([], 2, default, tokenizer, EchoExecutor(), system_prompt="", schedule="soon")
+    sliding = type("Config", (), {"layer_types": ["full_attention", "sliding_attention"]})()
+    with pytest.raises(ValueError, match=r"--rollout\.backend hf"):
+        check_supported(sliding)

@@ -108,7 +108,7 @@ def build_sampler(cfg: RolloutConfig, model: torch.nn.Module, tokenizer: Any, na
     options = EngineOptions(
         slots=cfg.engine_slots or cfg.problems_per_step * cfg.group_size,
         max_len=cfg.max_total_tokens,
-        chunk=cfg.engine_chunk or (16 if on_cuda else 8),
+        chunk=cfg.engine_chunk or (16 if on_cuda else 2),
         cuda_graphs=cfg.engine_cuda_graphs,
         prefill_wait=32 if on_cuda else 0,
     )

@@ -86,7 +86,7 @@ class RolloutConfig:
     free memory. More trajectories than slots wait in a queue."""
     engine_chunk: int = 0
     """Engine: decode steps between the host's looks at the sampled tokens (stop checks, slot refills).
-    Larger wastes up to chunk-1 tokens per ended turn, smaller syncs more often. 0 = 8 on CPU, 16 on GPU."""
+    Larger wastes up to chunk-1 tokens per ended turn, smaller syncs more often. 0 = 2 on CPU, 16 on GPU."""
     engine_cuda_graphs: bool = True
     """Engine: replay each decode-step shape as a CUDA graph (GPU only; off = eager, for debugging)."""
     schedule: Literal["auto", "deterministic", "asap"] = "auto"

@@ -80,7 +80,13 @@ def slot_cache_attention(
         keys, values = k_cache[:rows, :, :span], v_cache[:rows, :, :span]
     else:
         keys, values = k_cache[plan.read_slots, :, :span], v_cache[plan.read_slots, :, :span]
-    out = F.scaled_dot_product_attention(query, keys, values, attn_mask=plan.mask, scale=scale, enable_gqa=True)
+    if query.is_cuda and q_heads != kv_heads:
+        # With a mask, CUDA's fused kernels do not take grouped heads (enable_gqa falls back to the math
+        # kernel, which materializes every score); repeated heads keep the memory-efficient kernel.
+        keys = keys.repeat_interleave(q_heads // kv_heads, dim=1)
+        values = values.repeat_interleave(q_heads // kv_heads, dim=1)
+    gqa = q_heads != keys.shape[1]
+    out = F.scaled_dot_product_attention(query, keys, values, attn_mask=plan.mask, scale=scale, enable_gqa=gqa)
     return out.transpose(1, 2), None
 
 

@@ -118,7 +118,7 @@ class GraphCache:
         for tensor, copy in zip(self._mutable(), saved, strict=True):
             tensor.copy_(copy)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             step()
         self.pool = graph.pool()
         return graph

@@ -48,8 +48,9 @@ def build_inference_copy(
     register()
     config = copy.deepcopy(base_model(policy).config)
     check_supported(config)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=ATTENTION_NAME)
-    model.to(device).eval().requires_grad_(False)
+    with torch.device(device):  # allocate on the device at once (a 1.5B model's CPU init takes seconds)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=ATTENTION_NAME)
+    model.eval().requires_grad_(False)
     load_weights(model, weights.items())
     return model
 
