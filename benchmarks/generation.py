@@ -118,6 +118,35 @@ def logprob_gap(model, tokenizer, device, prompts: list[list[int]], new: int) ->
     return {"max_abs": gap.max().item(), "mean_abs": gap.mean().item(), "tokens": gap.numel()}
 
 
+def decode_step_times(model, tokenizer, device, rows: int, context: int, steps: int = 32) -> dict[str, float]:
+    """Milliseconds per decode step of ``rows`` live slots at ``context`` tokens: CUDA-graph replay vs eager.
+
+    Isolates the decode step (model, sampling, bookkeeping) from prefill and the host's per-chunk work, so
+    that the end-to-end figure can be read against it.
+    """
+    times = {}
+    for graphs in (True, False):
+        options = EngineOptions(slots=rows, max_len=context + 2 * steps + 2, cuda_graphs=graphs, static_shapes=True)
+        engine = EngineSampler(model, tokenizer, options).engine
+        state = engine.state
+        state.alive[:rows] = True
+        state.remaining[:rows] = 10**6
+        span = context + 2 * steps + 2
+        for label, count in (("warm", 2), ("timed", steps)):
+            state.pos[:rows] = context
+            _sync(device)
+            start = time.perf_counter()
+            with torch.no_grad():
+                for _ in range(count):
+                    state.step.zero_()  # one chunk column, rewritten each step
+                    engine._static_step(rows, span, False)
+            _sync(device)
+            if label == "timed":
+                times["graph_ms" if graphs else "eager_ms"] = (time.perf_counter() - start) / count * 1000
+        del engine
+    return times
+
+
 def ceiling(model, rows: int, context: int, device: torch.device) -> float | None:
     """Decode tokens/s the memory bandwidth allows: rows / (bf16 weights + rows' KV read per step)."""
     if device.type != "cuda":
@@ -191,6 +220,14 @@ def main() -> None:
         del backends
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    if device.type == "cuda":
+        rows = args.rows[-1]
+        step = decode_step_times(model, tokenizer, device, rows, args.prompt + args.new // 2)
+        print(
+            f"\ndecode step alone, {rows} rows: CUDA graph {step['graph_ms']:.2f} ms "
+            f"({rows / step['graph_ms'] * 1000:.0f} tokens/s), eager {step['eager_ms']:.2f} ms"
+        )
+        results.append({"rows": rows, "decode_step": step})
     gap = logprob_gap(model, tokenizer, device, prompts[:8], args.new)
     print(
         f"\nengine log-probs vs the trainer's recomputation ({gap['tokens']} tokens): "
