@@ -8,7 +8,8 @@ Backends (each samples at temperature 1 from the same random prompts, ``--new`` 
 - ``generate``: transformers' ``model.generate`` with its KV cache, sampling, EOS suppressed
   (``min_new_tokens``), under the same autocast;
 - ``transformers-cb`` (only with ``--transformers-cb``): transformers' continuous batching,
-  ``model.generate_batch`` (paged attention, its own CUDA graphs), timed after a warm-up call.
+  ``model.generate_batch`` (paged attention, its own CUDA graphs) on a bf16 copy of the model, timed after a
+  warm-up call.
 
 Tokens/s counts the tokens each backend returned (a sampler that stops a row early is not credited for tokens
 it did not make). On a GPU the line "ceiling" is what the memory bandwidth allows at that batch: each decode
@@ -87,7 +88,13 @@ def make_backends(model, tokenizer, device, rows: int, max_len: int, names: list
 
         backends["generate"] = run_generate
     if "transformers-cb" in names:
+        import copy
+
         from transformers import GenerationConfig
+
+        # Its manager decodes in a thread of its own, where the caller's autocast does not reach: give it
+        # bf16 weights on a GPU, as the engine has.
+        cb_model = copy.deepcopy(model).to(torch.bfloat16) if device.type == "cuda" else model
 
         @torch.no_grad()
         def run_cb(prompts, new, seed):
@@ -95,7 +102,7 @@ def make_backends(model, tokenizer, device, rows: int, max_len: int, names: list
             config = GenerationConfig(
                 max_new_tokens=new, do_sample=True, temperature=1.0, top_k=0, eos_token_id=-1, pad_token_id=0
             )
-            out = model.generate_batch(inputs=prompts, generation_config=config, progress_bar=False)
+            out = cb_model.generate_batch(inputs=prompts, generation_config=config, progress_bar=False)
             return sum(len(o.generated_tokens) for o in out.values())
 
         backends["transformers-cb"] = run_cb
