@@ -57,12 +57,13 @@ def model_path(name_or_path: str) -> str:
 
 def build_policy(cfg: ModelConfig, device: torch.device) -> tuple[torch.nn.Module, Any]:
     """Load the trainable policy (optionally wrapped with LoRA) and its tokenizer."""
-    from gtpo.policy import load_policy
+    from gtpo.policy import check_packed_logprobs, load_policy
 
     dtype = resolve_dtype(cfg.dtype)
     model, tokenizer = load_policy(model_path(cfg.name_or_path), dtype=dtype, device=device)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    check_packed_logprobs(model)
+    if cfg.gradient_checkpointing:  # takes effect in the update (gtpo.policy.checkpointing_active)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.lora_rank > 0:
         try:
             from peft import LoraConfig, get_peft_model
