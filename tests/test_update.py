@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from gtpo.batch import TokenBatch
+from gtpo.components import enable_checkpointing
 from gtpo.config import TrainConfig, from_dict
 from gtpo.distributed import DistContext
 from gtpo.losses import LOSS_AGGS, clipped_policy_loss
@@ -40,9 +41,15 @@ def ragged_batch(vocab: int, lengths=LENGTHS, seed: int = 0):
     return batch, advantages, loss_mask.float()
 
 
-def config(**optim) -> TrainConfig:
+def config(checkpointing: bool = False, **optim) -> TrainConfig:
     settings = {"micro_batch_tokens": 40, **optim}
-    return from_dict({"optim": settings, "rollout": {"max_total_tokens": 32, "temperature": 0.9}})
+    return from_dict(
+        {
+            "model": {"gradient_checkpointing": checkpointing},
+            "optim": settings,
+            "rollout": {"max_total_tokens": 32, "temperature": 0.9},
+        }
+    )
 
 
 def padded_gradients(model, batch, advantages, loss_mask, cfg: TrainConfig, algo: dict):
@@ -62,6 +69,8 @@ def padded_gradients(model, batch, advantages, loss_mask, cfg: TrainConfig, algo
 
 def packed_gradients(model, batch, advantages, loss_mask, cfg: TrainConfig, algo: dict):
     model = copy.deepcopy(model)
+    if cfg.model.gradient_checkpointing:
+        enable_checkpointing(model)
     cfg = dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, **algo))
     cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, grad_clip=0.0))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -86,9 +95,10 @@ def test_packed_micro_batches_give_the_padded_loss_and_gradients(tiny_model, agg
     assert any(g.abs().max() > 0 for g in grads.values())
 
 
-def test_entropy_bonus_gradients_match_and_a_row_cap_still_packs(tiny_model):
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_entropy_bonus_gradients_match_and_a_row_cap_still_packs(tiny_model, checkpointing):
     batch, advantages, loss_mask = ragged_batch(tiny_model.config.vocab_size, seed=1)
-    cfg = config(micro_batch_size=2)
+    cfg = config(checkpointing, micro_batch_size=2)
     algo = {"loss_agg": "token-mean", "entropy_coef": 0.05}
     loss, expected = padded_gradients(tiny_model, batch, advantages, loss_mask, cfg, algo)
     metrics, grads = packed_gradients(tiny_model, batch, advantages, loss_mask, cfg, algo)

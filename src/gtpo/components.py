@@ -63,7 +63,7 @@ def build_policy(cfg: ModelConfig, device: torch.device) -> tuple[torch.nn.Modul
     model, tokenizer = load_policy(model_path(cfg.name_or_path), dtype=dtype, device=device)
     check_packed_logprobs(model)
     if cfg.gradient_checkpointing:  # takes effect in the update (gtpo.policy.checkpointing_active)
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     if cfg.lora_rank > 0:
         try:
             from peft import LoraConfig, get_peft_model
@@ -77,6 +77,15 @@ def build_policy(cfg: ModelConfig, device: torch.device) -> tuple[torch.nn.Modul
         )
         model = get_peft_model(model, lora)
     return model, tokenizer
+
+
+def enable_checkpointing(model: torch.nn.Module) -> None:
+    """transformers' activation checkpointing of the decoder layers, non-reentrant (under its 5.24+ name if there)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def build_reference(cfg: ModelConfig, device: torch.device) -> torch.nn.Module | None:

@@ -117,7 +117,8 @@ def _logprob_chunk(
 
 
 PACKED_ATTENTION = "gtpo_packed"
-"""The attention implementation registered with transformers for packed rows (set only during the call)."""
+"""The attention implementation registered with transformers for packed rows (``packed_sdpa``), switched on
+by ``packed_attention_active`` only while packed rows go through the model."""
 
 
 def packed_token_logprobs(
@@ -156,7 +157,7 @@ def packed_token_logprobs(
         )
         return torch.stack([logp, entropy], 1) if with_entropy else logp[:, None]
 
-    with _packed_attention(lm), _swapped_forward(head, chunked_head):
+    with packed_attention_active(lm), _swapped_forward(head, chunked_head):
         out = model(input_ids=input_ids, position_ids=positions, use_cache=False, packed_seq_lens=tuple(seq_lens))
     scores = out.logits
     return scores[:, 0], (scores[:, 1] if with_entropy else None)
@@ -173,9 +174,14 @@ def _swapped_forward(module: torch.nn.Module, forward: Any) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _packed_attention(lm: torch.nn.Module) -> Iterator[None]:
-    """Switch the model's attention to ``packed_attention`` for one call. Its config is shared by every
-    layer; the previous implementation (sdpa, or whatever generation uses) comes back afterwards."""
+def packed_attention_active(model: torch.nn.Module) -> Iterator[None]:
+    """Switch the model's attention to ``packed_sdpa`` (its config is shared by every layer); the previous
+    implementation (sdpa, or whatever generation uses) comes back afterwards.
+
+    ``packed_token_logprobs`` does this for its forward. Under gradient checkpointing the layers run their
+    forward again during the backward pass, so a backward through packed log-probs must run inside this too.
+    """
+    lm = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     config = lm.config
     previous = config._attn_implementation
     config._attn_implementation = PACKED_ATTENTION
@@ -185,7 +191,7 @@ def _packed_attention(lm: torch.nn.Module) -> Iterator[None]:
         config._attn_implementation = previous
 
 
-def packed_attention(
+def packed_sdpa(
     module: torch.nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,
@@ -209,21 +215,20 @@ def packed_attention(
         raise ValueError("packed attention does not implement sliding-window layers; this model needs padding")
     if sum(packed_seq_lens) != query.shape[2] or query.shape[0] != 1:
         raise ValueError(f"packed attention: sequence lengths {packed_seq_lens} do not tile {tuple(query.shape)}")
-    outputs, start = [], 0
-    for length in packed_seq_lens:
-        part = slice(start, start + length)
-        out, _ = sdpa_attention_forward(
-            module, query[:, :, part], key[:, :, part], value[:, :, part], None, dropout, scaling, is_causal=True
-        )
-        outputs.append(out)
-        start += length
+    # torch.split, not slicing: the backward of a split is one concatenation, while each slice's backward
+    # would write its gradient into a zero tensor the size of the whole row (quadratic in sequences).
+    queries, keys, values = (torch.split(t, list(packed_seq_lens), dim=2) for t in (query, key, value))
+    outputs = [
+        sdpa_attention_forward(module, q, k, v, None, dropout, scaling, is_causal=True)[0]
+        for q, k, v in zip(queries, keys, values, strict=True)
+    ]
     return (outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)), None
 
 
 def _register_packed_attention() -> None:
     from transformers import AttentionInterface
 
-    AttentionInterface.register(PACKED_ATTENTION, packed_attention)
+    AttentionInterface.register(PACKED_ATTENTION, packed_sdpa)
 
 
 _register_packed_attention()

@@ -34,7 +34,7 @@ from gtpo.components import autocast as default_autocast
 from gtpo.config import OptimConfig, TrainConfig
 from gtpo.distributed import DistContext, all_reduce_max, all_reduce_sum
 from gtpo.losses import clipped_policy_loss
-from gtpo.policy import checkpointing_active, packed_token_logprobs
+from gtpo.policy import checkpointing_active, packed_attention_active, packed_token_logprobs
 
 
 def build_optimizer(
@@ -101,40 +101,25 @@ class PolicyUpdate:
             ref = self._scores(self.ref_model, micro) if self.ref_model is not None else None
         local = _denominator(algo.loss_agg, loss_mask, cfg.rollout.max_total_tokens)
         denominator = max(all_reduce_sum(local, self.ctx, self.device), 1.0)
-        with_entropy = algo.entropy_coef > 0
 
         sums: dict[str, float] = {}
         count = 0
         grad_norm = total_loss = 0.0
         for _ in range(optim.update_epochs):
             for i, (mb, weight) in enumerate(zip(micro, weights, strict=True)):
-                with self.autocast(), checkpointing_active(_unwrap(self.model), cfg.model.gradient_checkpointing):
-                    logp, entropy = self._logprobs(self.model, mb, with_entropy)
-                mask = mb.select(loss_mask) * weight
-                loss, metrics = clipped_policy_loss(
-                    logp,
-                    old[i] if old is not None else logp.detach(),
+                loss, metrics = self._pass(
+                    mb,
+                    mb.select(loss_mask) * weight,
                     mb.select(advantages),
-                    mask,
-                    clip_low=algo.clip_low,
-                    clip_high=algo.clip_high,
-                    dual_clip=algo.dual_clip,
-                    agg=algo.loss_agg,
-                    denominator=denominator,
+                    old_logp=None if old is None else old[i],
                     ref_logp=None if ref is None else ref[i],
-                    kl_coef=algo.kl_coef,
-                    entropy=entropy,
-                    entropy_coef=algo.entropy_coef,
+                    denominator=denominator,
+                    sync=i == passes - 1,
                 )
-                # DDP/FSDP average gradients over ranks; the loss already divides by the global normalizer,
-                # so scale back up to make the result a sum over ranks.
-                with _no_sync(self.model, skip=i < passes - 1):
-                    (loss * self.ctx.world_size).backward()
                 if weight or not any(weights):  # (a rank with nothing to train still reports its zero loss)
-                    total_loss += loss.item()
-                    metrics["sampled_nll"] = float(-(logp.detach() * mask).sum() / mask.sum().clamp(min=1.0))
+                    total_loss += loss
                     for key, value in metrics.items():
-                        sums[key] = sums.get(key, 0.0) + float(value)
+                        sums[key] = sums.get(key, 0.0) + value
                     count += 1
             params = [p for p in self.model.parameters() if p.requires_grad]
             clip = optim.grad_clip if optim.grad_clip > 0 else float("inf")
@@ -150,6 +135,47 @@ class PolicyUpdate:
         out["optim/grad_norm"] = grad_norm
         out["perf/micro_batches"] = float(passes)
         return out
+
+    def _pass(
+        self,
+        mb: MicroBatch,
+        mask: torch.Tensor,
+        advantages: torch.Tensor,
+        *,
+        old_logp: torch.Tensor | None,
+        ref_logp: torch.Tensor | None,
+        denominator: float,
+        sync: bool,
+    ) -> tuple[float, dict[str, float]]:
+        """Forward, loss and backward of one micro-batch ([S, width] tensors); returns the loss and its metrics.
+        ``old_logp`` None: one epoch, the old log-probs are the current ones (ratio 1, same gradient)."""
+        algo = self.cfg.algo
+        lm = _unwrap(self.model)
+        # The backward runs inside the packed attention too: checkpointed layers rerun their forward in it.
+        with packed_attention_active(lm), checkpointing_active(lm, self.cfg.model.gradient_checkpointing):
+            with self.autocast():
+                logp, entropy = self._logprobs(self.model, mb, with_entropy=algo.entropy_coef > 0)
+            loss, metrics = clipped_policy_loss(
+                logp,
+                logp.detach() if old_logp is None else old_logp,
+                advantages,
+                mask,
+                clip_low=algo.clip_low,
+                clip_high=algo.clip_high,
+                dual_clip=algo.dual_clip,
+                agg=algo.loss_agg,
+                denominator=denominator,
+                ref_logp=ref_logp,
+                kl_coef=algo.kl_coef,
+                entropy=entropy,
+                entropy_coef=algo.entropy_coef,
+            )
+            # DDP/FSDP average gradients over ranks; the loss already divides by the global normalizer, so
+            # scale back up to make the result a sum over ranks. DDP all-reduces on the last pass only.
+            with _no_sync(self.model, skip=not sync):
+                (loss * self.ctx.world_size).backward()
+        metrics["sampled_nll"] = float(-(logp.detach() * mask).sum() / mask.sum().clamp(min=1.0))
+        return loss.item(), {k: float(v) for k, v in metrics.items()}
 
     def _logprobs(
         self, model: torch.nn.Module, mb: MicroBatch, with_entropy: bool = False
