@@ -19,6 +19,9 @@ count for both methods: forward + backward (3x a forward) of the decoder on ever
 attention within each trajectory, plus the LM head on the tokens the loss scores; no credit for padding or
 recomputation. So the two MFUs differ exactly as the two speeds do.
 
+``--compile``: after those, the MLPs and norms are compiled (``gtpo.policy.compile_layers``, what
+``--model.compile`` does) and gtpo's update is timed again (the warm-up round pays the compilation).
+
 ``--memory-check``: one more gtpo update on ``--trajectories`` trajectories all of ``--max-len`` tokens (the
 worst case), reporting its peak against 80 GiB (an H100-80GB).
 
@@ -44,6 +47,7 @@ from gtpo.batch import TokenBatch
 from gtpo.components import autocast
 from gtpo.config import from_dict
 from gtpo.distributed import DistContext
+from gtpo.policy import compile_layers
 from gtpo.update import PolicyUpdate, build_optimizer
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}
@@ -205,6 +209,20 @@ def plain_update(model, optimizer, batch: TokenBatch, rows: int, device: torch.d
     optimizer.zero_grad(set_to_none=True)
 
 
+def measure(methods: dict, repeats: int, device: torch.device) -> dict[str, tuple[float, float | None]]:
+    """Median seconds per call and peak memory of each method, interleaved, after one warm-up round."""
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    peaks: dict[str, float | None] = {}
+    for i in range(repeats + 1):  # the first round warms up kernels, the allocator (and compilation)
+        for key, run in methods.items():
+            reset_peak(device)
+            seconds = timed(run, device)
+            peaks[key] = peak_gib(device)
+            if i:
+                times[key].append(seconds)
+    return {k: (statistics.median(v), peaks[k]) for k, v in times.items()}
+
+
 def timed(run, device: torch.device) -> float:
     synchronize(device)
     start = time.perf_counter()
@@ -226,6 +244,7 @@ def main() -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--skip-plain", action="store_true")
     parser.add_argument("--memory-check", action="store_true", help="also time 64 x max-len tokens, report peak")
+    parser.add_argument("--compile", action="store_true", help="then also time gtpo with compiled MLPs and norms")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak (dense bf16) for MFU")
     parser.add_argument("--dry-run", action="store_true", help="small shapes on a CPU: checks the script")
     parser.add_argument("--generation", action="store_true", help="only the old generation timing (then exit)")
@@ -264,38 +283,37 @@ def main() -> None:
 
     optimizer, scheduler = build_optimizer(model, from_dict({"optim": {"lr": 1e-6}}).optim, device)
     gtpo = GtpoUpdate(model, optimizer, scheduler, device, args.micro_batch_tokens, args.gradient_checkpointing)
-    methods = {"gtpo": lambda: gtpo(batch, advantages)}
-    if not args.skip_plain:
-        methods["plain"] = lambda: plain_update(model, optimizer, batch, args.plain_rows, device)
-    times: dict[str, list[float]] = {k: [] for k in methods}
-    peaks: dict[str, float | None] = {}
-    for i in range(args.repeats + 1):  # the first round warms up kernels and the allocator
-        for key, run in methods.items():
-            reset_peak(device)
+    plain_rows = [args.plain_rows]  # halved if the padded loop runs out of memory
+
+    def run_plain() -> None:
+        while True:
             try:
-                seconds = timed(run, device)
+                return plain_update(model, optimizer, batch, plain_rows[0], device)
             except torch.OutOfMemoryError:
-                print(f"{key}: out of memory")
+                if plain_rows[0] == 1:
+                    raise
                 optimizer.zero_grad(set_to_none=True)
-                times[key] = []
-                continue
-            peaks[key] = peak_gib(device)
-            if i:
-                times[key].append(seconds)
+                torch.cuda.empty_cache()
+                plain_rows[0] //= 2
+                print(f"plain: out of memory, retrying with {plain_rows[0]} trajectories per micro-batch")
 
     def report(label: str, seconds: float, peak_mem: float | None) -> float:
         rate = real / seconds
         mfu = f"{flops / seconds / peak:.3f}" if peak else "n/a (give --peak-tflops)"
         mem = f"{peak_mem:.1f} GiB" if peak_mem is not None else "n/a"
         print(
-            f"{label:<6} {rate:>10,.0f} real tokens/s  {flops / seconds / 1e12:>7.2f} TFLOP/s  MFU {mfu}  "
-            f"{seconds:.2f} s/update  peak {mem}"
+            f"{label:<12} {rate:>10,.0f} real tokens/s  {flops / seconds / 1e12:>7.2f} TFLOP/s  MFU {mfu}  "
+            f"{seconds:.2f} s/update  peak {mem}",
+            flush=True,
         )
         return rate
 
-    rates = {k: report(k, statistics.median(v), peaks.get(k)) for k, v in times.items() if v}
-    if "gtpo" in rates and "plain" in rates:
-        print(f"ratio gtpo / plain: {rates['gtpo'] / rates['plain']:.2f}x tokens/s")
+    methods = {"gtpo": lambda: gtpo(batch, advantages)}
+    if not args.skip_plain:
+        methods["plain"] = run_plain
+    rates = {k: report(k, *result) for k, result in measure(methods, args.repeats, device).items()}
+    if "plain" in rates:
+        print(f"ratio gtpo / plain ({plain_rows[0]} per micro-batch): {rates['gtpo'] / rates['plain']:.2f}x tokens/s")
 
     if args.memory_check:
         long = [[(min(300, args.max_len), False), (max(args.max_len - 300, 0), True)]] * args.trajectories
@@ -306,9 +324,18 @@ def main() -> None:
         verdict = "n/a on CPU" if memory is None else ("fits" if memory < MEMORY_LIMIT_GIB else "does NOT fit")
         shown = "n/a" if memory is None else f"{memory:.1f}"
         print(
-            f"memory check: {args.trajectories} x {args.max_len} tokens in {seconds:.1f} s, peak {shown} GiB: "
-            f"{verdict} in {MEMORY_LIMIT_GIB:.0f} GiB"
+            f"memory check: {args.trajectories} x {args.max_len} tokens ({args.trajectories * args.max_len:,}) in "
+            f"{seconds:.1f} s, peak {shown} GiB: {verdict} in {MEMORY_LIMIT_GIB:.0f} GiB",
+            flush=True,
         )
+
+    if args.compile:
+        count = compile_layers(model)  # last: the plain loop shares the model
+        print(f"compiling {count} modules (MLPs and norms); the warm-up update pays for it", flush=True)
+        seconds, mem = measure({"compiled": lambda: gtpo(batch, advantages)}, args.repeats, device)["compiled"]
+        rate = report("gtpo+compile", seconds, mem)
+        if "plain" in rates:
+            print(f"ratio gtpo+compile / plain: {rate / rates['plain']:.2f}x tokens/s")
 
 
 def generation_only(model, device: torch.device, args) -> None:

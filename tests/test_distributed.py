@@ -8,6 +8,7 @@ step (0.1 x the gradient); the parameters more loosely, since Adam's first step 
 by its own magnitude, which magnifies float summation-order noise on elements whose gradient is near zero.
 """
 
+import copy
 import os
 import socket
 
@@ -137,3 +138,48 @@ def test_two_gloo_ranks_equal_one_process(tmp_path, tiny_tokenizer, tiny_model, 
         not torch.equal(value, tiny_model.state_dict()[name]) for name, value in single.policy.state_dict().items()
     )
     assert changed
+
+
+def _bf16_worker(rank, world, port, out):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    ctx = init_distributed("gloo")
+    from conftest import build_model, build_tokenizer
+
+    from gtpo.distributed import wrap_model
+    from gtpo.policy import packed_attention_active, packed_token_logprobs
+
+    model = build_model(build_tokenizer())
+    wrapped = wrap_model(model, ctx, "fsdp", bf16=True)
+    seen = []
+    model.model.layers[0].mlp.up_proj.register_forward_pre_hook(lambda m, _: seen.append(m.weight.dtype))
+    ids, lengths, scored = _packed_example()
+    with packed_attention_active(wrapped):
+        logp, _ = packed_token_logprobs(wrapped, ids, lengths, scored)
+        logp.sum().backward()
+    grads = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
+    if rank == 0:
+        torch.save({"logp": logp.detach(), "grads": grads, "seen": seen}, out / "bf16.pt")
+    torch.distributed.destroy_process_group()
+
+
+def _packed_example():
+    ids = torch.randint(0, 300, (1, 20), generator=torch.Generator().manual_seed(0))
+    return ids, [8, 12], torch.tensor([j for j in range(1, 20) if j != 8])
+
+
+def test_fsdp_bf16_gathers_bf16_weights_and_keeps_float32_gradients(tmp_path, tiny_model):
+    """Both ranks score the same tokens, so the reduced gradient equals one process's (within bf16 rounding)."""
+    from gtpo.policy import packed_token_logprobs
+
+    ids, lengths, scored = _packed_example()
+    reference = copy.deepcopy(tiny_model)
+    logp, _ = packed_token_logprobs(reference, ids, lengths, scored)
+    logp.sum().backward()
+    mp.spawn(_bf16_worker, args=(2, _free_port(), tmp_path), nprocs=2, join=True)
+    two = torch.load(tmp_path / "bf16.pt", weights_only=False)
+    assert two["seen"] == [torch.bfloat16]
+    torch.testing.assert_close(two["logp"], logp.detach(), atol=0.05, rtol=0.02)
+    for name, param in reference.named_parameters():
+        grad = two["grads"][name]
+        assert grad.dtype == torch.float32
+        assert torch.linalg.vector_norm(grad - param.grad) <= 0.05 * torch.linalg.vector_norm(param.grad), name

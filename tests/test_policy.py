@@ -12,6 +12,7 @@ from gtpo.components import enable_checkpointing
 from gtpo.policy import (
     check_packed_logprobs,
     checkpointing_active,
+    compile_layers,
     packed_attention_active,
     packed_token_logprobs,
     token_logprobs,
@@ -147,3 +148,21 @@ def test_a_model_that_post_processes_its_logits_is_refused(tiny_tokenizer):
     model.forward = capped
     with pytest.raises(ValueError, match="packed log-probs differ"):
         check_packed_logprobs(model)
+
+
+@pytest.mark.slow  # compiling on a CPU takes a minute or more
+def test_compiled_layers_give_the_same_logprobs_and_gradients(tiny_model):
+    lengths = [10, 30]
+    _, ids, scored = _packed_inputs(tiny_model.config.vocab_size, lengths, seed=5)
+    results = []
+    for compiled in (False, True):
+        model = copy.deepcopy(tiny_model)
+        if compiled:
+            assert compile_layers(model) == 3 * len(model.model.layers)
+        with packed_attention_active(model):
+            logp, _ = packed_token_logprobs(model, ids, lengths, scored)
+            logp.sum().backward()
+        results.append((logp.detach(), [p.grad for p in model.parameters()]))
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)

@@ -156,3 +156,29 @@ def test_bf16_autocast_second_epoch_sees_the_updated_weights(tiny_model):
     assert nested["loss/ratio_max"] == pytest.approx(alone["loss/ratio_max"])
     for name, value in params_alone.items():
         torch.testing.assert_close(params_nested[name], value, msg=name)
+
+
+def test_lora_kl_reference_is_the_base_model_with_adapters_off(tiny_model):
+    """With LoRA no reference copy is loaded: the base model (adapters disabled) is the reference."""
+    from peft import LoraConfig, get_peft_model
+
+    batch, advantages, loss_mask = ragged_batch(tiny_model.config.vocab_size)
+    cfg = config()
+    cfg = dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, kl_coef=0.1))
+    kl = []
+    for with_copy in (True, False):
+        base = copy.deepcopy(tiny_model)
+        reference = copy.deepcopy(base) if with_copy else None
+        torch.manual_seed(0)
+        model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+        for name, param in model.named_parameters():
+            if "lora_B" in name:  # a trained adapter: the policy differs from its base
+                torch.nn.init.normal_(param, std=0.2)
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        update = PolicyUpdate(
+            cfg, model, optimizer, scheduler, ctx=DistContext(), device=torch.device("cpu"), ref_model=reference
+        )
+        kl.append(update(batch, advantages, loss_mask)["loss/kl_ref"])
+    assert kl[0] > 1e-4
+    assert kl[1] == pytest.approx(kl[0], rel=1e-5)

@@ -27,10 +27,6 @@ class TokenBatch:
     turn_ids: torch.Tensor
     sampler_logprobs: torch.Tensor
 
-    def split(self, micro_batch_size: int) -> list[TokenBatch]:
-        rows = self.input_ids.shape[0]
-        return [self[lo : lo + micro_batch_size] for lo in range(0, rows, micro_batch_size)]
-
     def __getitem__(self, rows: slice) -> TokenBatch:
         return TokenBatch(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
 

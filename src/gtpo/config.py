@@ -38,7 +38,11 @@ class ModelConfig:
     lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     """Module names LoRA adapts."""
     gradient_checkpointing: bool = False
-    """Trade compute for memory on long multi-turn contexts."""
+    """Trade compute for memory on long multi-turn contexts: the update keeps each decoder layer's input only
+    and recomputes the rest in the backward pass (about a third more compute; docs/training_speed.md)."""
+    compile: bool = False
+    """torch.compile the decoder layers' MLPs and norms (dynamic shapes) to fuse their elementwise work; the
+    first steps pay the compilation (GPU; on a CPU it needs a C++ compiler and rarely pays off)."""
 
 
 @dataclass

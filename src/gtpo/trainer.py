@@ -82,7 +82,8 @@ class Trainer:
         policy.eval()
         self.policy = policy
         """The plain module: generation, log-probs without gradient, checkpoints."""
-        self.model = wrap_model(policy, self.ctx, config.strategy)
+        bf16 = components.computes_in_bf16(config.model.dtype, self.device)
+        self.model = wrap_model(policy, self.ctx, config.strategy, bf16=bf16)
         """What the update runs forward/backward through (DDP/FSDP2 under torchrun, else the policy)."""
         self.ref_model = components.build_reference(config.model, self.device) if config.algo.kl_coef > 0 else None
         self.optimizer, self.scheduler = build_optimizer(self.model, config.optim, self.device)

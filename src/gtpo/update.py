@@ -98,7 +98,7 @@ class PolicyUpdate:
 
         with self.autocast():
             old = self._scores(self.model, micro) if optim.update_epochs > 1 else None
-            ref = self._scores(self.ref_model, micro) if self.ref_model is not None else None
+            ref = self._reference_scores(micro) if algo.kl_coef > 0 or self.ref_model is not None else None
         local = _denominator(algo.loss_agg, loss_mask, cfg.rollout.max_total_tokens)
         denominator = max(all_reduce_sum(local, self.ctx, self.device), 1.0)
 
@@ -185,6 +185,16 @@ class PolicyUpdate:
             model, mb.input_ids, mb.seq_lens, mb.scored, self.cfg.rollout.temperature, with_entropy=with_entropy
         )
         return mb.unpack(logp), (None if entropy is None else mb.unpack(entropy))
+
+    def _reference_scores(self, micro: list[MicroBatch]) -> list[torch.Tensor] | None:
+        """Log-probs under the reference policy: the frozen copy, or for LoRA the base model (adapters off)."""
+        if self.ref_model is not None:
+            return self._scores(self.ref_model, micro)
+        lm = _unwrap(self.model)
+        if not hasattr(lm, "disable_adapter"):
+            return None  # no reference: clipped_policy_loss names the missing ref_logp
+        with lm.disable_adapter():
+            return self._scores(self.model, micro)
 
     def _scores(self, model: torch.nn.Module, micro: list[MicroBatch]) -> list[torch.Tensor]:
         """No-grad log-probs of every micro-batch (old policy before the update, or the reference)."""
