@@ -1,86 +1,60 @@
-"""Generation and training throughput of a real-sized model, with model FLOPs utilization (MFU).
+"""Training-update throughput of a real-sized model: gtpo's update against a plain transformers loop, with MFU.
 
-The model is built from its architecture config with random weights (no download: GPU machines here have no
-network), so this measures speed, never quality. It runs what gtpo's trainer runs, nothing faster:
+The model is built from its architecture config with random weights (``architectures.py``; no download), so
+this measures speed and memory, never quality. One run, interleaved, on the same tokens:
 
-- generation: ``model.generate`` with the KV cache, sampling, a fixed number of new tokens per row (EOS
-  ignored, so every row decodes the same length). gtpo's ``HFSampler`` ran at 0.98x of ``model.generate`` on
-  the tiny model (``benchmarks/rollout.py``); the vLLM backend is not measured here.
-- training: the trainer's own update (``Trainer._update``) on a batch of random sequences: old log-probs
-  (a no-grad forward), then per micro-batch ``token_logprobs`` -> ``clipped_policy_loss`` -> backward, then
-  gradient clipping and the AdamW step; float32 master weights with bf16 autocast on GPUs that support it
-  (gtpo's ``dtype="auto"``). The random model is saved with the shipped tiny tokenizer into a temporary
-  directory so that the trainer loads it as it would any model.
+- ``gtpo``: the trainer's update (``gtpo.update.PolicyUpdate``, what ``Trainer._update`` runs) with the
+  trainer's settings: packed micro-batches of ``--micro-batch-tokens``, chunked LM-head log-probs on the loss
+  tokens, one optimizer step (no old-log-prob pass), the trainer's autocast (bf16 on GPUs), fused AdamW;
+- ``plain``: the loop a transformers user writes: ``--plain-rows`` trajectories per micro-batch, right-padded
+  to the longest, ``model(..., labels=...)`` (labels -100 off the loss tokens), the same autocast, float32 master
+  weights, the same fused AdamW, one step.
 
-MFU = achieved model FLOPs/s / the device's peak dense bf16 FLOPs/s. Model FLOPs per token count the matmuls
-only (``flops_per_token``): 2 per weight of every linear layer and the LM head (the input embedding is a
-lookup), plus causal attention; a training token costs the old-log-prob forward plus 3x forward (forward +
-backward), with no credit for recomputed activations. Peak FLOPs come from ``--peak-tflops`` or the table
-below; on a CPU, MFU is left out unless given.
+The batch is ragged like multi-turn tool use: ``--trajectories`` of a 200-400 token prompt, then turns of a model
+message (log-uniform 30-1500 tokens, trained) and a tool output (20-400 tokens, not trained), cut at a length
+drawn log-uniformly from ``--min-len`` to ``--max-len``. Tokens/s counts real (non-pad) tokens.
 
-    python benchmarks/model_throughput.py --arch qwen2.5-1.5b            # on a GPU
-    python benchmarks/model_throughput.py --arch small --device cpu      # a CPU check of the script
+MFU = model FLOPs / time / the device's dense bf16 peak. Model FLOPs of an update (``update_flops``), the same
+count for both methods: forward + backward (3x a forward) of the decoder on every real token, with causal
+attention within each trajectory, plus the LM head on the tokens the loss scores; no credit for padding or
+recomputation. So the two MFUs differ exactly as the two speeds do.
+
+``--compile``: after those, the MLPs and norms are compiled (``gtpo.policy.compile_layers``, what
+``--model.compile`` does) and gtpo's update is timed again (the warm-up round pays the compilation).
+
+``--memory-check``: one more gtpo update on ``--trajectories`` trajectories all of ``--max-len`` tokens (the
+worst case), reporting its peak against 80 GiB (an H100-80GB).
+
+    python benchmarks/model_throughput.py --arch qwen2.5-1.5b --memory-check        # one GPU, ~2-3 minutes
+    python benchmarks/model_throughput.py --dry-run                                 # a CPU check, small shapes
+    python benchmarks/model_throughput.py --generation ...                          # the old generation timing
+                                                                                    # (see benchmarks/generation.py)
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+from architectures import ARCHITECTURES, random_model
+from transformers import Qwen2Config
 
 from gtpo.batch import TokenBatch
 from gtpo.components import autocast
 from gtpo.config import from_dict
-from gtpo.tiny.build import DEFAULT_MODEL_DIR
-from gtpo.trainer import Trainer
-
-ARCHITECTURES: dict[str, dict] = {
-    # Qwen2.5-1.5B / Qwen2.5-Math-1.5B (config.json of the released checkpoints).
-    "qwen2.5-1.5b": dict(
-        hidden_size=1536,
-        intermediate_size=8960,
-        num_hidden_layers=28,
-        num_attention_heads=12,
-        num_key_value_heads=2,
-        vocab_size=151936,
-        tie_word_embeddings=True,
-        rope_theta=1e6,
-        max_position_embeddings=32768,
-    ),
-    # Qwen2.5-7B / Qwen2.5-Math-7B.
-    "qwen2.5-7b": dict(
-        hidden_size=3584,
-        intermediate_size=18944,
-        num_hidden_layers=28,
-        num_attention_heads=28,
-        num_key_value_heads=4,
-        vocab_size=152064,
-        tie_word_embeddings=False,
-        rope_theta=1e6,
-        max_position_embeddings=32768,
-    ),
-    # The same layer types, small enough to check this script on a CPU in seconds.
-    "small": dict(
-        hidden_size=256,
-        intermediate_size=1024,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=151936,
-        tie_word_embeddings=True,
-        rope_theta=1e6,
-        max_position_embeddings=4096,
-    ),
-}
+from gtpo.distributed import DistContext
+from gtpo.policy import compile_layers
+from gtpo.update import PolicyUpdate, build_optimizer
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}
 """Dense bf16 peak per GPU (vendor datasheets, without sparsity), matched by substring of the device name."""
+
+MEMORY_LIMIT_GIB = 80.0
+"""An H100-80GB: the memory check passes if the peak stays under this."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +96,57 @@ def flops_per_token(s: Shape, context: int, training: bool) -> float:
     return 3 * forward if training else forward
 
 
+def update_flops(s: Shape, lengths: list[int], scored: int) -> float:
+    """Model FLOPs of one update: 3x the forward of the decoder over every trajectory (each token attends to
+    the ``t`` tokens up to itself: 4 * hidden * t per layer) plus the LM head on the ``scored`` loss tokens."""
+    decoder = matmul_params(s) - s.hidden * s.vocab
+    forward = sum(2 * decoder * n + 4 * s.layers * s.hidden * n * (n + 1) / 2 for n in lengths)
+    forward += 2 * s.hidden * s.vocab * scored
+    return 3 * forward
+
+
+def multi_turn_lengths(count: int, min_len: int, max_len: int, seed: int) -> list[list[tuple[int, bool]]]:
+    """Per trajectory, its spans as (tokens, trained): a prompt, then model message / tool output turns."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def log_uniform(lo: int, hi: int) -> int:
+        u = torch.rand((), generator=gen).item()
+        return round(math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo))))
+
+    trajectories = []
+    for _ in range(count):
+        target = log_uniform(min_len, max_len)
+        spans = [(min(int(torch.randint(200, 401, (), generator=gen)), target // 2), False)]
+        total = spans[0][0]
+        while total < target:
+            for tokens, trained in ((log_uniform(30, 1500), True), (log_uniform(20, 400), False)):
+                tokens = min(tokens, target - total)
+                if tokens > 0:
+                    spans.append((tokens, trained))
+                    total += tokens
+        trajectories.append(spans)
+    return trajectories
+
+
+def ragged_batch(vocab: int, spans: list[list[tuple[int, bool]]], seed: int) -> tuple[TokenBatch, torch.Tensor]:
+    """Right-padded [B, T] tensors of the given spans (random ids) and random advantages on the loss tokens."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = [sum(n for n, _ in s) for s in spans]
+    rows, width = len(spans), max(lengths)
+    ids = torch.randint(1, vocab, (rows, width), generator=gen)
+    attention = torch.zeros(rows, width, dtype=torch.long)
+    loss_mask = torch.zeros(rows, width, dtype=torch.long)
+    for r, trajectory in enumerate(spans):
+        attention[r, : lengths[r]] = 1
+        start = 0
+        for tokens, trained in trajectory:
+            loss_mask[r, start : start + tokens] = int(trained)
+            start += tokens
+    ids = ids * attention
+    advantages = torch.randn(rows, width, generator=gen) * loss_mask
+    return TokenBatch(ids, attention, loss_mask, loss_mask - 1, torch.zeros(rows, width)), advantages
+
+
 def peak_flops(device: torch.device, override_tflops: float | None) -> float | None:
     if override_tflops:
         return override_tflops * 1e12
@@ -139,114 +164,174 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_generation(model, device, batch: int, prompt_len: int, new_tokens: int, repeats: int) -> float:
-    """Generated tokens/s (new tokens only), median over ``repeats`` after one warm-up."""
-    vocab = model.config.vocab_size
-    prompts = torch.randint(0, vocab, (batch, prompt_len), device=device)
-    mask = torch.ones_like(prompts)
-    rates = []
-    for i in range(repeats + 1):
-        synchronize(device)
-        start = time.perf_counter()
-        with torch.no_grad(), autocast("auto", device):
-            out = model.generate(
-                input_ids=prompts,
-                attention_mask=mask,
-                do_sample=True,
-                temperature=1.0,
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
-                pad_token_id=0,
-            )
-        synchronize(device)
-        if i:  # the first call warms up kernels and allocator
-            rates.append((out.shape[1] - prompt_len) * batch / (time.perf_counter() - start))
-    return statistics.median(rates)
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
 
-def build_trainer(model, args, out: Path) -> Trainer:
-    """A gtpo Trainer around ``model`` (saved to ``out`` with the shipped tiny tokenizer, then loaded)."""
-    model.save_pretrained(out / "model")
-    AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR).save_pretrained(out / "model")
-    config = from_dict(
-        {
-            "model": {"name_or_path": str(out / "model"), "gradient_checkpointing": args.gradient_checkpointing},
-            "optim": {"micro_batch_size": args.micro_batch, "lr": 1e-6},
-            "rollout": {"max_total_tokens": args.seq_len, "sandbox_workers": 1},
-            "output_dir": str(out / "run"),
-            "device": args.device,
-            "progress": False,
-        }
-    )
-    return Trainer(config)
+def peak_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
-def time_training(trainer: Trainer, batch: int, seq_len: int, repeats: int) -> float:
-    """Trained tokens/s of the trainer's update (all positions count), median over ``repeats`` after a warm-up."""
-    vocab = trainer.policy.config.vocab_size
-    rates = []
-    for i in range(repeats + 1):
-        ids = torch.randint(0, vocab, (batch, seq_len))
-        loss_mask = (torch.rand(batch, seq_len) < 0.5).long()  # model tokens vs tool output
-        tokens = TokenBatch(ids, torch.ones_like(ids), loss_mask, loss_mask - 1, torch.zeros(batch, seq_len))
-        advantages = torch.randn(batch, seq_len) * loss_mask
-        synchronize(trainer.device)
-        start = time.perf_counter()
-        trainer._update(tokens, advantages, loss_mask.float())
-        synchronize(trainer.device)
-        if i:
-            rates.append(batch * seq_len / (time.perf_counter() - start))
-    return statistics.median(rates)
+class GtpoUpdate:
+    """The trainer's update, built as the Trainer builds it (single process)."""
+
+    def __init__(self, model, optimizer, scheduler, device, micro_batch_tokens: int, checkpointing: bool) -> None:
+        config = from_dict(
+            {
+                "model": {"gradient_checkpointing": checkpointing},
+                "optim": {"micro_batch_tokens": micro_batch_tokens, "lr": 1e-6},
+                "rollout": {"max_total_tokens": 8192},
+                "device": str(device),
+            }
+        )
+        self.update = PolicyUpdate(config, model, optimizer, scheduler, ctx=DistContext(), device=device)
+
+    def __call__(self, batch: TokenBatch, advantages: torch.Tensor) -> None:
+        self.update(batch, advantages, batch.loss_mask.float())
+
+
+def plain_update(model, optimizer, batch: TokenBatch, rows: int, device: torch.device) -> None:
+    """A plain transformers step: padded micro-batches of ``rows`` trajectories, ``labels=`` loss (token mean over
+    the whole batch), the trainer's autocast, gradient clipping, AdamW."""
+    total = batch.loss_mask[:, 1:].sum().item()
+    for lo in range(0, batch.input_ids.shape[0], rows):
+        part = batch[lo : lo + rows]
+        width = int(part.attention_mask.sum(1).max())
+        ids = part.input_ids[:, :width].to(device)
+        labels = torch.where(part.loss_mask[:, :width] > 0, part.input_ids[:, :width], -100).to(device)
+        with autocast("auto", device):
+            out = model(input_ids=ids, attention_mask=part.attention_mask[:, :width].to(device), labels=labels)
+        # transformers averages over this micro-batch's labelled tokens; reweight to the whole batch's mean
+        (out.loss * (labels[:, 1:] != -100).sum() / total).backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def measure(methods: dict, repeats: int, device: torch.device) -> dict[str, tuple[float, float | None]]:
+    """Median seconds per call and peak memory of each method, interleaved, after one warm-up round."""
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    peaks: dict[str, float | None] = {}
+    for i in range(repeats + 1):  # the first round warms up kernels, the allocator (and compilation)
+        for key, run in methods.items():
+            reset_peak(device)
+            seconds = timed(run, device)
+            peaks[key] = peak_gib(device)
+            if i:
+                times[key].append(seconds)
+    return {k: (statistics.median(v), peaks[k]) for k, v in times.items()}
+
+
+def timed(run, device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    run()
+    synchronize(device)
+    return time.perf_counter() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="qwen2.5-1.5b")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--gen-batch", type=int, default=64, help="rows decoded at once (e.g. 4 prompts x G=16)")
-    parser.add_argument("--prompt-len", type=int, default=256)
-    parser.add_argument("--new-tokens", type=int, default=256)
-    parser.add_argument("--train-batch", type=int, default=16, help="sequences per optimizer step")
-    parser.add_argument("--micro-batch", type=int, default=4)
-    parser.add_argument("--seq-len", type=int, default=1024)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--trajectories", type=int, default=64, help="trajectories per update (one step)")
+    parser.add_argument("--min-len", type=int, default=300)
+    parser.add_argument("--max-len", type=int, default=8000)
+    parser.add_argument("--micro-batch-tokens", type=int, default=8192, help="gtpo's token budget per micro-batch")
+    parser.add_argument("--plain-rows", type=int, default=2, help="trajectories per micro-batch of the plain loop")
+    parser.add_argument("--repeats", type=int, default=2, help="timed updates per method (after one warm-up)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--skip-plain", action="store_true")
+    parser.add_argument("--memory-check", action="store_true", help="also time 64 x max-len tokens, report peak")
+    parser.add_argument("--compile", action="store_true", help="then also time gtpo with compiled MLPs and norms")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak (dense bf16) for MFU")
-    parser.add_argument("--skip-generation", action="store_true")
-    parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--dry-run", action="store_true", help="small shapes on a CPU: checks the script")
     args = parser.parse_args()
+    if args.dry_run:
+        args.arch, args.device = "small", "cpu"
+        args.trajectories, args.min_len, args.max_len, args.micro_batch_tokens = 4, 64, 400, 600
+        args.repeats = 1
 
     device = torch.device(args.device)
-    torch.manual_seed(0)
-    config = Qwen2Config(**ARCHITECTURES[args.arch])
-    with torch.device(device):
-        model = Qwen2ForCausalLM(config)
-    shape = Shape.of(config)
+    model = random_model(args.arch, device)
+    shape = Shape.of(model.config)
     peak = peak_flops(device, args.peak_tflops)
-    params = sum(p.numel() for p in model.parameters())
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    params = sum(p.numel() for p in model.parameters())
     print(f"{args.arch}: {params / 1e9:.3f}B parameters on {name}; peak {peak / 1e12 if peak else 'n/a'} TFLOP/s")
 
-    def report(label: str, tokens_per_s: float, per_token: float) -> None:
-        achieved = tokens_per_s * per_token
-        mfu = f"{achieved / peak:.3f}" if peak else "n/a (give --peak-tflops)"
-        print(f"{label:<11} {tokens_per_s:>12,.0f} tokens/s  {achieved / 1e12:>8.2f} TFLOP/s  MFU {mfu}")
+    spans = multi_turn_lengths(args.trajectories, args.min_len, args.max_len, seed=0)
+    batch, advantages = ragged_batch(shape.vocab, spans, seed=0)
+    lengths = batch.attention_mask.sum(1).tolist()
+    real = sum(lengths)
+    scored = int(batch.loss_mask[:, 1:].sum())
+    flops = update_flops(shape, lengths, scored)
+    padded_plain = sum(
+        max(lengths[lo : lo + args.plain_rows]) * len(lengths[lo : lo + args.plain_rows])
+        for lo in range(0, len(lengths), args.plain_rows)
+    )
+    print(
+        f"batch: {len(lengths)} trajectories, {real:,} real tokens (min {min(lengths)}, median "
+        f"{int(statistics.median(lengths))}, max {max(lengths)}), {scored:,} loss tokens; the plain loop pads "
+        f"to {padded_plain:,} tokens ({args.plain_rows} per micro-batch)"
+    )
 
-    if not args.skip_generation:
-        model.eval()
-        rate = time_generation(model, device, args.gen_batch, args.prompt_len, args.new_tokens, args.repeats)
-        report("generation", rate, flops_per_token(shape, args.prompt_len + args.new_tokens // 2, training=False))
-    if not args.skip_training:
-        with tempfile.TemporaryDirectory() as tmp:
-            trainer = build_trainer(model.cpu(), args, Path(tmp))
+    optimizer, scheduler = build_optimizer(model, from_dict({"optim": {"lr": 1e-6}}).optim, device)
+    gtpo = GtpoUpdate(model, optimizer, scheduler, device, args.micro_batch_tokens, args.gradient_checkpointing)
+    plain_rows = [args.plain_rows]  # halved if the padded loop runs out of memory
+
+    def run_plain() -> None:
+        while True:
             try:
-                rate = time_training(trainer, args.train_batch, args.seq_len, args.repeats)
-            finally:
-                trainer.close()
-        per_token = flops_per_token(shape, args.seq_len // 2, training=True)
-        report("training", rate, per_token + flops_per_token(shape, args.seq_len // 2, training=False))
-    if device.type == "cuda":
-        print(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
+                return plain_update(model, optimizer, batch, plain_rows[0], device)
+            except torch.OutOfMemoryError:
+                if plain_rows[0] == 1:
+                    raise
+                optimizer.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+                plain_rows[0] //= 2
+                print(f"plain: out of memory, retrying with {plain_rows[0]} trajectories per micro-batch")
+
+    def report(label: str, seconds: float, peak_mem: float | None) -> float:
+        rate = real / seconds
+        mfu = f"{flops / seconds / peak:.3f}" if peak else "n/a (give --peak-tflops)"
+        mem = f"{peak_mem:.1f} GiB" if peak_mem is not None else "n/a"
+        print(
+            f"{label:<12} {rate:>10,.0f} real tokens/s  {flops / seconds / 1e12:>7.2f} TFLOP/s  MFU {mfu}  "
+            f"{seconds:.2f} s/update  peak {mem}",
+            flush=True,
+        )
+        return rate
+
+    methods = {"gtpo": lambda: gtpo(batch, advantages)}
+    if not args.skip_plain:
+        methods["plain"] = run_plain
+    rates = {k: report(k, *result) for k, result in measure(methods, args.repeats, device).items()}
+    if "plain" in rates:
+        print(f"ratio gtpo / plain ({plain_rows[0]} per micro-batch): {rates['gtpo'] / rates['plain']:.2f}x tokens/s")
+
+    if args.memory_check:
+        long = [[(min(300, args.max_len), False), (max(args.max_len - 300, 0), True)]] * args.trajectories
+        big, big_adv = ragged_batch(shape.vocab, long, seed=1)
+        reset_peak(device)
+        seconds = timed(lambda: gtpo(big, big_adv), device)
+        memory = peak_gib(device)
+        verdict = "n/a on CPU" if memory is None else ("fits" if memory < MEMORY_LIMIT_GIB else "does NOT fit")
+        shown = "n/a" if memory is None else f"{memory:.1f}"
+        print(
+            f"memory check: {args.trajectories} x {args.max_len} tokens ({args.trajectories * args.max_len:,}) in "
+            f"{seconds:.1f} s, peak {shown} GiB: {verdict} in {MEMORY_LIMIT_GIB:.0f} GiB",
+            flush=True,
+        )
+
+    if args.compile:
+        count = compile_layers(model)  # last: the plain loop shares the model
+        print(f"compiling {count} modules (MLPs and norms); the warm-up update pays for it", flush=True)
+        seconds, mem = measure({"compiled": lambda: gtpo(batch, advantages)}, args.repeats, device)["compiled"]
+        rate = report("gtpo+compile", seconds, mem)
+        if "plain" in rates:
+            print(f"ratio gtpo+compile / plain: {rate / rates['plain']:.2f}x tokens/s")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,18 @@
-"""Two gloo processes take one step; the parameters equal one process's on the same data.
+"""Two gloo processes take one step, under DDP and under FSDP2; the update equals one process's on the same data.
 
 Trajectories are scripted per *global* trajectory index (so groups have reward variance, and each
 trajectory is the same whichever rank generates it); the batch of 3 x 3 = 9 trajectories splits 5/4 over
-two ranks, so the uneven micro-batch path (a zero-weight pass) runs too.
+two ranks, and at most two trajectories go in a micro-batch, so the ranks pack 3 and 2 micro-batches: the
+uneven path (a zero-weight pass) runs too. The gradients are compared through AdamW's first moment after one
+step (0.1 x the gradient); the parameters more loosely, since Adam's first step divides each gradient element
+by its own magnitude, which magnifies float summation-order noise on elements whose gradient is near zero.
 """
 
+import copy
 import os
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -50,13 +55,14 @@ class ScriptedTrainer(Trainer):
         return trajectories, result.timings.as_dict()
 
 
-def _config(model_dir, out):
+def _config(model_dir, out, strategy="ddp"):
     return from_dict(
         {
             "model": {"name_or_path": model_dir},
             "data": {"eval": ""},
             "rollout": {"group_size": GROUP, "problems_per_step": 3, "sandbox_workers": 1},
             "optim": {"micro_batch_size": 2, "lr": 1e-2, "warmup_steps": 0},
+            "strategy": strategy,
             "steps": 1,
             "eval_every": 0,
             "save_every": 0,
@@ -76,13 +82,26 @@ def _one_step(config, ctx=None):
     return trainer, metrics
 
 
-def _worker(rank, world, port, model_dir, out):
+def _first_moments(trainer):
+    """AdamW's exp_avg per parameter name, gathered to full tensors (FSDP2 shards them)."""
+    moments = {}
+    for name, param in trainer.policy.named_parameters():
+        value = trainer.optimizer.state[param]["exp_avg"]
+        moments[name] = (value.full_tensor() if hasattr(value, "full_tensor") else value).detach().clone()
+    return moments
+
+
+def _worker(rank, world, port, model_dir, out, strategy):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     ctx = init_distributed("gloo")
-    trainer, metrics = _one_step(_config(model_dir, out / f"rank{rank}"), ctx)
+    trainer, metrics = _one_step(_config(model_dir, out / f"rank{rank}", strategy), ctx)
+    state = {
+        k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone()
+        for k, v in trainer.policy.state_dict().items()
+    }
+    moments = _first_moments(trainer)
     if rank == 0:
-        state = {k: v.detach().clone() for k, v in trainer.policy.state_dict().items()}
-        torch.save({"state": state, "metrics": metrics}, out / "two_ranks.pt")
+        torch.save({"state": state, "moments": moments, "metrics": metrics}, out / "two_ranks.pt")
     torch.distributed.destroy_process_group()
 
 
@@ -97,20 +116,70 @@ def test_sharding_is_round_robin_and_complete():
     assert shards == [[0, 2, 4, 6, 8], [1, 3, 5, 7]]
 
 
-def test_two_gloo_ranks_equal_one_process(tmp_path, tiny_tokenizer, tiny_model):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_gloo_ranks_equal_one_process(tmp_path, tiny_tokenizer, tiny_model, strategy):
     model_dir = tmp_path / "model"
     tiny_model.save_pretrained(model_dir)
     tiny_tokenizer.save_pretrained(model_dir)
     single, single_metrics = _one_step(_config(str(model_dir), tmp_path / "single"))
     assert single_metrics["adv/abs_mean"] > 0 and 0 < single_metrics["reward/accuracy"] < 1
+    assert single_metrics["perf/micro_batches"] == 5  # 9 trajectories, at most 2 per micro-batch
 
-    mp.spawn(_worker, args=(2, _free_port(), str(model_dir), tmp_path), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, _free_port(), str(model_dir), tmp_path, strategy), nprocs=2, join=True)
     two = torch.load(tmp_path / "two_ranks.pt", weights_only=False)
+    assert two["metrics"]["perf/micro_batches"] == 3  # rank 0 packs 5 trajectories; rank 1 runs a filler pass
+    for name, moment in _first_moments(single).items():
+        torch.testing.assert_close(two["moments"][name], moment, atol=1e-9, rtol=1e-4, msg=name)
     for name, value in single.policy.state_dict().items():
-        torch.testing.assert_close(two["state"][name], value, atol=2e-6, rtol=1e-5, msg=name)
+        torch.testing.assert_close(two["state"][name], value, atol=2e-5, rtol=1e-5, msg=name)
     for key in ("reward/accuracy", "reward/mean", "adv/abs_mean"):
         assert two["metrics"][key] == single_metrics[key]
     changed = any(
         not torch.equal(value, tiny_model.state_dict()[name]) for name, value in single.policy.state_dict().items()
     )
     assert changed
+
+
+def _bf16_worker(rank, world, port, out):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    ctx = init_distributed("gloo")
+    from conftest import build_model, build_tokenizer
+
+    from gtpo.distributed import wrap_model
+    from gtpo.policy import packed_attention_active, packed_token_logprobs
+
+    model = build_model(build_tokenizer())
+    wrapped = wrap_model(model, ctx, "fsdp", bf16=True)
+    seen = []
+    model.model.layers[0].mlp.up_proj.register_forward_pre_hook(lambda m, _: seen.append(m.weight.dtype))
+    ids, lengths, scored = _packed_example()
+    with packed_attention_active(wrapped):
+        logp, _ = packed_token_logprobs(wrapped, ids, lengths, scored)
+        logp.sum().backward()
+    grads = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
+    if rank == 0:
+        torch.save({"logp": logp.detach(), "grads": grads, "seen": seen}, out / "bf16.pt")
+    torch.distributed.destroy_process_group()
+
+
+def _packed_example():
+    ids = torch.randint(0, 300, (1, 20), generator=torch.Generator().manual_seed(0))
+    return ids, [8, 12], torch.tensor([j for j in range(1, 20) if j != 8])
+
+
+def test_fsdp_bf16_gathers_bf16_weights_and_keeps_float32_gradients(tmp_path, tiny_model):
+    """Both ranks score the same tokens, so the reduced gradient equals one process's (within bf16 rounding)."""
+    from gtpo.policy import packed_token_logprobs
+
+    ids, lengths, scored = _packed_example()
+    reference = copy.deepcopy(tiny_model)
+    logp, _ = packed_token_logprobs(reference, ids, lengths, scored)
+    logp.sum().backward()
+    mp.spawn(_bf16_worker, args=(2, _free_port(), tmp_path), nprocs=2, join=True)
+    two = torch.load(tmp_path / "bf16.pt", weights_only=False)
+    assert two["seen"] == [torch.bfloat16]
+    torch.testing.assert_close(two["logp"], logp.detach(), atol=0.05, rtol=0.02)
+    for name, param in reference.named_parameters():
+        grad = two["grads"][name]
+        assert grad.dtype == torch.float32
+        assert torch.linalg.vector_norm(grad - param.grad) <= 0.05 * torch.linalg.vector_norm(param.grad), name

@@ -1,4 +1,5 @@
-"""The FLOP count behind benchmarks/model_throughput.py's MFU, checked by hand and against a real model."""
+"""The FLOP count behind benchmarks/model_throughput.py's MFU, checked by hand and against a real model; its
+ragged multi-turn batch."""
 
 import importlib.util
 import sys
@@ -8,9 +9,9 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-_spec = importlib.util.spec_from_file_location(
-    "model_throughput", Path(__file__).parents[1] / "benchmarks" / "model_throughput.py"
-)
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))  # the benchmark imports its sibling architectures.py
+_spec = importlib.util.spec_from_file_location("model_throughput", BENCHMARKS / "model_throughput.py")
 bench = importlib.util.module_from_spec(_spec)
 sys.modules["model_throughput"] = bench  # dataclasses look their module up there
 _spec.loader.exec_module(bench)
@@ -42,3 +43,25 @@ def test_published_architectures_have_their_parameter_counts():
         counts[name] = sum(p.numel() for p in model.parameters())
     assert 1.50e9 < counts["qwen2.5-1.5b"] < 1.56e9  # Qwen2.5-1.5B: 1.54B
     assert 7.5e9 < counts["qwen2.5-7b"] < 7.7e9  # Qwen2.5-7B: 7.61B
+
+
+def test_update_flops_by_hand():
+    s = bench.Shape(layers=2, hidden=8, intermediate=16, heads=2, kv_heads=1, vocab=10)
+    decoder = 2 * (64 + 64 + 32 + 32 + 384)  # matmul weights without the LM head
+    # two trajectories of 3 and 5 tokens (causal attention: token t attends to t tokens), 4 scored tokens
+    attention = 4 * 2 * 8 * ((1 + 2 + 3) + (1 + 2 + 3 + 4 + 5))
+    forward = 2 * decoder * (3 + 5) + attention + 2 * 8 * 10 * 4
+    assert bench.update_flops(s, [3, 5], scored=4) == 3 * forward
+
+
+def test_multi_turn_batch_is_ragged_within_bounds_with_prompt_and_tool_output_untrained():
+    spans = bench.multi_turn_lengths(32, min_len=300, max_len=8000, seed=0)
+    lengths = [sum(n for n, _ in s) for s in spans]
+    assert min(lengths) >= 300 and max(lengths) <= 8000 and max(lengths) > 4 * min(lengths)
+    batch, advantages = bench.ragged_batch(1000, spans, seed=0)
+    assert batch.attention_mask.sum(1).tolist() == lengths
+    for row, trajectory in enumerate(spans):
+        prompt = trajectory[0][0]
+        assert not trajectory[0][1] and batch.loss_mask[row, :prompt].sum() == 0
+        assert batch.loss_mask[row].sum() == sum(n for n, trained in trajectory if trained) > 0
+    assert (advantages[batch.loss_mask == 0] == 0).all()

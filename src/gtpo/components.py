@@ -40,9 +40,14 @@ def resolve_dtype(name: str) -> torch.dtype:
     return {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}.get(name, torch.float16)
 
 
+def computes_in_bf16(dtype_name: str, device: torch.device) -> bool:
+    """float32 master weights computing in bf16: "auto" on a GPU that supports it (CPU runs in float32)."""
+    return dtype_name == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
 def autocast(dtype_name: str, device: torch.device) -> Any:
-    """bf16 autocast for "auto" on a GPU that supports it; a no-op elsewhere (CPU runs in float32)."""
-    enabled = dtype_name == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    """bf16 autocast where ``computes_in_bf16``; a no-op elsewhere."""
+    enabled = computes_in_bf16(dtype_name, device)
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
@@ -57,12 +62,15 @@ def model_path(name_or_path: str) -> str:
 
 def build_policy(cfg: ModelConfig, device: torch.device) -> tuple[torch.nn.Module, Any]:
     """Load the trainable policy (optionally wrapped with LoRA) and its tokenizer."""
-    from gtpo.policy import load_policy
+    from gtpo.policy import check_packed_logprobs, compile_layers, load_policy
 
     dtype = resolve_dtype(cfg.dtype)
     model, tokenizer = load_policy(model_path(cfg.name_or_path), dtype=dtype, device=device)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    check_packed_logprobs(model)
+    if cfg.gradient_checkpointing:  # takes effect in the update (gtpo.policy.checkpointing_active)
+        enable_checkpointing(model)
+    if cfg.compile:
+        compile_layers(model)
     if cfg.lora_rank > 0:
         try:
             from peft import LoraConfig, get_peft_model
@@ -76,6 +84,15 @@ def build_policy(cfg: ModelConfig, device: torch.device) -> tuple[torch.nn.Modul
         )
         model = get_peft_model(model, lora)
     return model, tokenizer
+
+
+def enable_checkpointing(model: torch.nn.Module) -> None:
+    """transformers' activation checkpointing of the decoder layers, non-reentrant (under its 5.24+ name if there)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def build_reference(cfg: ModelConfig, device: torch.device) -> torch.nn.Module | None:

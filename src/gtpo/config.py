@@ -38,7 +38,11 @@ class ModelConfig:
     lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     """Module names LoRA adapts."""
     gradient_checkpointing: bool = False
-    """Trade compute for memory on long multi-turn contexts."""
+    """Trade compute for memory on long multi-turn contexts: the update keeps each decoder layer's input only
+    and recomputes the rest in the backward pass (about a third more compute; docs/training_speed.md)."""
+    compile: bool = False
+    """torch.compile the decoder layers' MLPs and norms (dynamic shapes) to fuse their elementwise work; the
+    first steps pay the compilation (GPU; on a CPU it needs a C++ compiler and rarely pays off)."""
 
 
 @dataclass
@@ -161,10 +165,15 @@ class OptimConfig:
     """Linear learning-rate warmup, then constant."""
     grad_clip: float = 1.0
     """Global gradient-norm clip (0 = off)."""
-    micro_batch_size: int = 16
-    """Trajectories per forward/backward; gradients accumulate over the batch."""
+    micro_batch_tokens: int = 8192
+    """Token budget of one forward/backward: the batch's trajectories are packed whole, without padding, into
+    micro-batches of at most this many tokens (a longer trajectory gets one of its own); gradients accumulate
+    over them. Activation memory grows with this, not with the batch (docs/training_speed.md)."""
+    micro_batch_size: int = 0
+    """Deprecated (micro_batch_tokens decides): if > 0, also caps the trajectories in one micro-batch."""
     update_epochs: int = 1
-    """Passes over each rollout batch; old log-probs are recomputed once before them."""
+    """Optimizer steps per rollout batch (one pass over it each). Above 1, old log-probs are computed once
+    before them; at 1 they equal the current ones and that extra forward pass is skipped."""
 
 
 @dataclass
@@ -267,7 +276,8 @@ def validate(config: TrainConfig) -> TrainConfig:
         (config.algo.dual_clip is None or config.algo.dual_clip > 1, "algo.dual_clip", "must be > 1 or None"),
         (config.algo.kl_coef >= 0, "algo.kl_coef", "must be >= 0"),
         (config.optim.lr > 0, "optim.lr", "must be > 0"),
-        (config.optim.micro_batch_size >= 1, "optim.micro_batch_size", "must be >= 1"),
+        (config.optim.micro_batch_tokens >= 1, "optim.micro_batch_tokens", "must be >= 1 (e.g. 8192)"),
+        (config.optim.micro_batch_size >= 0, "optim.micro_batch_size", "must be >= 0 (0 = no cap)"),
         (config.optim.update_epochs >= 1, "optim.update_epochs", "must be >= 1"),
         (config.model.lora_rank >= 0, "model.lora_rank", "must be >= 0"),
     ]

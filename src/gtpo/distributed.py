@@ -103,19 +103,28 @@ def all_reduce_max(value: float, ctx: DistContext, device: torch.device) -> floa
     return tensor.item()
 
 
-def wrap_model(model: torch.nn.Module, ctx: DistContext, strategy: Literal["ddp", "fsdp"] = "ddp") -> torch.nn.Module:
+def wrap_model(
+    model: torch.nn.Module, ctx: DistContext, strategy: Literal["ddp", "fsdp"] = "ddp", bf16: bool = False
+) -> torch.nn.Module:
     """DDP (small models: every rank keeps all weights) or FSDP2 (``fully_shard``: weights, gradients and
-    optimizer state sharded across ranks; what a 7B model needs)."""
+    optimizer state sharded across ranks; what a 7B model needs).
+
+    ``bf16`` (the run computes in bf16): FSDP2 gathers the float32 shards as bf16 weights and reduces gradients
+    in float32 (its mixed-precision policy). Autocast would otherwise cache a bf16 copy of every gathered layer
+    for the whole step, a full bf16 model on each rank, which is what sharding is for avoiding.
+    """
     if not ctx.enabled:
         return model
     if strategy == "fsdp":
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
+        options = {"mp_policy": policy} if policy is not None else {}
         for module in model.modules():
             # Shard each transformer block on its own, then the root: standard FSDP2 wrapping.
             if module.__class__.__name__.endswith("DecoderLayer"):
-                fully_shard(module)
-        return fully_shard(model)
+                fully_shard(module, **options)
+        return fully_shard(model, **options)
     device_ids = [ctx.local_rank] if torch.cuda.is_available() else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 

@@ -1,15 +1,28 @@
 """Load a causal LM and its tokenizer, and compute token log-probs (and entropy) of given sequences.
 
-Not here: sampling (``gtpo.generate``) and the loss (``gtpo.losses``).
+Two ways to score tokens:
+- ``token_logprobs``: right-padded rows [B, T], the model's full logits; simple, and what generation-side checks
+  compare against;
+- ``packed_token_logprobs``: the update's path. Whole sequences are packed into one row without padding
+  (positions restart at 0 at each sequence), attention runs within each sequence only, and the LM head is
+  applied in chunks to the scored positions alone (``gtpo.head_logprobs``), so no [B, T, V] logits exist.
+  It runs through the model's own forward (the head's forward is swapped for the chunked one for the call),
+  so DDP and FSDP2 hooks fire as for any forward. See docs/training_speed.md.
+
+Not here: sampling (``gtpo.generate``), packing trajectories (``gtpo.batch``) and the loss (``gtpo.losses``).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.utils.checkpoint
+
+from gtpo.head_logprobs import CHUNK_ELEMENTS, head_logprobs
 
 
 def load_policy(
@@ -101,6 +114,177 @@ def _logprob_chunk(
         return logp, logp.new_empty(0)
     entropy = log_norm - (torch.softmax(logits, dim=-1) * logits).sum(-1)
     return logp, entropy
+
+
+PACKED_ATTENTION = "gtpo_packed"
+"""The attention implementation registered with transformers for packed rows (``packed_sdpa``), switched on
+by ``packed_attention_active`` only while packed rows go through the model."""
+
+
+def packed_token_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    seq_lens: Sequence[int],
+    scored: torch.Tensor,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``log p(input_ids[0, j] | input_ids[0, start(j):j])`` [M] for each packed position j in ``scored``.
+
+    ``input_ids`` [1, N] holds whole sequences back to back, of lengths ``seq_lens`` (summing to N); a scored
+    position must not be the first of its sequence (it has no prefix). ``model`` may be the plain causal LM
+    or its DDP/FSDP2 wrapper. Entropy [M] (of the same tempered distribution) only when asked: it costs a pass
+    over the vocabulary. Float32 results; the matmuls follow the caller's autocast.
+    """
+    if sum(seq_lens) != input_ids.shape[1] or input_ids.shape[0] != 1:
+        raise ValueError(f"input_ids must be [1, sum(seq_lens)], got {tuple(input_ids.shape)} for {sum(seq_lens)}")
+    lm = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    positions = torch.cat([torch.arange(n, device=input_ids.device) for n in seq_lens])[None]
+    head = lm.get_output_embeddings()
+    targets = input_ids[0, scored]
+
+    def chunked_head(hidden: torch.Tensor) -> torch.Tensor:
+        # hidden [1, N, H]; the state at position j - 1 predicts token j.
+        logp, entropy = head_logprobs(
+            hidden[0, scored - 1],
+            head.weight,
+            targets,
+            bias=head.bias,
+            temperature=temperature,
+            with_entropy=with_entropy,
+            chunk_elements=chunk_elements,
+        )
+        return torch.stack([logp, entropy], 1) if with_entropy else logp[:, None]
+
+    with packed_attention_active(lm), _swapped_forward(head, chunked_head):
+        out = model(input_ids=input_ids, position_ids=positions, use_cache=False, packed_seq_lens=tuple(seq_lens))
+    scores = out.logits
+    return scores[:, 0], (scores[:, 1] if with_entropy else None)
+
+
+@contextlib.contextmanager
+def _swapped_forward(module: torch.nn.Module, forward: Any) -> Iterator[None]:
+    """Run ``forward`` in place of ``module.forward`` (an instance attribute, removed afterwards)."""
+    module.forward = forward
+    try:
+        yield
+    finally:
+        del module.forward
+
+
+@contextlib.contextmanager
+def packed_attention_active(model: torch.nn.Module) -> Iterator[None]:
+    """Switch the model's attention to ``packed_sdpa`` (its config is shared by every layer); the previous
+    implementation (sdpa, or whatever generation uses) comes back afterwards.
+
+    ``packed_token_logprobs`` does this for its forward. Under gradient checkpointing the layers run their
+    forward again during the backward pass, so a backward through packed log-probs must run inside this too.
+    """
+    lm = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    config = lm.config
+    previous = config._attn_implementation
+    config._attn_implementation = PACKED_ATTENTION
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous
+
+
+def packed_sdpa(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    sliding_window: int | None = None,
+    packed_seq_lens: tuple[int, ...] = (),
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Causal attention within each packed sequence: SDPA (flash kernels on GPUs) once per sequence.
+
+    query [1, heads, N, d] and key/value [1, kv_heads, N, d] hold the sequences of ``packed_seq_lens`` back to
+    back; no token attends across a boundary, and no N x N mask is built (transformers builds none for an
+    implementation it does not know). Returns [1, N, heads, d] as transformers' attention functions do.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if sliding_window is not None:
+        raise ValueError("packed attention does not implement sliding-window layers; this model needs padding")
+    if sum(packed_seq_lens) != query.shape[2] or query.shape[0] != 1:
+        raise ValueError(f"packed attention: sequence lengths {packed_seq_lens} do not tile {tuple(query.shape)}")
+    # torch.split, not slicing: the backward of a split is one concatenation, while each slice's backward
+    # would write its gradient into a zero tensor the size of the whole row (quadratic in sequences).
+    queries, keys, values = (torch.split(t, list(packed_seq_lens), dim=2) for t in (query, key, value))
+    outputs = [
+        sdpa_attention_forward(module, q, k, v, None, dropout, scaling, is_causal=True)[0]
+        for q, k, v in zip(queries, keys, values, strict=True)
+    ]
+    return (outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)), None
+
+
+def _register_packed_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(PACKED_ATTENTION, packed_sdpa)
+
+
+_register_packed_attention()
+
+
+@contextlib.contextmanager
+def checkpointing_active(lm: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Make transformers' gradient checkpointing (``gradient_checkpointing_enable``) take effect in eval mode.
+
+    transformers only checkpoints a layer whose ``training`` flag is set, and the trainer keeps the policy in
+    eval mode (no dropout, so the first-epoch ratio is exactly 1). This sets the flag on the checkpointed
+    layers alone, not on their children, so dropout inside them stays off.
+    """
+    layers = [m for m in lm.modules() if enabled and getattr(m, "gradient_checkpointing", False) is True]
+    flags = [m.training for m in layers]
+    for m in layers:
+        m.training = True
+    try:
+        yield
+    finally:
+        for m, flag in zip(layers, flags, strict=True):
+            m.training = flag
+
+
+def compile_layers(lm: torch.nn.Module) -> int:
+    """``torch.compile`` (dynamic shapes) the MLP and the norms of every decoder layer, in place; returns how
+    many modules. These hold most of a layer's elementwise work (SiLU x up, RMSNorm in float32), which
+    compilation fuses into few kernels. Attention stays eager: ``packed_sdpa`` loops over a packed row's
+    sequences, and a compiled graph would specialize on their number and lengths."""
+    compiled = 0
+    for layer in lm.modules():
+        if not type(layer).__name__.endswith("DecoderLayer"):
+            continue
+        for child in layer.children():
+            if child is getattr(layer, "mlp", None) or type(child).__name__.endswith("RMSNorm"):
+                child.compile(dynamic=True)
+                compiled += 1
+    return compiled
+
+
+def check_packed_logprobs(lm: torch.nn.Module) -> None:
+    """Refuse a model whose packed log-probs differ from its plain forward's (a model that post-processes its
+    logits, or whose attention ignores the packing): two short sequences, scored both ways."""
+    weight = lm.get_output_embeddings().weight
+    vocab, device = weight.shape[0], weight.device
+    atol = 1e-3 if weight.dtype == torch.float32 else 5e-2
+    ids = torch.randint(0, vocab, (2, 6), generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.no_grad():
+        expected, _ = token_logprobs(lm, ids, torch.ones_like(ids))
+        scored = torch.tensor([1, 2, 3, 4, 5, 7, 8, 9, 10, 11], device=device)
+        packed, _ = packed_token_logprobs(lm, ids.reshape(1, -1), (6, 6), scored)
+    if not torch.allclose(packed, expected[:, 1:].reshape(-1).float(), atol=atol):
+        raise ValueError(
+            f"{type(lm).__name__}: packed log-probs differ from the model's own logits (does it post-process "
+            "its logits or use sliding-window attention?); gtpo's update supports plain causal LMs (Qwen2, Llama)"
+        )
 
 
 def inference_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -11,9 +11,7 @@ on the first update epoch for reasons that have nothing to do with the policy ch
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import random
 import time
 from pathlib import Path
@@ -30,7 +28,6 @@ from gtpo.config import ConfigError, TrainConfig, to_dict, validate
 from gtpo.credit import assign_credit
 from gtpo.distributed import (
     DistContext,
-    all_reduce_max,
     all_reduce_sum,
     barrier,
     gather_objects,
@@ -40,13 +37,13 @@ from gtpo.distributed import (
     wrap_model,
 )
 from gtpo.evaluate import EvalReport, evaluate_problems
-from gtpo.losses import clipped_policy_loss
 from gtpo.metrics import METRICS_FILE, MetricLogger, read_metrics
-from gtpo.policy import inference_weights, token_logprobs
+from gtpo.policy import inference_weights
 from gtpo.problem_stream import ProblemStream
 from gtpo.rollout import is_void_trajectory, rollout, rollout_metrics
 from gtpo.similarity import get_similarity
 from gtpo.types import CodeExecutor, Trajectory
+from gtpo.update import PolicyUpdate, build_optimizer
 
 
 def seed_everything(seed: int) -> None:
@@ -85,15 +82,19 @@ class Trainer:
         policy.eval()
         self.policy = policy
         """The plain module: generation, log-probs without gradient, checkpoints."""
-        self.model = wrap_model(policy, self.ctx, config.strategy)
+        bf16 = components.computes_in_bf16(config.model.dtype, self.device)
+        self.model = wrap_model(policy, self.ctx, config.strategy, bf16=bf16)
         """What the update runs forward/backward through (DDP/FSDP2 under torchrun, else the policy)."""
         self.ref_model = components.build_reference(config.model, self.device) if config.algo.kl_coef > 0 else None
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optim = config.optim
-        self.optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
-        warmup = max(optim.warmup_steps, 0)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0
+        self.optimizer, self.scheduler = build_optimizer(self.model, config.optim, self.device)
+        self.updater = PolicyUpdate(
+            config,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            ctx=self.ctx,
+            device=self.device,
+            ref_model=self.ref_model,
         )
         self.sampler = sampler or components.build_sampler(
             config.rollout, self.policy, self.tokenizer, config.model.name_or_path
@@ -228,81 +229,12 @@ class Trainer:
         return result.trajectories, result.timings.as_dict()
 
     # --------------------------------------------------------------------------------------------- update
-    def _logprobs(self, model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
-        mb = self.cfg.optim.micro_batch_size
-        with torch.no_grad():
-            parts = [
-                token_logprobs(model, m.input_ids, m.attention_mask, self.cfg.rollout.temperature)[0]
-                for m in batch.split(mb)
-            ]
-        return torch.cat(parts)
-
     def _update(self, batch: TokenBatch, advantages: torch.Tensor, loss_mask: torch.Tensor) -> dict[str, float]:
-        """Clipped-surrogate update with gradient accumulation; under torchrun the gradients of all ranks
-        add up to the gradient of one process holding the whole batch."""
-        cfg, algo = self.cfg, self.cfg.algo
-        batch = batch.to(self.device)
-        advantages, loss_mask = advantages.to(self.device), loss_mask.to(self.device)
-        old_logp = self._logprobs(self.model, batch)
-        ref_logp = self._logprobs(self.ref_model, batch) if self.ref_model is not None else None
-        local_denominator = _denominator(algo.loss_agg, loss_mask, cfg.rollout.max_total_tokens)
-        denominator = max(all_reduce_sum(local_denominator, self.ctx, self.device), 1.0)
-        mb = cfg.optim.micro_batch_size
-        rows = batch.input_ids.shape[0]
-        # Every rank runs the same number of forward/backward passes (DDP/FSDP collectives must match);
-        # a rank with fewer rows repeats its first rows with a zero mask, which adds nothing to the gradient.
-        micro_steps = int(all_reduce_max(math.ceil(rows / mb), self.ctx, self.device))
-        sums: dict[str, float] = {}
-        count = 0
-        grad_norm = total_loss = 0.0
-        for _ in range(cfg.optim.update_epochs):
-            for i in range(micro_steps):
-                sl = slice(i * mb, (i + 1) * mb) if i * mb < rows else slice(0, min(mb, rows))
-                weight = 1.0 if i * mb < rows else 0.0
-                logp, entropy = token_logprobs(
-                    self.model,
-                    batch.input_ids[sl],
-                    batch.attention_mask[sl],
-                    cfg.rollout.temperature,
-                    with_entropy=True,
-                )
-                loss, m = clipped_policy_loss(
-                    logp,
-                    old_logp[sl],
-                    advantages[sl],
-                    loss_mask[sl] * weight,
-                    clip_low=algo.clip_low,
-                    clip_high=algo.clip_high,
-                    dual_clip=algo.dual_clip,
-                    agg=algo.loss_agg,
-                    denominator=denominator,
-                    ref_logp=None if ref_logp is None else ref_logp[sl],
-                    kl_coef=algo.kl_coef,
-                    entropy=entropy,
-                    entropy_coef=algo.entropy_coef,
-                )
-                # DDP/FSDP average gradients over ranks; the loss already divides by the global
-                # normalizer, so scale back up to make the result a sum over ranks.
-                last = i == micro_steps - 1
-                with _no_sync(self.model, skip=not last):
-                    (loss * self.ctx.world_size).backward()
-                if weight:
-                    total_loss += loss.item()
-                    for key, value in m.items():
-                        sums[key] = sums.get(key, 0.0) + float(value)
-                    count += 1
-            params = [p for p in self.model.parameters() if p.requires_grad]
-            clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+        """The clipped-surrogate update (``gtpo.update``); then engines with their own weights get the new ones."""
+        metrics = self.updater(batch, advantages, loss_mask)
         if hasattr(self.sampler, "sync_weights"):  # an engine with its own copy of the weights
             self.sampler.sync_weights(inference_weights(self.model).items())
-        out = {f"loss/{k}": v / max(count, 1) for k, v in sums.items()}
-        out["loss/total"] = total_loss / cfg.optim.update_epochs
-        out["optim/grad_norm"] = grad_norm
-        return out
+        return metrics
 
     # ------------------------------------------------------------------------------------ eval, ckpt
     def evaluate(self) -> EvalReport:
@@ -374,23 +306,6 @@ class Trainer:
             self.logger.close()
         self.sandbox.close()
         barrier(self.ctx)
-
-
-def _no_sync(model: torch.nn.Module, skip: bool) -> Any:
-    """DDP all-reduces on every backward; accumulate locally until the last micro-batch."""
-    if skip and isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        return model.no_sync()
-    return contextlib.nullcontext()
-
-
-def _denominator(agg: str, loss_mask: torch.Tensor, max_len: int) -> float:
-    """The whole batch's normalizer, so that micro-batch gradients add up to the full-batch gradient."""
-    if agg == "token-mean":
-        return max(loss_mask.sum().item(), 1.0)
-    if agg == "seq-mean-token-mean":
-        return max((loss_mask.sum(dim=1) > 0).sum().item(), 1.0)
-    # Dr. GRPO: a constant normalizer (sequences x length budget) that does not depend on response lengths.
-    return float(loss_mask.shape[0] * max_len)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
