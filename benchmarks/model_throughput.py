@@ -27,8 +27,8 @@ worst case), reporting its peak against 80 GiB (an H100-80GB).
 
     python benchmarks/model_throughput.py --arch qwen2.5-1.5b --memory-check        # one GPU, ~2-3 minutes
     python benchmarks/model_throughput.py --dry-run                                 # a CPU check, small shapes
-    python benchmarks/model_throughput.py --generation ...                          # the old generation timing
-                                                                                    # (see benchmarks/generation.py)
+
+Generation is timed by benchmarks/generation.py (gtpo's engine, the reference sampler, model.generate).
 """
 
 from __future__ import annotations
