@@ -16,6 +16,7 @@ import json
 import math
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from gtpo.advantages import turns_to_tokens
 from gtpo.batch import TokenBatch, collate
 from gtpo.checkpoint import claim_run_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from gtpo.config import ConfigError, TrainConfig, to_dict, validate
-from gtpo.credit import assign_credit
+from gtpo.credit import Credit, assign_credit
 from gtpo.distributed import (
     DistContext,
     all_reduce_max,
@@ -40,10 +41,11 @@ from gtpo.distributed import (
     wrap_model,
 )
 from gtpo.evaluate import EvalReport, evaluate_problems
-from gtpo.losses import clipped_policy_loss
+from gtpo.losses import clipped_policy_loss, importance_weights
 from gtpo.metrics import METRICS_FILE, MetricLogger, read_metrics
 from gtpo.policy import inference_weights, token_logprobs
 from gtpo.problem_stream import ProblemStream
+from gtpo.rewards import informative_groups, overlong_penalty
 from gtpo.rollout import is_void_trajectory, rollout, rollout_metrics
 from gtpo.similarity import get_similarity
 from gtpo.types import CodeExecutor, Trajectory
@@ -58,6 +60,26 @@ def seed_everything(seed: int) -> None:
 def step_seed(seed: int, step: int) -> int:
     """The sampling seed of one step: independent of everything that ran before it (resume-safe)."""
     return (seed * 1_000_003 + step * 7_919) % (2**31 - 1)
+
+
+@dataclass
+class StepSample:
+    """The groups one step trains on, and what it cost to find them (see ``Trainer._sample_groups``)."""
+
+    local: list[Trajectory] = field(default_factory=list)
+    """This rank's trajectories of the kept groups, with tokens."""
+    local_positions: list[int] = field(default_factory=list)
+    """Where each of ``local`` sits in ``kept``."""
+    kept: list[Trajectory] = field(default_factory=list)
+    """All ranks' kept trajectories (turn records only), in a fixed global order."""
+    kept_lengths: list[int] = field(default_factory=list)
+    generated: list[Trajectory] = field(default_factory=list)
+    """Everything rolled out this step, kept or not (turn records only)."""
+    credit: Credit | None = None
+    """The credit of ``kept`` when a single round kept everything (else recomputed on ``kept``)."""
+    model_tokens: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 class Trainer:
@@ -105,6 +127,8 @@ class Trainer:
         uses_shaping = config.algo.shaping and config.algo.algo == "gtpo"
         self.similarity = get_similarity(config.algo.similarity) if uses_shaping else None
         self.step = 0
+        self._sampling_round = 0
+        """Which rollout of the step is running (> 0 only for rollout.filter_groups refills); seeds it."""
         if config.resume:
             self._resume()
         self.logger = None
@@ -150,21 +174,114 @@ class Trainer:
             return self._train_step()
 
     def _train_step(self) -> dict[str, float]:
-        cfg, algo = self.cfg, self.cfg.algo
+        cfg, r = self.cfg, self.cfg.rollout
         start = time.perf_counter()
-        problems = self.stream.take(cfg.rollout.problems_per_step)
-        # Trajectory j samples problem j // G; this rank generates its round-robin share of the batch.
-        total = len(problems) * cfg.rollout.group_size
-        local_index = shard_indices(total, self.ctx)
-        local, timings = self._rollout([problems[j // cfg.rollout.group_size] for j in local_index], local_index)
-        for trajectory, j in zip(local, local_index, strict=True):
-            trajectory.group_id = j // cfg.rollout.group_size
+        sample = self._sample_groups()
         rollout_s = time.perf_counter() - start
+        metrics = {**rollout_metrics(sample.generated), **sample.metrics}
+        if not sample.kept:  # rollout.filter_groups found no group with signal within its cap: no update
+            return {**metrics, "perf/step_s": time.perf_counter() - start, "perf/rollout_s": rollout_s}
 
-        # Groups are normalized whole: every rank gathers all turn records and computes all advantages.
-        everyone = gather_objects([strip_tokens(t) for t in local], local_index, total, self.ctx)
-        credit = assign_credit(
-            everyone,
+        credit = sample.credit or self._credit(sample.kept, sample.kept_lengths)
+        batch = collate(sample.local, self.tokenizer.pad_token_id)
+        advantages = turns_to_tokens(credit.turn_advantages[sample.local_positions], batch.turn_ids)
+        loss_mask = batch.loss_mask.to(torch.float32)
+        trained = [not (r.filter_void and is_void_trajectory(t)) for t in sample.local]
+        if r.overlong == "mask":  # DAPO's overlong filtering: no loss on trajectories cut by the budget
+            trained = [keep and t.finish_reason != "length" for keep, t in zip(trained, sample.local, strict=True)]
+        loss_mask = loss_mask * torch.tensor(trained, dtype=torch.float32)[:, None]
+        update_start = time.perf_counter()
+        update_metrics = self._update(batch, advantages, loss_mask)
+        update_s = time.perf_counter() - update_start
+
+        world = self.ctx.world_size
+        processed = all_reduce_sum(float(batch.attention_mask.sum().item()), self.ctx, self.device)
+        metrics.update(
+            {
+                **credit.metrics,
+                **update_metrics,
+                "perf/step_s": time.perf_counter() - start,
+                "perf/rollout_s": rollout_s,
+                "perf/update_s": update_s,
+                "perf/gen_tokens_per_s": sample.model_tokens
+                / max(sample.timings.get("generation_s", rollout_s) * world, 1e-9),
+                "perf/train_tokens_per_s": processed * cfg.optim.update_epochs / max(update_s, 1e-9),
+                "optim/lr": self.scheduler.get_last_lr()[0],
+            }
+        )
+        metrics.update({f"perf/{k}": v for k, v in sample.timings.items()})
+        return metrics
+
+    def _sample_groups(self) -> StepSample:
+        """Roll out ``problems_per_step`` groups; with ``rollout.filter_groups``, leave out groups whose
+        trajectories all score the same (``rewards.informative_groups``) and roll out more problems until
+        ``problems_per_step`` groups carry signal or ``filter_max_extra_problems`` extra problems were used.
+
+        Trajectory j of a round samples problem j // G; this rank generates its round-robin share, and every
+        rank gathers all turn records (groups are normalized whole), so all ranks take the same decisions.
+        """
+        r, g = self.cfg.rollout, self.cfg.rollout.group_size
+        sample = StepSample()
+        need, extra_left, groups_seen = r.problems_per_step, r.filter_max_extra_problems, 0
+        informative = dropped = rounds = 0
+        while need > 0:
+            problems = self.stream.take(need)
+            total = len(problems) * g
+            local_index = shard_indices(total, self.ctx)
+            self._sampling_round = rounds
+            local, timings = self._rollout([problems[j // g] for j in local_index], local_index)
+            for trajectory, j in zip(local, local_index, strict=True):
+                trajectory.group_id = groups_seen + j // g
+            # Tokens used, for the overlong penalty: a trajectory cut by a length cap counts as at the cap.
+            cap = self.cfg.rollout.max_total_tokens
+            records = [(strip_tokens(t), cap if t.finish_reason == "length" else len(t.input_ids)) for t in local]
+            gathered = gather_objects(records, local_index, total, self.ctx)
+            everyone, lengths = [t for t, _ in gathered], [n for _, n in gathered]
+            credit = self._credit(everyone, lengths)
+            flags = informative_groups(credit.trajectory_rewards.tolist(), [t.group_id for t in everyone])
+            keep = flags if r.filter_groups else [True] * total
+            positions = {}
+            for j in range(total):
+                if keep[j]:
+                    positions[j] = len(sample.kept)
+                    sample.kept.append(everyone[j])
+                    sample.kept_lengths.append(lengths[j])
+            for trajectory, j in zip(local, local_index, strict=True):
+                if keep[j]:
+                    sample.local.append(trajectory)
+                    sample.local_positions.append(positions[j])
+            sample.credit = credit if rounds == 0 and all(keep) else None
+            sample.generated += everyone
+            for key, value in timings.items():
+                sample.timings[key] = sample.timings.get(key, 0.0) + value
+            informative += sum(flags[::g])
+            dropped += sum(not k for k in keep[::g])
+            groups_seen += len(problems)
+            rounds += 1
+            # Keep sampling only while groups are missing and the cap on extra problems allows.
+            need = min(r.problems_per_step - (groups_seen - dropped), extra_left) if r.filter_groups else 0
+            extra_left -= max(need, 0)
+        sample.model_tokens = sum(turn.num_model_tokens for t in sample.generated for turn in t.turns)
+        sample.metrics = {
+            "filter/groups_generated": float(groups_seen),
+            "filter/groups_informative": float(informative),
+            "filter/groups_dropped": float(dropped),
+            "filter/rounds": float(rounds),
+        }
+        if informative:
+            sample.metrics["rollout/tokens_per_informative_group"] = sample.model_tokens / informative
+        return sample
+
+    def _credit(self, trajectories: list[Trajectory], lengths: list[int]) -> Credit:
+        """``assign_credit`` with this run's settings; ``lengths`` (tokens per trajectory) feed the overlong
+        penalty when ``rollout.overlong="penalty"``."""
+        algo, r = self.cfg.algo, self.cfg.rollout
+        penalties = None
+        if r.overlong == "penalty":
+            buffer = round(r.overlong_buffer * r.max_total_tokens)
+            penalties = overlong_penalty(lengths, r.max_total_tokens, buffer, r.overlong_penalty)
+        return assign_credit(
+            trajectories,
             algo=algo.algo,
             gamma=algo.gamma,
             adv_norm=algo.adv_norm,
@@ -174,34 +291,8 @@ class Trainer:
             shaping=algo.shaping,
             shaping_alpha=algo.shaping_alpha,
             similarity=self.similarity,
+            outcome_penalties=penalties,
         )
-        batch = collate(local, self.tokenizer.pad_token_id)
-        turn_advantages = credit.turn_advantages[local_index]
-        advantages = turns_to_tokens(turn_advantages, batch.turn_ids)
-        loss_mask = batch.loss_mask.to(torch.float32)
-        if cfg.rollout.filter_void:
-            keep = torch.tensor([not is_void_trajectory(t) for t in local], dtype=torch.float32)
-            loss_mask = loss_mask * keep[:, None]
-        update_start = time.perf_counter()
-        update_metrics = self._update(batch, advantages, loss_mask)
-        update_s = time.perf_counter() - update_start
-
-        world = self.ctx.world_size
-        generated = all_reduce_sum(float(batch.loss_mask.sum().item()), self.ctx, self.device)
-        processed = all_reduce_sum(float(batch.attention_mask.sum().item()), self.ctx, self.device)
-        metrics = {
-            **rollout_metrics(everyone),
-            **credit.metrics,
-            **update_metrics,
-            "perf/step_s": time.perf_counter() - start,
-            "perf/rollout_s": rollout_s,
-            "perf/update_s": update_s,
-            "perf/gen_tokens_per_s": generated / max(timings.get("generation_s", rollout_s) * world, 1e-9),
-            "perf/train_tokens_per_s": processed * cfg.optim.update_epochs / max(update_s, 1e-9),
-            "optim/lr": self.scheduler.get_last_lr()[0],
-        }
-        metrics.update({f"perf/{k}": v for k, v in timings.items()})
-        return metrics
 
     def _rollout(self, problems: list[Any], indices: list[int]) -> tuple[list[Trajectory], dict[str, float]]:
         """One trajectory per entry of ``problems`` (a problem appears G times across the ranks);
@@ -221,7 +312,7 @@ class Trainer:
                 temperature=r.temperature,
                 top_p=r.top_p,
                 invalid_statuses=frozenset(self.cfg.algo.invalid_statuses),
-                seed=step_seed(self.cfg.seed, self.step) + self.ctx.rank,
+                seed=step_seed(self.cfg.seed, self.step) + self.ctx.rank + 100_003 * self._sampling_round,
             )
         return result.trajectories, result.timings.as_dict()
 
@@ -251,7 +342,7 @@ class Trainer:
         # a rank with fewer rows repeats its first rows with a zero mask, which adds nothing to the gradient.
         micro_steps = int(all_reduce_max(math.ceil(rows / mb), self.ctx, self.device))
         sums: dict[str, float] = {}
-        count = 0
+        count, is_max = 0, 0.0
         grad_norm = total_loss = 0.0
         for _ in range(cfg.optim.update_epochs):
             for i in range(micro_steps):
@@ -263,6 +354,9 @@ class Trainer:
                     batch.attention_mask[sl],
                     cfg.rollout.temperature,
                     with_entropy=True,
+                )
+                is_weights, is_metrics = importance_weights(
+                    old_logp[sl], batch.sampler_logprobs[sl], loss_mask[sl], algo.is_cap, algo.is_correction
                 )
                 loss, m = clipped_policy_loss(
                     logp,
@@ -278,7 +372,10 @@ class Trainer:
                     kl_coef=algo.kl_coef,
                     entropy=entropy,
                     entropy_coef=algo.entropy_coef,
+                    weights=is_weights,
                 )
+                m.update({f"is_{k}": v for k, v in is_metrics.items()})  # the sampler/trainer gap, every step
+                is_max = max(is_max, is_metrics["mismatch_max"] if weight else 0.0)
                 # DDP/FSDP average gradients over ranks; the loss already divides by the global
                 # normalizer, so scale back up to make the result a sum over ranks.
                 last = i == micro_steps - 1
@@ -299,6 +396,7 @@ class Trainer:
             self.sampler.sync_weights(inference_weights(self.model).items())
         out = {f"loss/{k}": v / max(count, 1) for k, v in sums.items()}
         out["loss/total"] = total_loss / cfg.optim.update_epochs
+        out["loss/is_mismatch_max"] = all_reduce_max(is_max, self.ctx, self.device)
         out["optim/grad_norm"] = grad_norm
         return out
 
