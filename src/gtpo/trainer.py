@@ -16,7 +16,6 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +40,12 @@ from gtpo.distributed import (
     wrap_model,
 )
 from gtpo.evaluate import EvalReport, evaluate_problems
+from gtpo.groups import StepGroups, collect_groups
 from gtpo.losses import clipped_policy_loss, importance_weights
 from gtpo.metrics import METRICS_FILE, MetricLogger, read_metrics
 from gtpo.policy import inference_weights, token_logprobs
 from gtpo.problem_stream import ProblemStream
-from gtpo.rewards import informative_groups, overlong_penalty
+from gtpo.rewards import overlong_penalty
 from gtpo.rollout import is_void_trajectory, rollout, rollout_metrics
 from gtpo.similarity import get_similarity
 from gtpo.types import CodeExecutor, Trajectory
@@ -60,26 +60,6 @@ def seed_everything(seed: int) -> None:
 def step_seed(seed: int, step: int) -> int:
     """The sampling seed of one step: independent of everything that ran before it (resume-safe)."""
     return (seed * 1_000_003 + step * 7_919) % (2**31 - 1)
-
-
-@dataclass
-class StepSample:
-    """The groups one step trains on, and what it cost to find them (see ``Trainer._sample_groups``)."""
-
-    local: list[Trajectory] = field(default_factory=list)
-    """This rank's trajectories of the kept groups, with tokens."""
-    local_positions: list[int] = field(default_factory=list)
-    """Where each of ``local`` sits in ``kept``."""
-    kept: list[Trajectory] = field(default_factory=list)
-    """All ranks' kept trajectories (turn records only), in a fixed global order."""
-    kept_lengths: list[int] = field(default_factory=list)
-    generated: list[Trajectory] = field(default_factory=list)
-    """Everything rolled out this step, kept or not (turn records only)."""
-    credit: Credit | None = None
-    """The credit of ``kept`` when a single round kept everything (else recomputed on ``kept``)."""
-    model_tokens: int = 0
-    timings: dict[str, float] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
 
 
 class Trainer:
@@ -176,7 +156,7 @@ class Trainer:
     def _train_step(self) -> dict[str, float]:
         cfg, r = self.cfg, self.cfg.rollout
         start = time.perf_counter()
-        sample = self._sample_groups()
+        sample = self._collect_groups()
         rollout_s = time.perf_counter() - start
         metrics = {**rollout_metrics(sample.generated), **sample.metrics}
         if not sample.kept:  # rollout.filter_groups found no group with signal within its cap: no update
@@ -212,65 +192,25 @@ class Trainer:
         metrics.update({f"perf/{k}": v for k, v in sample.timings.items()})
         return metrics
 
-    def _sample_groups(self) -> StepSample:
-        """Roll out ``problems_per_step`` groups; with ``rollout.filter_groups``, leave out groups whose
-        trajectories all score the same (``rewards.informative_groups``) and roll out more problems until
-        ``problems_per_step`` groups carry signal or ``filter_max_extra_problems`` extra problems were used.
+    def _collect_groups(self) -> StepGroups:
+        """This step's groups (``gtpo.groups``): rollouts through ``_rollout``, credit through ``_credit``."""
+        r = self.cfg.rollout
 
-        Trajectory j of a round samples problem j // G; this rank generates its round-robin share, and every
-        rank gathers all turn records (groups are normalized whole), so all ranks take the same decisions.
-        """
-        r, g = self.cfg.rollout, self.cfg.rollout.group_size
-        sample = StepSample()
-        need, extra_left, groups_seen = r.problems_per_step, r.filter_max_extra_problems, 0
-        informative = dropped = rounds = 0
-        while need > 0:
-            problems = self.stream.take(need)
-            total = len(problems) * g
-            local_index = shard_indices(total, self.ctx)
-            self._sampling_round = rounds
-            local, timings = self._rollout([problems[j // g] for j in local_index], local_index)
-            for trajectory, j in zip(local, local_index, strict=True):
-                trajectory.group_id = groups_seen + j // g
-            # Tokens used, for the overlong penalty: a trajectory cut by a length cap counts as at the cap.
-            cap = self.cfg.rollout.max_total_tokens
-            records = [(strip_tokens(t), cap if t.finish_reason == "length" else len(t.input_ids)) for t in local]
-            gathered = gather_objects(records, local_index, total, self.ctx)
-            everyone, lengths = [t for t, _ in gathered], [n for _, n in gathered]
-            credit = self._credit(everyone, lengths)
-            flags = informative_groups(credit.trajectory_rewards.tolist(), [t.group_id for t in everyone])
-            keep = flags if r.filter_groups else [True] * total
-            positions = {}
-            for j in range(total):
-                if keep[j]:
-                    positions[j] = len(sample.kept)
-                    sample.kept.append(everyone[j])
-                    sample.kept_lengths.append(lengths[j])
-            for trajectory, j in zip(local, local_index, strict=True):
-                if keep[j]:
-                    sample.local.append(trajectory)
-                    sample.local_positions.append(positions[j])
-            sample.credit = credit if rounds == 0 and all(keep) else None
-            sample.generated += everyone
-            for key, value in timings.items():
-                sample.timings[key] = sample.timings.get(key, 0.0) + value
-            informative += sum(flags[::g])
-            dropped += sum(not k for k in keep[::g])
-            groups_seen += len(problems)
-            rounds += 1
-            # Keep sampling only while groups are missing and the cap on extra problems allows.
-            need = min(r.problems_per_step - (groups_seen - dropped), extra_left) if r.filter_groups else 0
-            extra_left -= max(need, 0)
-        sample.model_tokens = sum(turn.num_model_tokens for t in sample.generated for turn in t.turns)
-        sample.metrics = {
-            "filter/groups_generated": float(groups_seen),
-            "filter/groups_informative": float(informative),
-            "filter/groups_dropped": float(dropped),
-            "filter/rounds": float(rounds),
-        }
-        if informative:
-            sample.metrics["rollout/tokens_per_informative_group"] = sample.model_tokens / informative
-        return sample
+        def roll(problems: list[Any], indices: list[int], round_index: int) -> tuple[list[Trajectory], dict]:
+            self._sampling_round = round_index
+            return self._rollout(problems, indices)
+
+        return collect_groups(
+            self.stream.take,
+            roll,
+            self._credit,
+            self.ctx,
+            problems_per_step=r.problems_per_step,
+            group_size=r.group_size,
+            max_total_tokens=r.max_total_tokens,
+            filter_groups=r.filter_groups,
+            max_extra_problems=r.filter_max_extra_problems,
+        )
 
     def _credit(self, trajectories: list[Trajectory], lengths: list[int]) -> Credit:
         """``assign_credit`` with this run's settings; ``lengths`` (tokens per trajectory) feed the overlong
