@@ -354,6 +354,7 @@ def test_reward_tensor_on_hand_written_responses(tiny_tokenizer):
         assert json.loads(info[TURN_REWARDS_KEY][i]) == pytest.approx(expected_turns[name], abs=1e-6)
     assert info["acc"] == [1.0, 0.0, 0.0, 1.0]
     assert info["invalid_calls"] == [0, 1, 0, 1]
+    assert info["gtpo_shaping_alpha"] == [0.0] * 4  # shaped here already: the group step must not add it again
     assert info["num_model_turns"] == [2, 3, 1, 2]
 
 
@@ -408,6 +409,10 @@ def test_reward_manager_run_single_scores_one_trajectory_unshaped(tiny_tokenizer
     for result, name in zip(results, "ABCD", strict=True):
         assert json.loads(result["reward_extra_info"][TURN_REWARDS_KEY]) == pytest.approx(expected[name])
         assert result["reward_score"] == pytest.approx(sum(expected[name]))
+    # what the group step needs to shape later: acc, code, the shaping still to apply
+    a, b = results[0]["reward_extra_info"], results[1]["reward_extra_info"]
+    assert (a["acc"], a["gtpo_code"], a["gtpo_shaping_alpha"], a["gtpo_similarity"]) == (1.0, CODE_A, 0.5, "tfidf")
+    assert (b["acc"], b["gtpo_code"]) == (0.0, CODE_B0 + "\n" + CODE_B1)
 
 
 def live_rollout(name, tool):

@@ -43,8 +43,9 @@ TURN_REWARDS_KEY = "gtpo_turn_rewards"
 TURN_SPANS_KEY = "gtpo_turn_spans"
 """``extra_fields`` key where the ``gtpo_tool_agent`` loop leaves each turn's token range for the reward."""
 CODE_KEY, ALPHA_KEY, SIMILARITY_KEY = "gtpo_code", "gtpo_shaping_alpha", "gtpo_similarity"
-"""``reward_extra_info`` keys for the group step (``verl_shaping``): the trajectory's code, the shaping scale
-(0 when shaping is off) and the similarity's name (``gtpo.similarity.get_similarity``)."""
+"""``reward_extra_info`` keys for the group step (``verl_shaping``): the trajectory's code, the shaping scale it
+still has to apply (0 when shaping is off or already applied) and the similarity's name
+(``gtpo.similarity.get_similarity``)."""
 
 
 @dataclass(frozen=True)
@@ -125,12 +126,16 @@ def gtpo_reward_tensor(
     grade(trajectories, settings.grade_timeout_s)
     turns = turn_rewards_for(trajectories, settings, similarity or get_similarity(settings.similarity))
     token_rewards = place_turn_rewards(turns.rewards, response_mask.long())
-    info = _info(trajectories, turns, settings)
+    info = _info(trajectories, turns, settings, shaped=True)
     return token_rewards.to(torch.float32), info
 
 
-def _info(trajectories: Sequence[Trajectory], turns: TurnRewards, settings: RewardSettings) -> dict[str, list[Any]]:
-    alpha = settings.shaping_alpha if settings.shaping else 0.0
+def _info(
+    trajectories: Sequence[Trajectory], turns: TurnRewards, settings: RewardSettings, shaped: bool
+) -> dict[str, list[Any]]:
+    """Per-row ``reward_extra_info``. ``ALPHA_KEY`` is the shaping the group step still has to apply: 0 when
+    shaping is off or the rewards are ``shaped`` already (so no batch is shaped twice)."""
+    alpha = settings.shaping_alpha if settings.shaping and not shaped else 0.0
     return {
         "acc": [float(t.correct) for t in trajectories],
         "shaped_acc": [float(a) for a in turns.acc],
@@ -195,7 +200,7 @@ class GTPORewardManager(RewardManagerBase):
         trajectory = read_trajectory(ids, spans, self.tokenizer, ground_truth, uid, calls)
         grade([trajectory], self.settings.grade_timeout_s)
         turns = turn_rewards_for([trajectory], self.settings, similarity=None)
-        info = {key: values[0] for key, values in _info([trajectory], turns, self.settings).items()}
+        info = {key: values[0] for key, values in _info([trajectory], turns, self.settings, shaped=False).items()}
         return {"reward_score": float(turns.rewards[turns.mask].sum()), "reward_extra_info": info}
 
 
