@@ -13,6 +13,7 @@ from gtpo.rollout import rollout
 from gtpo.trainer import Trainer
 
 LONG = "let me think " * 40  # more tokens than a turn may have: the turn (and trajectory) is cut, "length"
+UNCLOSED = "```python\nprint(1"  # an unparseable call: wrong, and format_penalty instead of no_call_penalty
 
 
 class NoSandbox:
@@ -31,7 +32,8 @@ class NoSandbox:
 
 class ScriptedTrainer(Trainer):
     """The n-th problem rolled out (in order) gets ``kinds[n]``; trajectory j of its group answers ``kind[j]``:
-    "R" right, "W" wrong, "L" cut by the length cap. Records what each step trained on."""
+    "R" right, "W" wrong, "L" cut by the length cap, "U" wrong with an unparseable call. Records what each step
+    trained on."""
 
     def __init__(self, config, kinds):
         self.kinds, self.problems_seen, self.trained = list(kinds), [], []
@@ -44,7 +46,7 @@ class ScriptedTrainer(Trainer):
             if j % g == 0:
                 self.problems_seen.append(problem.id)
             kind = self.kinds[len(self.problems_seen) - 1][j % g]
-            text = {"R": f"\\boxed{{{problem.answer}}}", "W": "\\boxed{-1}", "L": LONG}[kind]
+            text = {"R": f"\\boxed{{{problem.answer}}}", "W": "\\boxed{-1}", "L": LONG, "U": UNCLOSED}[kind]
             sampler = ScriptedSampler(self.tokenizer, lambda _ctx, _turn, text=text: text)
             result = rollout(
                 [problem],
@@ -113,6 +115,17 @@ def test_uniform_groups_are_dropped_and_refilled(model_dir, tmp_path):
     # trajectories and the generated-token count cover all eight rollouts, the training batch four
     assert metrics["rollout/tokens_per_informative_group"] > 0
     assert metrics["reward/accuracy"] == pytest.approx(4 / 8)
+
+
+def test_filter_metric_accuracy_drops_a_group_that_differs_only_in_format(model_dir, tmp_path):
+    # "WU": both wrong, but with format_penalty 0.2 their scores differ (-0.1 no call vs -0.2 invalid call)
+    kinds, algo = ["WU", "RW", "WR"], {"format_penalty": 0.2}
+    by_accuracy = _step(_trainer(model_dir, tmp_path / "acc", kinds, algo=algo, filter_groups=True))
+    assert by_accuracy["filter/groups_dropped"] == 1 and by_accuracy["filter/groups_generated"] == 3
+    by_score = _step(
+        _trainer(model_dir, tmp_path / "score", kinds, algo=algo, filter_groups=True, filter_metric="score")
+    )
+    assert by_score["filter/groups_dropped"] == 0 and by_score["filter/groups_generated"] == 2
 
 
 def test_refills_stop_at_the_cap(model_dir, tmp_path):

@@ -88,9 +88,14 @@ class RolloutConfig:
     filter_void: bool = False
     """SimpleTIR: leave out of the loss trajectories with a void turn (no code block and no final answer)."""
     filter_groups: bool = False
-    """DAPO's dynamic sampling: leave out of the update groups whose trajectories all score the same (zero
-    advantage, no signal) and sample more problems until problems_per_step groups carry signal. Off by default:
-    GTPO does not use it, and it makes a step's cost vary (docs/algorithms.md, section 9)."""
+    """DAPO's dynamic sampling: leave out of the update groups whose trajectories all agree (filter_metric) and
+    sample more problems until problems_per_step groups differ. Off by default: GTPO does not use it, and it
+    makes a step's cost vary (docs/algorithms.md, section 9)."""
+    filter_metric: Literal["accuracy", "score"] = "accuracy"
+    """filter_groups: what must differ within a group. "accuracy" (DAPO, SimpleTIR): some right, some wrong.
+    "score": the trajectory reward (format penalties and shaping included), which drops only groups with no
+    signal at all; under GTPO format penalties keep almost every group (measured: 199 of 200 on the embedded
+    task), so it seldom filters."""
     filter_max_extra_problems: int = 16
     """filter_groups: at most this many extra problems (x group_size trajectories) per step; a step that
     reaches the cap trains on the informative groups it has. 16 = SimpleTIR's 3x oversampling at the default 8."""

@@ -1,9 +1,9 @@
 """The groups one training step learns from: roll out, gather, score, leave out groups without signal, refill.
 
 With ``rollout.filter_groups`` off this is one rollout of ``problems_per_step`` groups. With it on (DAPO's
-dynamic sampling), groups whose trajectories all score the same (``gtpo.rewards.informative_groups``: zero
-advantage, no signal) are left out and more problems are rolled out, in rounds of exactly the missing number,
-until ``problems_per_step`` groups carry signal or the cap on extra problems is spent.
+dynamic sampling), groups whose trajectories all agree (``gtpo.rewards.informative_groups`` on accuracy, as DAPO
+and SimpleTIR, or on the trajectory reward) are left out and more problems are rolled out, in rounds of exactly
+the missing number, until ``problems_per_step`` groups differ or the cap on extra problems is spent.
 
 Orchestration only, no formula: rolling out and scoring are the caller's functions (the trainer's). Under
 torchrun each rank rolls out its round-robin share of a round and every rank gathers all turn records (groups
@@ -58,10 +58,16 @@ def collect_groups(
     max_total_tokens: int,
     filter_groups: bool,
     max_extra_problems: int,
+    filter_metric: str = "accuracy",
 ) -> StepGroups:
     """Roll out ``problems_per_step`` groups of ``group_size`` (trajectory j of a round samples problem j // G),
-    filtering and refilling as the module docstring says. Logs filter/* counts (filter on or off) and
+    filtering and refilling as the module docstring says; ``filter_metric`` is "accuracy" (correctness must
+    differ within a group) or "score" (the trajectory reward must). Logs filter/* counts (filter on or off) and
     rollout/tokens_per_informative_group."""
+    if filter_metric not in ("accuracy", "score"):
+        raise ValueError(
+            f"filter_metric (config rollout.filter_metric) must be accuracy or score, got {filter_metric!r}"
+        )
     out = StepGroups()
     need, extra_left, groups_seen = problems_per_step, max_extra_problems, 0
     informative = dropped = rounds = 0
@@ -79,7 +85,10 @@ def collect_groups(
         gathered = gather_objects(records, local_index, total, ctx)
         everyone, lengths = [t for t, _ in gathered], [n for _, n in gathered]
         credit = score(everyone, lengths)
-        flags = informative_groups(credit.trajectory_rewards.tolist(), [t.group_id for t in everyone])
+        values = (
+            [float(t.correct) for t in everyone] if filter_metric == "accuracy" else credit.trajectory_rewards.tolist()
+        )
+        flags = informative_groups(values, [t.group_id for t in everyone])
         keep = flags if filter_groups else [True] * total
         positions = {}
         for j in range(total):

@@ -210,6 +210,7 @@ class Trainer:
             max_total_tokens=r.max_total_tokens,
             filter_groups=r.filter_groups,
             max_extra_problems=r.filter_max_extra_problems,
+            filter_metric=r.filter_metric,
         )
 
     def _credit(self, trajectories: list[Trajectory], lengths: list[int]) -> Credit:
