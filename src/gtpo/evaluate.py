@@ -55,11 +55,19 @@ def evaluate_problems(
     max_turns: int = 5,
     max_new_tokens_per_turn: int = 512,
     max_total_tokens: int = 4096,
-    batch_problems: int = 32,
+    batch_problems: int | None = None,
     seed: int | None = 0,
     grade_fn: Callable[[str | None, str], bool] | None = None,
+    schedule: str = "auto",
+    rejoin_steps: int = 16,
 ) -> EvalReport:
-    """Roll out ``k`` samples per problem (in chunks of ``batch_problems``) and collect correctness."""
+    """Roll out ``k`` samples per problem (in chunks of ``batch_problems``) and collect correctness.
+
+    ``batch_problems`` None: all problems in one rollout with the engine (its queue keeps every slot busy),
+    32 at a time with batch samplers (their padded batches grow with the longest row).
+    """
+    if batch_problems is None:
+        batch_problems = max(len(problems), 1) if getattr(sampler, "engine", None) is not None else 32
     trajectories: list[Trajectory] = []
     for start in range(0, len(problems), batch_problems):
         chunk = list(problems[start : start + batch_problems])
@@ -76,6 +84,8 @@ def evaluate_problems(
             temperature=temperature,
             grade_fn=grade_fn,
             seed=None if seed is None else seed + start,
+            schedule=schedule,
+            rejoin_steps=rejoin_steps,
         )
         trajectories.extend(out.trajectories)
     per_problem = [[t.correct for t in trajectories[i * k : (i + 1) * k]] for i in range(len(problems))]
