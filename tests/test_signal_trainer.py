@@ -183,3 +183,36 @@ def test_importance_weights_follow_the_sampler_log_probs(model_dir, tmp_path):
     unweighted = _step(_trainer(model_dir, tmp_path / "off", ["RW", "WR"], algo={"is_correction": "none"}))
     assert unweighted["loss/is_weight_mean"] == 1.0  # the gap is still measured and logged
     assert unweighted["loss/is_mismatch_mean"] == pytest.approx(metrics["loss/is_mismatch_mean"])
+
+
+def test_filter_refills_with_the_configured_sampler_and_sandbox(model_dir, tmp_path):
+    """The same loop on the run's own sampler and sandbox: a random model never answers right, so every group
+    is uniform, refills run to the cap, and the step makes no update."""
+    config = from_dict(
+        {
+            "model": {"name_or_path": model_dir},
+            "data": {"eval": ""},
+            "rollout": {
+                "group_size": 2,
+                "problems_per_step": 2,
+                "max_turns": 2,
+                "max_new_tokens_per_turn": 8,
+                "max_total_tokens": 160,
+                "sandbox_workers": 1,
+                "filter_groups": True,
+                "filter_max_extra_problems": 2,
+                "overlong": "penalty",
+            },
+            "steps": 1,
+            "eval_every": 0,
+            "output_dir": str(tmp_path),
+            "progress": False,
+            "device": "cpu",
+        }
+    )
+    trainer = Trainer(config)
+    metrics = _step(trainer)
+    assert metrics["reward/accuracy"] == 0.0
+    assert metrics["filter/groups_generated"] == 4 and metrics["filter/groups_dropped"] == 4
+    assert metrics["filter/rounds"] >= 2 and "loss/policy" not in metrics
+    assert trainer.stream.position == 4
