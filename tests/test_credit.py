@@ -76,3 +76,17 @@ def test_shaping_only_lifts_failures_in_groups_with_a_success():
 def test_unknown_algo_is_refused():
     with pytest.raises(ValueError, match="algo"):
         _credit("ppo")
+
+
+def test_outcome_penalties_land_on_the_last_turn_and_on_the_grpo_reward():
+    penalties = [-0.5, 0.0, -1.0, 0.0, -0.25]  # e.g. rollout.overlong="penalty"
+    credit = _credit("gtpo", outcome_penalties=penalties)
+    # the hand-made turn rewards of the test above, with each penalty added to the trajectory's last turn
+    rewards = torch.tensor(
+        [[-0.1, 0.0, 1.0 - 0.5], [-0.1, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0 - 0.25, 0.0]]
+    )
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 0], [1, 1, 0]], dtype=torch.bool)
+    expected = gtpo_advantages(rewards, mask, torch.tensor([0, 0, 0, 7, 7]), 0.9)
+    torch.testing.assert_close(credit.turn_advantages, expected)
+    grpo = _credit("grpo", outcome_penalties=penalties)
+    torch.testing.assert_close(grpo.trajectory_rewards, torch.tensor([0.0 - 0.5, 0.0, 0.0 - 1.0, 1.0, 1.0 - 0.25]))

@@ -36,6 +36,7 @@ LAYERS = {
     "distributed": 2,
     "rollout": 3,
     "credit": 3,
+    "groups": 3,
     "evaluate": 4,
     "eval_report": 4,
     "components": 4,

@@ -63,6 +63,8 @@ def test_smoke_run_logs_evaluates_and_checkpoints(model_dir, tmp_path, algo):
     for key in ("reward/accuracy", "loss/policy", "loss/clipfrac", "rollout/turns_mean", "perf/step_s"):
         assert key in records[1]
     assert records[1]["loss/ratio_mean"] == pytest.approx(1.0, abs=1e-5)  # first epoch: on-policy
+    # the HF sampler's log-probs are the trainer's (float noise): importance weights of 1
+    assert records[1]["loss/is_mismatch_max"] < 1e-4 and records[1]["loss/is_weight_mean"] == pytest.approx(1.0)
     assert json.loads((tmp_path / "config.json").read_text())["algo"]["algo"] == algo
     assert (tmp_path / "checkpoints" / "step_0000002" / "model.pt").exists()
     assert trainer.step == 2

@@ -48,6 +48,8 @@ def config(checkpointing: bool = False, **optim) -> TrainConfig:
             "model": {"gradient_checkpointing": checkpointing},
             "optim": settings,
             "rollout": {"max_total_tokens": 32, "temperature": 0.9},
+            # The batches here carry no sampler log-probs; the correction has its own test below.
+            "algo": {"is_correction": "none"},
         }
     )
 
@@ -182,3 +184,22 @@ def test_lora_kl_reference_is_the_base_model_with_adapters_off(tiny_model):
         kl.append(update(batch, advantages, loss_mask)["loss/kl_ref"])
     assert kl[0] > 1e-4
     assert kl[1] == pytest.approx(kl[0], rel=1e-5)
+
+
+@pytest.mark.parametrize(("shift", "factor"), [(4.0, 2.0), (0.5, 0.5), (1.0, 1.0)])
+def test_importance_weights_scale_the_policy_gradient_by_the_capped_ratio(tiny_model, shift, factor):
+    """A sampler that gave every token ``1/shift`` times the trainer's probability gets weight min(shift, cap 2):
+    4x -> capped at 2, 0.5x -> 0.5, agreeing -> 1. At ratio 1 the policy gradient is the weight times the
+    uncorrected one (no entropy or KL term here), so the expectation is the padded reference times ``factor``."""
+    batch, advantages, loss_mask = ragged_batch(tiny_model.config.vocab_size)
+    cfg = config()
+    with torch.no_grad():
+        logp, _ = token_logprobs(tiny_model, batch.input_ids, batch.attention_mask, cfg.rollout.temperature)
+    batch = dataclasses.replace(batch, sampler_logprobs=logp - torch.log(torch.tensor(shift)))
+    algo = {"loss_agg": "token-mean"}
+    loss, expected = padded_gradients(tiny_model, batch, advantages, loss_mask, cfg, algo)
+    metrics, grads = packed_gradients(tiny_model, batch, advantages, loss_mask, cfg, algo | {"is_correction": "token"})
+    assert metrics["loss/total"] == pytest.approx(loss * factor, rel=1e-4, abs=1e-7)
+    assert metrics["loss/is_mismatch_max"] == pytest.approx(abs(float(torch.log(torch.tensor(shift)))), abs=1e-4)
+    for name, grad in expected.items():
+        torch.testing.assert_close(grads[name], grad * factor, rtol=1e-3, atol=1e-6, msg=name)

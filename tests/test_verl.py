@@ -28,14 +28,16 @@ from gtpo.advantages import gtpo_advantages, turns_to_tokens
 from gtpo.credit import assign_credit
 from gtpo.integrations.verl import GTPORewardManager, RewardSettings, gtpo_reward_tensor
 from gtpo.integrations.verl_advantage import compute_gtpo_advantage
-from gtpo.integrations.verl_parse import exec_status_from_output, parse_call
+from gtpo.integrations.verl_parse import TOOL_CALLS_KEY, build_turns, parse_call, statuses_by_turn
 from gtpo.integrations.verl_reward import TURN_REWARDS_KEY, TURN_SPANS_KEY
+from gtpo.integrations.verl_shaping import shape_scores
 from gtpo.integrations.verl_turns import (
     place_turn_rewards,
     turn_ids_from_mask,
     turn_rewards_from_tokens,
     turn_spans,
 )
+from gtpo.similarity import tfidf_code_similarity
 from gtpo.types import Problem, Trajectory, Turn
 
 EPS = 1e-6
@@ -267,6 +269,9 @@ RESPONSES = {
     ),
 }
 ANSWERS = {"p1": "42", "p2": "7"}
+# What SandboxTool records for each response: [[turn, status], ...]. D's call never reached the sandbox: verl
+# answered the unparseable JSON itself, so nothing is recorded and its turn 0 reads as an unroutable call.
+TOOL_CALLS = {"A": [[0, "ok"]], "B": [[0, "error"], [1, "ok"]], "C": [], "D": []}
 
 
 def tokenize(tokenizer, segments):
@@ -298,6 +303,7 @@ def reward_batch(tokenizer, names=("A", "B", "C", "D"), pad_to: int | None = Non
             "uid": np.array(uids, dtype=object),
             "reward_model": np.array([{"ground_truth": ANSWERS[u]} for u in uids], dtype=object),
             "data_source": np.array(["math"] * len(names), dtype=object),
+            "tool_extra_fields": np.array([{TOOL_CALLS_KEY: TOOL_CALLS[n]} for n in names], dtype=object),
         },
     )
 
@@ -306,19 +312,29 @@ def constant_similarity(a: list[str], b: list[str]) -> torch.Tensor:
     return torch.full((len(a), len(b)), 0.6)
 
 
-def test_parse_call_and_status():
+def test_parse_call():
     assert parse_call("x " + call(CODE_A)) == (CODE_A, True, False)
     assert parse_call(call("```python\nprint(1)\n```")) == ("print(1)", True, False)  # fenced code unwrapped
     assert parse_call('<tool_call>{"name": "code_interpreter", "arguments": {"code": 1}}</tool_call>')[2] is True
     assert parse_call("<tool_call>{") == (None, True, True)
     assert parse_call("```python\nprint(2)\n```") == ("print(2)", True, False)  # gtpo's own protocol
     assert parse_call("no tool here \\boxed{3}") == (None, False, False)
-    assert exec_status_from_output(reply("\n```output\n42\n```\n")) == "ok"
-    assert exec_status_from_output("ZeroDivisionError: division by zero\n") == "error"
-    assert exec_status_from_output("TimeoutError: the cell ran longer than its 5 s time limit\n") == "timeout"
-    assert exec_status_from_output("Unknown function 'python'. Available tools: ['code_interpreter']") == "error"
-    assert exec_status_from_output("Invalid JSON in arguments for 'code_interpreter': Expecting value") == "error"
-    assert exec_status_from_output("") is None
+
+
+def test_call_validity_comes_from_the_recorded_statuses_not_the_reply_text():
+    # an error-looking line the program printed itself, with status ok: a valid call
+    printed = ("Check it. " + call("print('ZeroDivisionError: just a string')"), "ZeroDivisionError: just a string")
+    timed_out = ("Again. " + call("while True: pass"), "(nothing)")
+    unroutable = (call(CODE_A).replace("code_interpreter", "python"), "Unknown function 'python'")
+    never_ran = ("Last. " + call(CODE_A), "")  # the loop stopped at its turn cap before running tools
+    segments = [printed, timed_out, unroutable, never_ran]
+    turns = build_turns(segments, statuses_by_turn([[0, "ok"], [1, "timeout"]]))
+    assert [t.exec_status for t in turns] == ["ok", "timeout", None, None]
+    assert [t.invalid_call for t in turns] == [False, True, True, False]
+    assert turns[2].parse_error and not turns[3].parse_error
+    # several calls in one turn: the first failure decides
+    assert build_turns([printed], {0: ["ok", "memory", "error"]})[0].exec_status == "memory"
+    assert statuses_by_turn(None) == {}
 
 
 def test_reward_tensor_on_hand_written_responses(tiny_tokenizer):
@@ -338,6 +354,7 @@ def test_reward_tensor_on_hand_written_responses(tiny_tokenizer):
         assert json.loads(info[TURN_REWARDS_KEY][i]) == pytest.approx(expected_turns[name], abs=1e-6)
     assert info["acc"] == [1.0, 0.0, 0.0, 1.0]
     assert info["invalid_calls"] == [0, 1, 0, 1]
+    assert info["gtpo_shaping_alpha"] == [0.0] * 4  # shaped here already: the group step must not add it again
     assert info["num_model_turns"] == [2, 3, 1, 2]
 
 
@@ -357,28 +374,8 @@ def test_verl_path_equals_gtpo_trainer_credit(tiny_tokenizer):
     scores, _ = gtpo_reward_tensor(data, tiny_tokenizer, similarity=constant_similarity)
     data.batch["token_level_rewards"] = scores
     out = compute_advantage(data, adv_estimator="gtpo", config=AlgoConfig(gamma=0.9))
-
-    def traj(group, correct, turns):
-        return Trajectory(
-            problem=Problem(id=str(group), question="", answer=""), group_id=group, turns=turns, correct=correct
-        )
-
-    records = [
-        traj(0, True, [Turn("", code=CODE_A, has_tool_call=True), Turn("")]),
-        traj(
-            0,
-            False,
-            [
-                Turn("", code=CODE_B0, has_tool_call=True, invalid_call=True),
-                Turn("", code=CODE_B1, has_tool_call=True),
-                Turn(""),
-            ],
-        ),
-        traj(0, False, [Turn("")]),
-        traj(1, True, [Turn("", has_tool_call=True, parse_error=True, invalid_call=True), Turn("")]),
-    ]
     credit = assign_credit(
-        records,
+        trainer_records(),
         algo="gtpo",
         gamma=0.9,
         adv_norm="group",
@@ -412,26 +409,55 @@ def test_reward_manager_run_single_scores_one_trajectory_unshaped(tiny_tokenizer
     for result, name in zip(results, "ABCD", strict=True):
         assert json.loads(result["reward_extra_info"][TURN_REWARDS_KEY]) == pytest.approx(expected[name])
         assert result["reward_score"] == pytest.approx(sum(expected[name]))
+    # what the group step needs to shape later: acc, code, the shaping still to apply
+    a, b = results[0]["reward_extra_info"], results[1]["reward_extra_info"]
+    assert (a["acc"], a["gtpo_code"], a["gtpo_shaping_alpha"], a["gtpo_similarity"]) == (1.0, CODE_A, 0.5, "tfidf")
+    assert (b["acc"], b["gtpo_code"]) == (0.0, CODE_B0 + "\n" + CODE_B1)
 
 
-def test_rollout_time_chain_agent_output_to_advantages(tiny_tokenizer):
-    """What verl 0.9's v1 trainer does per trajectory, with gtpo's pieces in it: the agent loop's output
-    records turn spans; the reward call (no response mask, as in verl) scores it; as_dict writes rm_scores
-    per turn; the rows are padded into a batch and go through compute_advantage('gtpo')."""
+def live_rollout(name, tool):
+    """Response ``name`` as verl's tool agent loop would produce it with ``SandboxTool``: each parseable call
+    runs in the sandbox (one session per trajectory, the status recorded in ``agent_data.extra_fields``) and
+    its real reply follows the turn; D's unparseable call is answered by verl itself, without the tool."""
+    uid, segments = RESPONSES[name]
+    agent_data, live, turn = make_agent_data(), [], -1
+    for text, is_model in segments:
+        if is_model:
+            turn += 1
+            agent_data.assistant_turns = turn + 1  # verl counts a turn before running its tools
+            code, has_call, parse_error = parse_call(text)
+            live.append((text, 1))
+            if has_call and not parse_error:
+                response, _, _ = run(tool.execute(f"{name}-{turn}", {"code": code}, agent_data=agent_data))
+                live.append((reply(response.text), 0))
+        elif live[-1][1] != 0:
+            live.append((text, 0))  # verl's own answer (D)
+    return uid, live, agent_data.extra_fields
+
+
+def live_batch(tokenizer, tool, rm):
+    """Agent-loop outputs -> verl's reward call (no response mask) -> ``as_dict`` fields, per trajectory, as
+    verl's v1 agent-loop worker stores them: rm_scores, response_mask, uid, extra_fields (with the reward info)."""
     from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput
 
     from gtpo.integrations.verl_agent_loop import TurnRewardOutput, with_turn_spans
 
-    rm = manager(tiny_tokenizer)
-    rows, turn_rewards = [], []
+    stored = []
     for name in "ABCD":
-        uid, segments = RESPONSES[name]
-        ids, mask = tokenize(tiny_tokenizer, segments)
+        uid, segments, extra_fields = live_rollout(name, tool)
+        ids, mask = tokenize(tokenizer, segments)
         output = with_turn_spans(
-            AgentLoopOutput(prompt_ids=[1, 2], response_ids=ids, response_mask=mask, metrics=AgentLoopMetrics())
+            AgentLoopOutput(
+                prompt_ids=[1, 2],
+                response_ids=ids,
+                response_mask=mask,
+                metrics=AgentLoopMetrics(),
+                extra_fields=extra_fields,
+            )
         )
         assert isinstance(output, TurnRewardOutput)
         assert output.extra_fields[TURN_SPANS_KEY] == [list(s) for s in turn_spans(mask)]
+        assert output.extra_fields.get(TOOL_CALLS_KEY, []) == TOOL_CALLS[name]  # recorded by the tool itself
         # the DataProto verl's AgentLoopWorker._compute_score sends to the reward loop: no response_mask
         call_data = DataProto.from_dict(
             tensors={
@@ -449,25 +475,105 @@ def test_rollout_time_chain_agent_output_to_advantages(tiny_tokenizer):
         output.reward_score = result["reward_score"]
         output.extra_fields["reward_extra_info"] = result["reward_extra_info"]
         fields = output.as_dict()
-        rows.append((fields["rm_scores"], fields["response_mask"], uid))
-        turn_rewards.append(json.loads(result["reward_extra_info"][TURN_REWARDS_KEY]))
         assert fields["rm_scores"].sum().item() == pytest.approx(output.reward_score, abs=1e-6)
-    width = max(len(r[0]) for r in rows)
-    scores = torch.stack([torch.nn.functional.pad(r[0], (0, width - len(r[0]))) for r in rows])
-    masks = torch.stack([torch.nn.functional.pad(r[1], (0, width - len(r[1]))) for r in rows])
+        stored.append({**fields, "uid": uid})
+    return stored
+
+
+def padded(rows, key):
+    width = max(len(r[key]) for r in rows)
+    return torch.stack([torch.nn.functional.pad(r[key], (0, width - len(r[key]))) for r in rows])
+
+
+def trainer_records():
+    """The four responses as gtpo's own rollout records them (turn records, by hand)."""
+
+    def traj(group, correct, turns):
+        return Trajectory(
+            problem=Problem(id=str(group), question="", answer=""), group_id=group, turns=turns, correct=correct
+        )
+
+    return [
+        traj(0, True, [Turn("", code=CODE_A, has_tool_call=True), Turn("")]),
+        traj(
+            0,
+            False,
+            [
+                Turn("", code=CODE_B0, has_tool_call=True, invalid_call=True),
+                Turn("", code=CODE_B1, has_tool_call=True),
+                Turn(""),
+            ],
+        ),
+        traj(0, False, [Turn("")]),
+        traj(1, True, [Turn("", has_tool_call=True, parse_error=True, invalid_call=True), Turn("")]),
+    ]
+
+
+def test_live_path_with_group_shaping_equals_gtpo_trainer_credit(tiny_tokenizer, sandbox_tool):
+    """A verl run end to end on CPU, but for the model: trajectories built like a real rollout (the tool runs
+    the code and records statuses), scored one at a time by the reward manager, rm_scores placed by the agent
+    loop's output, then the group step of the replay buffer (``shape_scores``, on the fields as stored) and
+    verl's compute_advantage('gtpo') on the DataProto its advantage step builds. The result is gtpo's own
+    ``assign_credit`` with shaping (tf-idf, alpha 0.5) on the same trajectories."""
+    stored = live_batch(tiny_tokenizer, sandbox_tool, manager(tiny_tokenizer))
+    unshaped = [json.loads(r["extra_fields"]["reward_extra_info"][TURN_REWARDS_KEY]) for r in stored]
+    assert [pytest.approx(t) for t in unshaped] == [[0.0, 1.0], [-0.1, 0.0, 0.0], [-0.1], [-0.1, 1.0]]
+    masks = padded(stored, "response_mask")
+    infos = [r["extra_fields"]["reward_extra_info"] for r in stored]
+    scores, metrics = shape_scores(padded(stored, "rm_scores"), masks, [r["uid"] for r in stored], infos)
     data = DataProto.from_dict(
         tensors={"token_level_rewards": scores, "response_mask": masks},
-        non_tensors={"uid": np.array([r[2] for r in rows], dtype=object)},
+        non_tensors={"uid": np.array([r["uid"] for r in stored], dtype=object)},
     )
     out = compute_advantage(data, adv_estimator="gtpo", config=AlgoConfig(gamma=0.9))
-    k = max(len(t) for t in turn_rewards)
-    rewards = torch.tensor([t + [0.0] * (k - len(t)) for t in turn_rewards])
-    turn_mask = torch.tensor([[j < len(t) for j in range(k)] for t in turn_rewards])
+
+    credit = assign_credit(
+        trainer_records(),
+        algo="gtpo",
+        gamma=0.9,
+        adv_norm="group",
+        scale_by_std=True,
+        format_penalty=0.1,
+        no_call_penalty=0.1,
+        shaping=True,
+        shaping_alpha=0.5,
+        similarity=tfidf_code_similarity,
+    )
     turn_ids, _ = loop_turn_ids(masks)
-    expected = turns_to_tokens(gtpo_advantages(rewards, turn_mask, torch.tensor([0, 0, 0, 1]), 0.9), turn_ids)
-    torch.testing.assert_close(out.batch["advantages"], expected, atol=1e-5, rtol=0)
-    by_hand = [[0.0, 1.0], [-0.1, 0.0, 0.0], [-0.1], [-0.1, 1.0]]  # unshaped, as in the test above
-    assert [pytest.approx(t) for t in turn_rewards] == by_hand
+    torch.testing.assert_close(
+        out.batch["advantages"], turns_to_tokens(credit.turn_advantages, turn_ids), atol=1e-5, rtol=0
+    )
+    # B's code resembles A's: shaped, below a success; the other rows are unchanged
+    shaped_b = credit.accuracy_values[1]
+    assert 0.0 < shaped_b < 0.5 and metrics["gtpo/shaped_frac"] == pytest.approx(1 / 4)
+    assert metrics["gtpo/shaped_mean"] == pytest.approx(shaped_b)
+    # the shaping went onto B's last turn only: row sums are the unshaped turn rewards, plus B's shaped acc
+    expected_sums = [sum(t) + (shaped_b if i == 1 else 0.0) for i, t in enumerate(unshaped)]
+    assert scores.sum(dim=1).tolist() == pytest.approx(expected_sums, abs=1e-6)
+
+
+def test_shape_scores_by_hand():
+    # two groups; u1: a success with code, a failure with code (last model token at 4), a failure without code
+    mask = torch.tensor([[1, 1, 0, 0, 0], [1, 0, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]])
+    scores = torch.zeros(4, 5)
+    scores[0, 1] = 1.0
+    infos = [
+        {"acc": 1.0, "gtpo_code": "print(1)", "gtpo_shaping_alpha": 0.5, "gtpo_similarity": "tfidf"},
+        {"acc": 0.0, "gtpo_code": "print(2)", "gtpo_shaping_alpha": 0.5, "gtpo_similarity": "tfidf"},
+        {"acc": 0.0, "gtpo_code": "", "gtpo_shaping_alpha": 0.5, "gtpo_similarity": "tfidf"},
+        {"acc": 0.0, "gtpo_code": "print(1)", "gtpo_shaping_alpha": 0.5, "gtpo_similarity": "tfidf"},
+    ]
+    uids = ["u1", "u1", "u1", "u2"]  # u2: no success, nothing to compare to
+    shaped, metrics = shape_scores(scores, mask, uids, infos, similarity=constant_similarity)
+    expected = scores.clone()
+    expected[1, 4] = 0.5 * 0.6  # alpha x sim, on row 1's last model token
+    assert torch.equal(shaped, expected)
+    assert metrics == {"gtpo/shaped_frac": pytest.approx(1 / 4), "gtpo/shaped_mean": pytest.approx(0.3)}
+    off = [{**info, "gtpo_shaping_alpha": 0.0} for info in infos]
+    assert shape_scores(scores, mask, uids, off)[0] is scores  # shaping off in the reward settings
+    assert torch.equal(shape_scores(scores, mask, uids, [None] * 4)[0], scores)  # not gtpo's reward: untouched
+    with pytest.raises(ValueError, match="one shaping setting"):
+        shape_scores(scores, mask, uids, [infos[0], off[1], infos[2], infos[3]])
 
 
 def test_agent_output_without_gtpo_rewards_keeps_verl_default():
@@ -514,13 +620,18 @@ def run(coro):
 def test_sandbox_tool_keeps_state_per_trajectory(sandbox_tool):
     first, second = make_agent_data(), make_agent_data()
     iid, _ = run(sandbox_tool.create())
+    first.assistant_turns = 1  # verl counts the turn before running its tools
     response, reward, metrics = run(sandbox_tool.execute(iid, {"code": "x = 6 * 7\nprint(x)"}, agent_data=first))
     assert (response.text, reward, metrics["status"]) == ("\n```output\n42\n```\n", 0.0, "ok")
+    first.assistant_turns = 2
     again, _, _ = run(sandbox_tool.execute("another-call", {"code": "print(x + 1)"}, agent_data=first))
     assert "43" in again.text  # same trajectory, new tool instance: the notebook state is there
+    second.assistant_turns = 1
     other, _, metrics = run(sandbox_tool.execute("third-call", {"code": "print(x)"}, agent_data=second))
     assert metrics["status"] == "error" and "NameError" in other.text
-    assert exec_status_from_output(other.text) == "error" and exec_status_from_output(again.text) == "ok"
+    # each call's status, with its turn, is in the trajectory's extra_fields (what verl gives the reward)
+    assert first.extra_fields[TOOL_CALLS_KEY] == [[0, "ok"], [1, "ok"]]
+    assert second.extra_fields[TOOL_CALLS_KEY] == [[0, "error"]]
     session = sandbox_tool._trajectory_sessions[first]
     del first
     gc.collect()
@@ -530,11 +641,18 @@ def test_sandbox_tool_keeps_state_per_trajectory(sandbox_tool):
 
 def test_sandbox_tool_timeouts_and_bad_arguments_read_as_invalid(sandbox_tool):
     trajectory = make_agent_data()
-    response, _, metrics = run(sandbox_tool.execute("t", {"code": "while True: pass"}, agent_data=trajectory))
+    trajectory.assistant_turns = 1
+    _, _, metrics = run(sandbox_tool.execute("t", {"code": "while True: pass"}, agent_data=trajectory))
     assert metrics["status"] == "timeout"
-    assert exec_status_from_output(response.text) == "timeout"
+    trajectory.assistant_turns = 2
     response, _, metrics = run(sandbox_tool.execute("t", {"source": "print(1)"}, agent_data=trajectory))
-    assert metrics["status"] == "error" and exec_status_from_output(response.text) == "error"
+    assert metrics["status"] == "error" and "needs a string argument" in response.text
+    assert trajectory.extra_fields[TOOL_CALLS_KEY] == [[0, "timeout"], [1, "error"]]
+    turns = build_turns(
+        [(call("while True: pass"), ""), ('<tool_call>{"name": "code_interpreter"}</tool_call>', "")],
+        statuses_by_turn(trajectory.extra_fields[TOOL_CALLS_KEY]),
+    )
+    assert [t.invalid_call for t in turns] == [True, True]
     assert sandbox_tool.name == "code_interpreter"
 
 
@@ -607,6 +725,98 @@ def test_example_config_passes_verl_validation_and_loads_gtpo_parts(example_conf
         script = f.read()
     assert "-m verl.trainer.main_ppo" in script and "--config-name gtpo_tir" in script
     assert "algorithm.adv_estimator=gtpo" in script
+
+
+def test_example_config_selects_the_shaping_replay_buffer(example_config):
+    """verl's trainer loads and builds the custom buffer this way (PPOTrainer._build_replay_buffer)."""
+    pytest.importorskip("transfer_queue")
+    from verl.utils.import_utils import load_extern_type
+
+    from gtpo.integrations.verl_sampler import GTPOReplayBuffer
+
+    sampler = example_config.trainer.v1.sampler
+    cls = load_extern_type(sampler.custom_sampler.path, sampler.custom_sampler.name)
+    assert cls is GTPOReplayBuffer and example_config.trainer.v1.trainer_mode == "sync"
+    kwargs = dict(
+        trainer_mode="sync",
+        trainer_config=example_config.trainer.v1.get("sync", {}),
+        max_off_policy_threshold=sampler.max_off_policy_threshold,
+        max_off_policy_strategy=sampler.max_off_policy_strategy,
+        sampler_kwargs=sampler.sampler_kwargs,
+        refill_fn=lambda count: None,
+    )
+    assert cls(**kwargs).filter_groups_metric is None
+    # verl's DAPO filter settings reach the buffer through sampler_kwargs
+    dapo = cls(**{**kwargs, "sampler_kwargs": {"filter_groups_metric": "acc", "train_batch_size": 4}})
+    assert dapo.filter_groups_metric == "acc" and dapo.train_batch_size == 4
+    assert example_config.reward.reward_kwargs.shaping is True
+
+
+@pytest.mark.slow
+def test_replay_buffer_shapes_sampled_groups_in_transfer_queue(tiny_tokenizer, sandbox_tool):
+    """The whole group step in a real TransferQueue (Ray, about a minute): trajectories stored as verl's
+    agent-loop worker stores them, sampled by GTPOReplayBuffer, read back as the trainer's advantage step reads
+    them; the advantages equal gtpo's assign_credit with shaping."""
+    tq = pytest.importorskip("transfer_queue")
+    import ray
+    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+
+    from gtpo.integrations.verl_sampler import GTPOReplayBuffer
+
+    stored = live_batch(tiny_tokenizer, sandbox_tool, manager(tiny_tokenizer))
+    names = {f"p1_{i}_0": i for i in range(3)} | {"p2_0_0": 3}  # {uid}_{session}_{output}, as verl keys them
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}}))
+    try:
+        keys = list(names)
+        fields = [
+            {k: stored[names[key]][k] for k in ("uid", "rm_scores", "response_mask", "extra_fields")} for key in keys
+        ]
+        tq.kv_batch_put(
+            keys=keys,
+            partition_id="train",
+            fields=list_of_dict_to_tensordict(fields),
+            tags=[{"status": "success", "global_steps": 1}] * len(keys),
+        )
+        for uid in ("p1", "p2"):
+            tq.kv_put(key=uid, partition_id="train", tag={"is_prompt": True, "status": "finished", "global_steps": 1})
+        buffer = GTPOReplayBuffer(
+            trainer_mode="sync",
+            trainer_config={},
+            max_off_policy_threshold=None,
+            max_off_policy_strategy="drop",
+            sampler_kwargs={},
+            refill_fn=lambda count: None,
+        )
+        batch, metrics = buffer.sample(global_steps=1, partition_id="train", batch_size=2)
+        assert sorted(batch.keys) == sorted(keys) and metrics["gtpo/shaped_frac"] == pytest.approx(1 / 4)
+        # what PPOTrainer._compute_advantage reads and builds
+        data = tq.kv_batch_get(
+            keys=batch.keys, partition_id="train", select_fields=["uid", "response_mask", "rm_scores"]
+        )
+        data = DataProto(batch=data.to_padded_tensor())
+        data.batch["token_level_rewards"] = data.batch["rm_scores"]
+        data.non_tensor_batch["uid"] = np.array(data.batch.pop("uid").tolist(), dtype=object)
+        out = compute_advantage(data, adv_estimator="gtpo", config=AlgoConfig(gamma=0.9))
+    finally:
+        tq.close()
+        ray.shutdown()
+    credit = assign_credit(
+        trainer_records(),
+        algo="gtpo",
+        gamma=0.9,
+        adv_norm="group",
+        scale_by_std=True,
+        format_penalty=0.1,
+        no_call_penalty=0.1,
+        shaping=True,
+        shaping_alpha=0.5,
+        similarity=tfidf_code_similarity,
+    )
+    rows = [names[key] for key in batch.keys]
+    turn_ids, _ = loop_turn_ids(data.batch["response_mask"])
+    expected = turns_to_tokens(credit.turn_advantages[rows], turn_ids)
+    torch.testing.assert_close(out.batch["advantages"], expected, atol=1e-5, rtol=0)
 
 
 def test_prepare_data_writes_what_verl_dataset_reads(example_config, tmp_path, tiny_tokenizer):

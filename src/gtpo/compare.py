@@ -22,8 +22,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "gtpo-gamma1": {"algo": {"gamma": 1.0}},
     "gtpo-noshaping": {"algo": {"shaping": False}},
     "gtpo-noformat": {"algo": {"format_penalty": 0.0, "no_call_penalty": 0.0}},
+    "gtpo-filter": {"rollout": {"filter_groups": True}},
 }
-"""Name -> overrides of the base config; gamma=1, no shaping, no format penalty: the paper's ablations."""
+"""Name -> overrides of the base config; gamma=1, no shaping, no format penalty: the paper's ablations;
+gtpo-filter: DAPO's dynamic sampling (rollout.filter_groups), not part of the paper."""
 
 PLOTTED = {
     "reward/accuracy": "train accuracy",

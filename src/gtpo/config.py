@@ -109,6 +109,26 @@ class RolloutConfig:
     """Concurrent sandbox executions; 0 = number of CPU cores."""
     filter_void: bool = False
     """SimpleTIR: leave out of the loss trajectories with a void turn (no code block and no final answer)."""
+    filter_groups: bool = False
+    """DAPO's dynamic sampling: leave out of the update groups whose trajectories all agree (filter_metric) and
+    sample more problems until problems_per_step groups differ. Off by default: GTPO does not use it, and it
+    makes a step's cost vary (docs/algorithms.md, section 9)."""
+    filter_metric: Literal["accuracy", "score"] = "accuracy"
+    """filter_groups: what must differ within a group. "accuracy" (DAPO, SimpleTIR): some right, some wrong.
+    "score": the trajectory reward (format penalties and shaping included), which drops only groups with no
+    signal at all; under GTPO format penalties keep almost every group (measured: 199 of 200 on the embedded
+    task), so it seldom filters."""
+    filter_max_extra_problems: int = 16
+    """filter_groups: at most this many extra problems (x group_size trajectories) per step; a step that
+    reaches the cap trains on the informative groups it has. 16 = SimpleTIR's 3x oversampling at the default 8."""
+    overlong: Literal["none", "mask", "penalty"] = "none"
+    """Trajectories near or at max_total_tokens. "mask": those cut by the budget get no loss (DAPO's overlong
+    filtering); "penalty": DAPO's soft linear penalty in a buffer before the cap, added to the outcome reward;
+    "none" (default, as GTPO): treated like any other."""
+    overlong_buffer: float = 0.2
+    """overlong="penalty": the buffer before max_total_tokens, as a fraction of it (DAPO: 4096 of 20480)."""
+    overlong_penalty: float = 1.0
+    """overlong="penalty": the penalty at the cap (DAPO's factor 1.0, the size of a correct answer here)."""
     eval_temperature: float = 1.0
     """Temperature for held-out evaluation: 1.0 scores the policy as it samples in training (so held-out
     accuracy tracks the training reward); 0 = greedy decoding, which reports only the policy's mode."""
@@ -150,6 +170,12 @@ class AlgoConfig:
     """Coefficient of the k3 KL penalty to a frozen reference policy (0 = no reference model)."""
     entropy_coef: float = 0.0
     """Entropy bonus coefficient."""
+    is_correction: Literal["none", "token", "sequence"] = "token"
+    """Truncated importance weights min(pi_train_old / pi_sampler, is_cap) on the policy loss, per token or one
+    per trajectory, for the gap between the sampler's and the trainer's probabilities (bf16 or vLLM
+    generation). Weights are 1 where the two agree; the gap is logged every step (is/mismatch_*)."""
+    is_cap: float = 2.0
+    """Cap C of the importance weights (TRL's TIS default 2.0; verl's rollout_is_threshold 2.0)."""
 
 
 @dataclass
@@ -275,6 +301,10 @@ def validate(config: TrainConfig) -> TrainConfig:
         (config.algo.clip_high >= 0, "algo.clip_high", "must be >= 0"),
         (config.algo.dual_clip is None or config.algo.dual_clip > 1, "algo.dual_clip", "must be > 1 or None"),
         (config.algo.kl_coef >= 0, "algo.kl_coef", "must be >= 0"),
+        (config.algo.is_cap >= 1, "algo.is_cap", "must be >= 1 (weights of agreeing tokens stay 1)"),
+        (config.rollout.filter_max_extra_problems >= 0, "rollout.filter_max_extra_problems", "must be >= 0"),
+        (0 <= config.rollout.overlong_buffer <= 1, "rollout.overlong_buffer", "must be in [0, 1]"),
+        (config.rollout.overlong_penalty >= 0, "rollout.overlong_penalty", "must be >= 0 (it is subtracted)"),
         (config.optim.lr > 0, "optim.lr", "must be > 0"),
         (config.optim.micro_batch_tokens >= 1, "optim.micro_batch_tokens", "must be >= 1 (e.g. 8192)"),
         (config.optim.micro_batch_size >= 0, "optim.micro_batch_size", "must be >= 0 (0 = no cap)"),

@@ -48,9 +48,11 @@ def trajectory_turn_rewards(
     no_call_penalty: float,
     shaping_alpha: float,
     similarity: Similarity | None,
+    outcome_penalties: Sequence[float] | None = None,
 ) -> TurnRewards:
     """Turn rewards of graded trajectories; shaping within ``group_id`` groups when ``similarity`` is given
-    (None: acc is 1/0). Shared by ``assign_credit`` and the verl reward (``gtpo.integrations.verl_reward``)."""
+    (None: acc is 1/0). ``outcome_penalties`` (e.g. ``rewards.overlong_penalty``) add to the last turn, where
+    acc lands. Shared by ``assign_credit`` and the verl reward (``gtpo.integrations.verl_reward``)."""
     correct = [t.correct for t in trajectories]
     invalid = [[turn.invalid_call for turn in t.turns] or [False] for t in trajectories]
     first_call = [bool(t.turns) and t.turns[0].has_tool_call for t in trajectories]
@@ -61,8 +63,9 @@ def trajectory_turn_rewards(
         )
     else:
         acc = [float(c) for c in correct]
+    outcome = acc if outcome_penalties is None else [a + p for a, p in zip(acc, outcome_penalties, strict=True)]
     rewards, mask = turn_rewards(
-        acc, invalid, first_call, format_penalty=format_penalty, no_call_penalty=no_call_penalty
+        outcome, invalid, first_call, format_penalty=format_penalty, no_call_penalty=no_call_penalty
     )
     return TurnRewards(rewards, mask, acc, format_ok(invalid, first_call))
 
@@ -79,9 +82,11 @@ def assign_credit(
     shaping: bool,
     shaping_alpha: float,
     similarity: Similarity | None,
+    outcome_penalties: Sequence[float] | None = None,
 ) -> Credit:
     """Advantages for whole groups. Needs only turn records, so a group split across ranks can be
-    gathered without its token lists (see gtpo.distributed)."""
+    gathered without its token lists (see gtpo.distributed). ``outcome_penalties`` (one per trajectory, <= 0)
+    add to GTPO's last-turn reward and to GRPO's trajectory reward."""
     if algo not in ("gtpo", "grpo"):
         raise ValueError(f"algo.algo must be 'gtpo' or 'grpo', got {algo!r}")
     if shaping and algo == "gtpo" and similarity is None:
@@ -94,10 +99,13 @@ def assign_credit(
         no_call_penalty=no_call_penalty,
         shaping_alpha=shaping_alpha,
         similarity=similarity if shaping and algo == "gtpo" else None,
+        outcome_penalties=outcome_penalties,
     )
     rewards_bk, turn_mask, acc, fmt_ok = turns.rewards, turns.mask, turns.acc, turns.fmt_ok
     if algo == "grpo":
         traj_rewards = grpo_rewards(correct, fmt_ok).to(torch.float32)
+        if outcome_penalties is not None:
+            traj_rewards = traj_rewards + torch.tensor(outcome_penalties, dtype=torch.float32)
         adv = grpo_advantages(traj_rewards, group_ids, scale_by_std=scale_by_std)
         # GRPO: the trajectory's one advantage on every one of its turns (hence on every model token).
         turn_adv = torch.where(turn_mask, adv[:, None].to(torch.float32), torch.zeros(()))

@@ -1,6 +1,7 @@
-"""The policy loss: PPO/GRPO clipped surrogate over model tokens, optional dual clip, k3 KL, entropy bonus.
+"""The policy loss: PPO/GRPO clipped surrogate over model tokens, optional dual clip, k3 KL, entropy bonus;
+and the truncated importance weights that correct for a sampler whose probabilities differ from the trainer's.
 
-One pure function of [B, T] tensors. Only ``loss_mask`` tokens count (model-sampled tokens; prompt and
+Pure functions of [B, T] tensors. Only ``loss_mask`` tokens count (model-sampled tokens; prompt and
 tool-output observation tokens are 0 there). The aggregation divides by a normalizer that the caller may
 give for the whole batch, so that gradients summed over micro-batches equal the gradient of one big batch.
 See docs/algorithms.md for the formulas.
@@ -62,12 +63,14 @@ def clipped_policy_loss(
     kl_coef: float = 0.0,
     entropy: torch.Tensor | None = None,
     entropy_coef: float = 0.0,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped surrogate loss and its metrics. All tensors [B, T]; returns (scalar loss, metrics).
 
     Per token, with rho = exp(logp - old_logp):
       policy = -min(rho * A, clip(rho, 1 - clip_low, 1 + clip_high) * A),
-      and with ``dual_clip`` c, for A < 0: policy = min(policy, -c * A) (a bound on a very large rho).
+      and with ``dual_clip`` c, for A < 0: policy = min(policy, -c * A) (a bound on a very large rho);
+      with ``weights`` w (constants, e.g. ``importance_weights``): policy = w * policy.
     loss = agg(policy) + kl_coef * agg(k3) - entropy_coef * agg(entropy), where
       k3 = exp(ref_logp - logp) - (ref_logp - logp) - 1 >= 0 estimates KL(policy || reference).
     Metrics are this micro-batch's plain token means over masked tokens, whatever ``agg`` and
@@ -77,7 +80,7 @@ def clipped_policy_loss(
     With no masked token the loss is 0 and ratio metrics read 1.0 (no update, no change).
     """
     named = {"logp": logp, "old_logp": old_logp, "advantages": advantages, "loss_mask": loss_mask}
-    named |= {"ref_logp": ref_logp, "entropy": entropy}
+    named |= {"ref_logp": ref_logp, "entropy": entropy, "weights": weights}
     for name, tensor in named.items():
         if tensor is not None and (tensor.dim() != 2 or tensor.shape != logp.shape):
             raise ValueError(f"{name} must be [B, T] like logp {tuple(logp.shape)}, got {tuple(tensor.shape)}")
@@ -102,6 +105,8 @@ def clipped_policy_loss(
         bound = -adv * dual_clip
         dual_active = (adv < 0) & (policy > bound)
         policy = torch.where(dual_active, bound, policy)
+    if weights is not None:
+        policy = policy * torch.where(active, weights.detach().to(logp.dtype), zero)
 
     loss = aggregate(policy, mask, agg, denominator)
     metrics = {
@@ -128,6 +133,52 @@ def clipped_policy_loss(
     elif entropy_coef:
         raise ValueError(f"entropy_coef={entropy_coef} needs the per-token entropy tensor")
     return loss, metrics
+
+
+IS_LEVELS: tuple[str, ...] = ("none", "token", "sequence")
+"""Importance-correction levels (config field ``algo.is_correction``); see ``importance_weights``."""
+
+
+def importance_weights(
+    train_logp: torch.Tensor, sampler_logp: torch.Tensor, loss_mask: torch.Tensor, cap: float, level: str
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Truncated importance weights for tokens drawn by a sampler whose probabilities differ from the trainer's,
+    and the size of that difference. All tensors [B, T]; returns (weights [B, T], metrics).
+
+    With delta = train_logp - sampler_logp (log pi_train_old - log pi_sampler) on masked tokens:
+      "token":    w[i, t] = min(exp(delta[i, t]), cap)                    (truncated IS, per token)
+      "sequence": w[i, t] = min(exp(sum_t' delta[i, t']), cap) on every token of sequence i
+      "none":     w = 1.
+    The weights are constants (no gradient); they multiply the policy term of ``clipped_policy_loss``.
+    They are 1 wherever the two log-probs agree. Metrics, over masked tokens whatever the level:
+    mismatch_mean (mean |delta|), mismatch_max (max |delta|), weight_mean, capped_frac (tokens where the
+    cap binds).
+    """
+    if level not in IS_LEVELS:
+        raise ValueError(f"level (config algo.is_correction) must be one of {IS_LEVELS}, got {level!r}")
+    if not cap >= 1.0:
+        raise ValueError(f"cap (config algo.is_cap) must be >= 1 so agreeing tokens keep weight 1, got {cap}")
+    for name, tensor in (("sampler_logp", sampler_logp), ("loss_mask", loss_mask)):
+        if tensor.shape != train_logp.shape:
+            shapes = f"{tuple(train_logp.shape)}, got {tuple(tensor.shape)}"
+            raise ValueError(f"{name} must be [B, T] like train_logp {shapes}")
+    active = loss_mask > 0
+    zero = torch.zeros((), dtype=torch.float64)
+    delta = torch.where(active, train_logp.detach().double() - sampler_logp.detach().double(), zero)
+    if level == "token":
+        raw = torch.exp(delta)
+    elif level == "sequence":
+        raw = torch.exp(delta.sum(dim=1, keepdim=True)).expand_as(delta)
+    else:
+        raw = torch.ones_like(delta)
+    weights = torch.where(active, raw.clamp(max=cap), torch.ones((), dtype=torch.float64))
+    metrics = {
+        "mismatch_mean": _masked_mean(delta.abs(), active),
+        "mismatch_max": float(delta.abs()[active].max()) if active.any() else 0.0,
+        "weight_mean": _masked_mean(weights, active, empty=1.0),
+        "capped_frac": _masked_mean(raw > cap, active),
+    }
+    return weights.to(train_logp.dtype), metrics
 
 
 def _masked_mean(values: torch.Tensor, active: torch.Tensor, empty: float = 0.0) -> float:

@@ -109,3 +109,42 @@ def _check_lengths(**sequences: Sequence[object]) -> None:
     lengths = {name: len(seq) for name, seq in sequences.items()}
     if len(set(lengths.values())) > 1:
         raise ValueError(f"one entry per trajectory is needed in each argument, got lengths {lengths}")
+
+
+def overlong_penalty(lengths: Sequence[int], max_length: int, buffer: int, factor: float = 1.0) -> list[float]:
+    """DAPO's soft overlong punishment, one value per trajectory (0 or negative), added to its outcome reward.
+
+    With L_max = ``max_length`` and a buffer of ``buffer`` tokens before it:
+    0 while L <= L_max - buffer, then falling linearly to -factor at L = L_max (and -factor beyond).
+    A trajectory cut by the length budget has L = L_max and gets the whole penalty; one that ended on its
+    own close to the cap gets part of it. ``buffer`` = 0 penalizes only L >= L_max.
+    """
+    if max_length < 1 or not 0 <= buffer <= max_length:
+        raise ValueError(f"need max_length >= 1 and 0 <= buffer <= max_length, got {max_length} and {buffer}")
+    if factor < 0:
+        raise ValueError(f"factor (config rollout.overlong_penalty) must be >= 0 (it is subtracted), got {factor}")
+    start = max_length - buffer
+    penalties = []
+    for length in lengths:
+        if length <= start and length < max_length:
+            penalties.append(0.0)
+        elif buffer == 0 or length >= max_length:
+            penalties.append(-factor)
+        else:
+            penalties.append(-factor * (length - start) / buffer)
+    return penalties
+
+
+def informative_groups(scores: Sequence[float], group_ids: Sequence[int]) -> list[bool]:
+    """Per trajectory: does its group carry a training signal, i.e. do the group's scores differ?
+
+    A group whose trajectories all score the same (all right, all wrong, same format events) gets advantage 0
+    on every token under GRPO's normalization, so it adds nothing to the policy gradient: DAPO's dynamic
+    sampling and SimpleTIR's filter leave such groups out and sample others. Scores compare exactly (float64),
+    the rule ``gtpo.advantages`` uses for a set whose advantages are all 0.
+    """
+    _check_lengths(scores=scores, group_ids=group_ids)
+    values: dict[int, set[float]] = {}
+    for score, g in zip(scores, group_ids, strict=True):
+        values.setdefault(g, set()).add(float(score))
+    return [len(values[g]) > 1 for g in group_ids]

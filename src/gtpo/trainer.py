@@ -25,7 +25,7 @@ from gtpo.advantages import turns_to_tokens
 from gtpo.batch import TokenBatch, collate
 from gtpo.checkpoint import claim_run_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from gtpo.config import ConfigError, TrainConfig, to_dict, validate
-from gtpo.credit import assign_credit
+from gtpo.credit import Credit, assign_credit
 from gtpo.distributed import (
     DistContext,
     all_reduce_sum,
@@ -37,9 +37,11 @@ from gtpo.distributed import (
     wrap_model,
 )
 from gtpo.evaluate import EvalReport, evaluate_problems
+from gtpo.groups import StepGroups, collect_groups
 from gtpo.metrics import METRICS_FILE, MetricLogger, read_metrics
 from gtpo.policy import inference_weights
 from gtpo.problem_stream import ProblemStream
+from gtpo.rewards import overlong_penalty
 from gtpo.rollout import is_void_trajectory, rollout, rollout_metrics
 from gtpo.similarity import get_similarity
 from gtpo.types import CodeExecutor, Trajectory
@@ -106,6 +108,8 @@ class Trainer:
         uses_shaping = config.algo.shaping and config.algo.algo == "gtpo"
         self.similarity = get_similarity(config.algo.similarity) if uses_shaping else None
         self.step = 0
+        self._sampling_round = 0
+        """Which rollout of the step is running (> 0 only for rollout.filter_groups refills); seeds it."""
         if config.resume:
             self._resume()
         self.logger = None
@@ -151,21 +155,75 @@ class Trainer:
             return self._train_step()
 
     def _train_step(self) -> dict[str, float]:
-        cfg, algo = self.cfg, self.cfg.algo
+        cfg, r = self.cfg, self.cfg.rollout
         start = time.perf_counter()
-        problems = self.stream.take(cfg.rollout.problems_per_step)
-        # Trajectory j samples problem j // G; this rank generates its round-robin share of the batch.
-        total = len(problems) * cfg.rollout.group_size
-        local_index = shard_indices(total, self.ctx)
-        local, timings = self._rollout([problems[j // cfg.rollout.group_size] for j in local_index], local_index)
-        for trajectory, j in zip(local, local_index, strict=True):
-            trajectory.group_id = j // cfg.rollout.group_size
+        sample = self._collect_groups()
         rollout_s = time.perf_counter() - start
+        metrics = {**rollout_metrics(sample.generated), **sample.metrics}
+        if not sample.kept:  # rollout.filter_groups found no group with signal within its cap: no update
+            return {**metrics, "perf/step_s": time.perf_counter() - start, "perf/rollout_s": rollout_s}
 
-        # Groups are normalized whole: every rank gathers all turn records and computes all advantages.
-        everyone = gather_objects([strip_tokens(t) for t in local], local_index, total, self.ctx)
-        credit = assign_credit(
-            everyone,
+        credit = sample.credit or self._credit(sample.kept, sample.kept_lengths)
+        batch = collate(sample.local, self.tokenizer.pad_token_id)
+        advantages = turns_to_tokens(credit.turn_advantages[sample.local_positions], batch.turn_ids)
+        loss_mask = batch.loss_mask.to(torch.float32)
+        trained = [not (r.filter_void and is_void_trajectory(t)) for t in sample.local]
+        if r.overlong == "mask":  # DAPO's overlong filtering: no loss on trajectories cut by the budget
+            trained = [keep and t.finish_reason != "length" for keep, t in zip(trained, sample.local, strict=True)]
+        loss_mask = loss_mask * torch.tensor(trained, dtype=torch.float32)[:, None]
+        update_start = time.perf_counter()
+        update_metrics = self._update(batch, advantages, loss_mask)
+        update_s = time.perf_counter() - update_start
+
+        world = self.ctx.world_size
+        processed = all_reduce_sum(float(batch.attention_mask.sum().item()), self.ctx, self.device)
+        metrics.update(
+            {
+                **credit.metrics,
+                **update_metrics,
+                "perf/step_s": time.perf_counter() - start,
+                "perf/rollout_s": rollout_s,
+                "perf/update_s": update_s,
+                "perf/gen_tokens_per_s": sample.model_tokens
+                / max(sample.timings.get("generation_s", rollout_s) * world, 1e-9),
+                "perf/train_tokens_per_s": processed * cfg.optim.update_epochs / max(update_s, 1e-9),
+                "optim/lr": self.scheduler.get_last_lr()[0],
+            }
+        )
+        metrics.update({f"perf/{k}": v for k, v in sample.timings.items()})
+        return metrics
+
+    def _collect_groups(self) -> StepGroups:
+        """This step's groups (``gtpo.groups``): rollouts through ``_rollout``, credit through ``_credit``."""
+        r = self.cfg.rollout
+
+        def roll(problems: list[Any], indices: list[int], round_index: int) -> tuple[list[Trajectory], dict]:
+            self._sampling_round = round_index
+            return self._rollout(problems, indices)
+
+        return collect_groups(
+            self.stream.take,
+            roll,
+            self._credit,
+            self.ctx,
+            problems_per_step=r.problems_per_step,
+            group_size=r.group_size,
+            max_total_tokens=r.max_total_tokens,
+            filter_groups=r.filter_groups,
+            max_extra_problems=r.filter_max_extra_problems,
+            filter_metric=r.filter_metric,
+        )
+
+    def _credit(self, trajectories: list[Trajectory], lengths: list[int]) -> Credit:
+        """``assign_credit`` with this run's settings; ``lengths`` (tokens per trajectory) feed the overlong
+        penalty when ``rollout.overlong="penalty"``."""
+        algo, r = self.cfg.algo, self.cfg.rollout
+        penalties = None
+        if r.overlong == "penalty":
+            buffer = round(r.overlong_buffer * r.max_total_tokens)
+            penalties = overlong_penalty(lengths, r.max_total_tokens, buffer, r.overlong_penalty)
+        return assign_credit(
+            trajectories,
             algo=algo.algo,
             gamma=algo.gamma,
             adv_norm=algo.adv_norm,
@@ -175,34 +233,8 @@ class Trainer:
             shaping=algo.shaping,
             shaping_alpha=algo.shaping_alpha,
             similarity=self.similarity,
+            outcome_penalties=penalties,
         )
-        batch = collate(local, self.tokenizer.pad_token_id)
-        turn_advantages = credit.turn_advantages[local_index]
-        advantages = turns_to_tokens(turn_advantages, batch.turn_ids)
-        loss_mask = batch.loss_mask.to(torch.float32)
-        if cfg.rollout.filter_void:
-            keep = torch.tensor([not is_void_trajectory(t) for t in local], dtype=torch.float32)
-            loss_mask = loss_mask * keep[:, None]
-        update_start = time.perf_counter()
-        update_metrics = self._update(batch, advantages, loss_mask)
-        update_s = time.perf_counter() - update_start
-
-        world = self.ctx.world_size
-        generated = all_reduce_sum(float(batch.loss_mask.sum().item()), self.ctx, self.device)
-        processed = all_reduce_sum(float(batch.attention_mask.sum().item()), self.ctx, self.device)
-        metrics = {
-            **rollout_metrics(everyone),
-            **credit.metrics,
-            **update_metrics,
-            "perf/step_s": time.perf_counter() - start,
-            "perf/rollout_s": rollout_s,
-            "perf/update_s": update_s,
-            "perf/gen_tokens_per_s": generated / max(timings.get("generation_s", rollout_s) * world, 1e-9),
-            "perf/train_tokens_per_s": processed * cfg.optim.update_epochs / max(update_s, 1e-9),
-            "optim/lr": self.scheduler.get_last_lr()[0],
-        }
-        metrics.update({f"perf/{k}": v for k, v in timings.items()})
-        return metrics
 
     def _rollout(self, problems: list[Any], indices: list[int]) -> tuple[list[Trajectory], dict[str, float]]:
         """One trajectory per entry of ``problems`` (a problem appears G times across the ranks);
@@ -222,7 +254,7 @@ class Trainer:
                 temperature=r.temperature,
                 top_p=r.top_p,
                 invalid_statuses=frozenset(self.cfg.algo.invalid_statuses),
-                seed=step_seed(self.cfg.seed, self.step) + self.ctx.rank,
+                seed=step_seed(self.cfg.seed, self.step) + self.ctx.rank + 100_003 * self._sampling_round,
                 schedule=r.schedule,
                 rejoin_steps=r.rejoin_steps,
             )

@@ -10,6 +10,9 @@ the work runs on the hardware and nothing about what is learned (the loss is ``g
   (summed over ranks), so the accumulated gradient equals one pass over the whole batch;
 - **no wasted forward**: with one optimizer step per batch (``update_epochs`` 1) the old log-probs are the
   current ones detached, so the separate no-grad pass runs only when there are several epochs;
+- **importance correction** (``algo.is_correction``): truncated weights min(pi_old / pi_sampler, C) on the
+  policy term for the gap between the sampler's probabilities and the trainer's; the gap is measured and
+  logged every step (``loss/is_mismatch_*``) whatever the setting;
 - **entropy** is computed only when ``entropy_coef`` > 0; ``loss/sampled_nll`` (the mean -log p of the sampled
   tokens, an unbiased estimate of the entropy on-policy at top_p 1) is always reported, at no cost;
 - **mixed precision**: float32 master weights and AdamW state, matmuls under bf16 autocast on GPUs (the casts
@@ -33,7 +36,7 @@ from gtpo.batch import MicroBatch, TokenBatch, pack_micro_batches
 from gtpo.components import autocast as default_autocast
 from gtpo.config import OptimConfig, TrainConfig
 from gtpo.distributed import DistContext, all_reduce_max, all_reduce_sum
-from gtpo.losses import clipped_policy_loss
+from gtpo.losses import clipped_policy_loss, importance_weights
 from gtpo.policy import checkpointing_active, packed_attention_active, packed_token_logprobs
 
 
@@ -95,6 +98,7 @@ class PolicyUpdate:
         weights += [0.0] * (passes - len(weights))
         micro = [m.to(self.device) for m in micro]
         advantages, loss_mask = advantages.to(self.device), loss_mask.to(self.device)
+        sampler_logp = batch.sampler_logprobs.to(self.device)
 
         with self.autocast():
             old = self._scores(self.model, micro) if optim.update_epochs > 1 else None
@@ -103,7 +107,7 @@ class PolicyUpdate:
         denominator = max(all_reduce_sum(local, self.ctx, self.device), 1.0)
 
         sums: dict[str, float] = {}
-        count = 0
+        count, mismatch_max = 0, 0.0
         grad_norm = total_loss = 0.0
         for _ in range(optim.update_epochs):
             for i, (mb, weight) in enumerate(zip(micro, weights, strict=True)):
@@ -111,11 +115,14 @@ class PolicyUpdate:
                     mb,
                     mb.select(loss_mask) * weight,
                     mb.select(advantages),
+                    sampler_logp=mb.select(sampler_logp),
                     old_logp=None if old is None else old[i],
                     ref_logp=None if ref is None else ref[i],
                     denominator=denominator,
                     sync=i == passes - 1,
                 )
+                if weight:
+                    mismatch_max = max(mismatch_max, metrics["is_mismatch_max"])
                 if weight or not any(weights):  # (a rank with nothing to train still reports its zero loss)
                     total_loss += loss
                     for key, value in metrics.items():
@@ -132,6 +139,7 @@ class PolicyUpdate:
             torch.clear_autocast_cache()
         out = {f"loss/{k}": v / max(count, 1) for k, v in sums.items()}
         out["loss/total"] = total_loss / optim.update_epochs
+        out["loss/is_mismatch_max"] = all_reduce_max(mismatch_max, self.ctx, self.device)
         out["optim/grad_norm"] = grad_norm
         out["perf/micro_batches"] = float(passes)
         return out
@@ -142,22 +150,26 @@ class PolicyUpdate:
         mask: torch.Tensor,
         advantages: torch.Tensor,
         *,
+        sampler_logp: torch.Tensor,
         old_logp: torch.Tensor | None,
         ref_logp: torch.Tensor | None,
         denominator: float,
         sync: bool,
     ) -> tuple[float, dict[str, float]]:
         """Forward, loss and backward of one micro-batch ([S, width] tensors); returns the loss and its metrics.
-        ``old_logp`` None: one epoch, the old log-probs are the current ones (ratio 1, same gradient)."""
+        ``old_logp`` None: one epoch, the old log-probs are the current ones (ratio 1, same gradient); they are
+        also pi_old of the importance weights against ``sampler_logp``."""
         algo = self.cfg.algo
         lm = _unwrap(self.model)
         # The backward runs inside the packed attention too: checkpointed layers rerun their forward in it.
         with packed_attention_active(lm), checkpointing_active(lm, self.cfg.model.gradient_checkpointing):
             with self.autocast():
                 logp, entropy = self._logprobs(self.model, mb, with_entropy=algo.entropy_coef > 0)
+            old = logp.detach() if old_logp is None else old_logp
+            is_weights, is_metrics = importance_weights(old, sampler_logp, mask, algo.is_cap, algo.is_correction)
             loss, metrics = clipped_policy_loss(
                 logp,
-                logp.detach() if old_logp is None else old_logp,
+                old,
                 advantages,
                 mask,
                 clip_low=algo.clip_low,
@@ -169,7 +181,9 @@ class PolicyUpdate:
                 kl_coef=algo.kl_coef,
                 entropy=entropy,
                 entropy_coef=algo.entropy_coef,
+                weights=is_weights,
             )
+            metrics.update({f"is_{k}": v for k, v in is_metrics.items()})  # the sampler/trainer gap, every step
             # DDP/FSDP average gradients over ranks; the loss already divides by the global normalizer, so
             # scale back up to make the result a sum over ranks. DDP all-reduces on the last pass only.
             with _no_sync(self.model, skip=not sync):

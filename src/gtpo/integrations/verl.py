@@ -4,8 +4,9 @@ Importing this module registers, in the importing process, the advantage estimat
 ``gtpo_turn_index`` (verl's ``register_adv_est``) and the reward manager ``gtpo``. verl imports it in every
 one of its processes when the environment says ``VERL_USE_EXTERNAL_MODULES=gtpo.integrations.verl`` (read by
 ``import verl``), which is how ``python -m verl.trainer.main_ppo ... algorithm.adv_estimator=gtpo`` finds the
-estimator. The agent loop and the tool are loaded by verl from their config files (examples/verl/), so they
-are not imported here: the agent loop pulls in verl's rollout server stack.
+estimator. The agent loop, the tool and the shaping replay buffer (``verl_sampler``) are loaded by verl from
+their config (examples/verl/), so they are not imported here: they pull in verl's rollout server stack and
+TransferQueue.
 
 Launch commands, settings and what is tested: docs/verl.md.
 """
@@ -18,6 +19,7 @@ from gtpo.integrations.verl_advantage import (
     gtpo_token_advantages,
 )
 from gtpo.integrations.verl_reward import GTPORewardManager, RewardSettings, gtpo_reward_tensor
+from gtpo.integrations.verl_shaping import shape_scores
 
 __all__ = [
     "GTPORewardManager",
@@ -26,4 +28,5 @@ __all__ = [
     "compute_gtpo_turn_index_advantage",
     "gtpo_reward_tensor",
     "gtpo_token_advantages",
+    "shape_scores",
 ]

@@ -6,11 +6,14 @@ message, which is masked out of the loss. So a turn's text is the decoded run of
 output it got is the decoded run of masked tokens after it. gtpo's own ```` ```python ```` protocol is read
 too (``gtpo.tools.extract_code``), so an agent loop that keeps it needs no other parser.
 
-A call is invalid (GTPO's format penalty) when it cannot be parsed, or when its output text shows a failed
-execution. The status is read from the text, since that is all a verl reward function sees: the messages of
-gtpo's sandbox (time and memory limits, a dead process), a Python error line or traceback, and verl's own
-replies for calls that never reached a tool (bad JSON, unknown tool). A program that prints an error line
-of its own is read as an error too; that is the price of reading text.
+A call is invalid (GTPO's format penalty) when it cannot be parsed, or when its execution failed. The
+execution status is data, not text: ``SandboxTool`` records each call's status with the calling turn
+(``verl_tool.TOOL_CALLS_KEY`` in the trajectory's ``extra_fields``), so a program that prints an error-looking
+line is not mistaken for a failure. A turn whose call got a reply (a later turn exists) but no status was
+answered by verl itself without reaching the sandbox (unknown tool, arguments that are not JSON, a tool
+exception): such a call could not be routed and counts as unparseable. A last turn with a call and no status
+never ran (the loop stopped at its turn or length cap): like gtpo's own rollout, it is invalid only if it
+cannot be parsed.
 """
 
 from __future__ import annotations
@@ -24,18 +27,9 @@ from gtpo.tools import DEFAULT_INVALID_STATUSES, extract_boxed, extract_code, is
 from gtpo.types import ExecStatus, Turn
 
 _TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
-_STATUS_MARKERS: tuple[tuple[str, ExecStatus], ...] = (
-    ("TimeoutError: the cell", "timeout"),
-    ("TimeoutError: this session used its total time budget", "timeout"),
-    ("MemoryError: the cell exceeded", "memory"),
-    ("The sandbox process died", "killed"),
-    # verl's ToolAgentLoop answers these itself when a call never reaches a tool
-    ("Invalid JSON in arguments for", "error"),
-    ("Unknown function '", "error"),
-    ("Error executing tool '", "error"),
-    ("Traceback (most recent call last):", "error"),
-)
-_ERROR_LINE = re.compile(r"^\s*[A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)(?::|$)", re.MULTILINE)
+TOOL_CALLS_KEY = "gtpo_tool_calls"
+"""``extra_fields`` key where ``SandboxTool`` records ``[[turn, status], ...]``: one entry per call it answered,
+in order; ``turn`` is the 0-based index of the model turn that made the call."""
 
 
 def parse_call(text: str) -> tuple[str | None, bool, bool]:
@@ -69,24 +63,30 @@ def _code_argument(block: str) -> str | None:
     return code if isinstance(code, str) else None
 
 
-def exec_status_from_output(text: str) -> ExecStatus | None:
-    """The execution status a tool reply shows: None for no reply, else one of ``gtpo.types.ExecStatus``."""
-    if not text.strip():
-        return None
-    for marker, status in _STATUS_MARKERS:
-        if marker in text:
-            return status
-    return "error" if _ERROR_LINE.search(text) else "ok"
+def statuses_by_turn(calls: Sequence[Sequence[Any]] | None) -> dict[int, list[ExecStatus]]:
+    """``{turn: [status, ...]}`` from the ``[[turn, status], ...]`` records ``SandboxTool`` leaves."""
+    by_turn: dict[int, list[ExecStatus]] = {}
+    for turn, status in calls or []:
+        by_turn.setdefault(int(turn), []).append(status)
+    return by_turn
 
 
 def build_turns(
-    segments: Sequence[tuple[str, str]], invalid_statuses: Collection[str] = DEFAULT_INVALID_STATUSES
+    segments: Sequence[tuple[str, str]],
+    statuses: dict[int, list[ExecStatus]],
+    invalid_statuses: Collection[str] = DEFAULT_INVALID_STATUSES,
 ) -> list[Turn]:
-    """gtpo ``Turn`` records from ``(model_text, tool_output_text)`` pairs, one pair per model turn."""
+    """gtpo ``Turn`` records from ``(model_text, tool_output_text)`` pairs, one pair per model turn, and the
+    sandbox statuses of each turn's calls (``statuses_by_turn``); a turn with several calls takes the first
+    that failed, else "ok"."""
     turns = []
-    for text, output in segments:
+    for j, (text, output) in enumerate(segments):
         code, has_call, parse_error = parse_call(text)
-        status = exec_status_from_output(output) if has_call else None
+        status: ExecStatus | None = None
+        if has_call and statuses.get(j):
+            status = next((s for s in statuses[j] if s != "ok"), "ok")
+        elif has_call and j + 1 < len(segments):
+            parse_error = True  # answered by the loop without reaching the sandbox: could not be routed
         turns.append(
             Turn(
                 text=text,

@@ -8,8 +8,10 @@ without ``agent_data`` (tests, other loops), a session lives for one tool instan
 
 The pool (zygote plus session processes) is started lazily in the process that first executes code: verl
 builds its tools in every agent-loop worker, and only workers that run code should pay for a sandbox. The
-reply is gtpo's observation text (``gtpo.tools.format_tool_output``), so a failed run reads as its error
-message, which is how ``gtpo.integrations.verl_parse`` tells an invalid call.
+reply is gtpo's observation text (``gtpo.tools.format_tool_output``). The call's status (ok, error, timeout,
+memory, killed) goes to the reward as data, not text: it is appended to ``agent_data.extra_fields
+[TOOL_CALLS_KEY]`` with the model turn that made the call, and verl hands a trajectory's ``extra_fields`` to
+its reward call, where ``gtpo.integrations.verl_parse`` reads it.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from typing import Any
 from verl.tools.base_tool import BaseTool
 from verl.tools.schemas import OpenAIFunctionToolSchema, ToolResponse
 
+from gtpo.integrations.verl_parse import TOOL_CALLS_KEY
 from gtpo.sandbox import SandboxLimits, SandboxPool
 from gtpo.tools import format_tool_output
+from gtpo.types import ExecStatus
 
 TOOL_SCHEMA = OpenAIFunctionToolSchema.model_validate(
     {
@@ -74,14 +78,17 @@ class SandboxTool(BaseTool):
     async def execute(
         self, instance_id: str, parameters: dict[str, Any], **kwargs: Any
     ) -> tuple[ToolResponse, float, dict[str, Any]]:
-        """Run ``parameters['code']``; reply with gtpo's observation text. No step reward (GTPO's rewards are
-        computed from the whole trajectory), and the status and time as metrics."""
+        """Run ``parameters['code']``; reply with gtpo's observation text and record the status for the reward.
+        No step reward (GTPO's rewards are computed from the whole trajectory); status and time as metrics."""
+        agent_data = kwargs.get("agent_data")
         code = parameters.get("code") if isinstance(parameters, dict) else None
         if not isinstance(code, str):
+            record_call(agent_data, "error")
             text = "ValueError: code_interpreter needs a string argument 'code'"
             return ToolResponse(text=text), 0.0, {"status": "error"}
-        session = self._session(instance_id, kwargs.get("agent_data"))
+        session = self._session(instance_id, agent_data)
         (result,) = await self.pool.arun_batch([(session, code)])
+        record_call(agent_data, result.status)
         metrics = {"status": result.status, "wall_time_s": result.wall_time_s}
         return ToolResponse(text=format_tool_output(result.output)), 0.0, metrics
 
@@ -108,6 +115,16 @@ class SandboxTool(BaseTool):
                 self._trajectory_sessions[agent_data] = session
                 weakref.finalize(agent_data, _close_quietly, weakref.ref(pool), session)
             return session
+
+
+def record_call(agent_data: Any, status: ExecStatus) -> None:
+    """Append ``[turn, status]`` to the trajectory's ``extra_fields``. verl's tool agent loop counts the model
+    turns it has generated in ``assistant_turns`` before it runs their tools, so the calling turn is that count
+    minus one. Without ``agent_data`` (another loop, a test) there is nowhere to record."""
+    if agent_data is None:
+        return
+    turn = int(getattr(agent_data, "assistant_turns", 0)) - 1
+    agent_data.extra_fields.setdefault(TOOL_CALLS_KEY, []).append([turn, status])
 
 
 def _close_quietly(pool_ref: weakref.ref[SandboxPool], session: str) -> None:

@@ -1,0 +1,123 @@
+"""The groups one training step learns from: roll out, gather, score, leave out groups without signal, refill.
+
+With ``rollout.filter_groups`` off this is one rollout of ``problems_per_step`` groups. With it on (DAPO's
+dynamic sampling), groups whose trajectories all agree (``gtpo.rewards.informative_groups`` on accuracy, as DAPO
+and SimpleTIR, or on the trajectory reward) are left out and more problems are rolled out, in rounds of exactly
+the missing number, until ``problems_per_step`` groups differ or the cap on extra problems is spent.
+
+Orchestration only, no formula: rolling out and scoring are the caller's functions (the trainer's). Under
+torchrun each rank rolls out its round-robin share of a round and every rank gathers all turn records (groups
+are normalized whole), so all ranks take the same decisions and run the same number of rounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gtpo.credit import Credit
+from gtpo.distributed import DistContext, gather_objects, shard_indices, strip_tokens
+from gtpo.rewards import informative_groups
+from gtpo.types import Problem, Trajectory
+
+RolloutFn = Callable[[list[Problem], list[int], int], tuple[list[Trajectory], dict[str, float]]]
+"""(problems, global indices, round) -> this rank's trajectories and stage timings."""
+CreditFn = Callable[[list[Trajectory], list[int]], Credit]
+"""(trajectories, token lengths) -> their credit."""
+
+
+@dataclass
+class StepGroups:
+    """What one step trains on, and what it cost to find it."""
+
+    local: list[Trajectory] = field(default_factory=list)
+    """This rank's trajectories of the kept groups, with tokens."""
+    local_positions: list[int] = field(default_factory=list)
+    """Where each of ``local`` sits in ``kept``."""
+    kept: list[Trajectory] = field(default_factory=list)
+    """All ranks' kept trajectories (turn records only), in a fixed global order."""
+    kept_lengths: list[int] = field(default_factory=list)
+    generated: list[Trajectory] = field(default_factory=list)
+    """Everything rolled out this step, kept or not (turn records only)."""
+    credit: Credit | None = None
+    """The credit of ``kept`` when one round kept everything (otherwise the caller recomputes it on ``kept``)."""
+    model_tokens: int = 0
+    """Tokens the model generated this step, kept or not, all ranks."""
+    timings: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def collect_groups(
+    take: Callable[[int], list[Problem]],
+    roll: RolloutFn,
+    score: CreditFn,
+    ctx: DistContext,
+    *,
+    problems_per_step: int,
+    group_size: int,
+    max_total_tokens: int,
+    filter_groups: bool,
+    max_extra_problems: int,
+    filter_metric: str = "accuracy",
+) -> StepGroups:
+    """Roll out ``problems_per_step`` groups of ``group_size`` (trajectory j of a round samples problem j // G),
+    filtering and refilling as the module docstring says; ``filter_metric`` is "accuracy" (correctness must
+    differ within a group) or "score" (the trajectory reward must). Logs filter/* counts (filter on or off) and
+    rollout/tokens_per_informative_group."""
+    if filter_metric not in ("accuracy", "score"):
+        raise ValueError(
+            f"filter_metric (config rollout.filter_metric) must be accuracy or score, got {filter_metric!r}"
+        )
+    out = StepGroups()
+    need, extra_left, groups_seen = problems_per_step, max_extra_problems, 0
+    informative = dropped = rounds = 0
+    while need > 0:
+        problems = take(need)
+        total = len(problems) * group_size
+        local_index = shard_indices(total, ctx)
+        local, timings = roll([problems[j // group_size] for j in local_index], local_index, rounds)
+        for trajectory, j in zip(local, local_index, strict=True):
+            trajectory.group_id = groups_seen + j // group_size
+        # Tokens used, for the overlong penalty: a trajectory cut by a length cap counts as at the cap.
+        records = [
+            (strip_tokens(t), max_total_tokens if t.finish_reason == "length" else len(t.input_ids)) for t in local
+        ]
+        gathered = gather_objects(records, local_index, total, ctx)
+        everyone, lengths = [t for t, _ in gathered], [n for _, n in gathered]
+        credit = score(everyone, lengths)
+        values = (
+            [float(t.correct) for t in everyone] if filter_metric == "accuracy" else credit.trajectory_rewards.tolist()
+        )
+        flags = informative_groups(values, [t.group_id for t in everyone])
+        keep = flags if filter_groups else [True] * total
+        positions = {}
+        for j in range(total):
+            if keep[j]:
+                positions[j] = len(out.kept)
+                out.kept.append(everyone[j])
+                out.kept_lengths.append(lengths[j])
+        for trajectory, j in zip(local, local_index, strict=True):
+            if keep[j]:
+                out.local.append(trajectory)
+                out.local_positions.append(positions[j])
+        out.credit = credit if rounds == 0 and all(keep) else None
+        out.generated += everyone
+        for key, value in timings.items():
+            out.timings[key] = out.timings.get(key, 0.0) + value
+        informative += sum(flags[::group_size])
+        dropped += sum(not k for k in keep[::group_size])
+        groups_seen += len(problems)
+        rounds += 1
+        # Another round only while informative groups are missing and the cap on extra problems allows.
+        need = min(problems_per_step - (groups_seen - dropped), extra_left) if filter_groups else 0
+        extra_left -= max(need, 0)
+    out.model_tokens = sum(turn.num_model_tokens for t in out.generated for turn in t.turns)
+    out.metrics = {
+        "filter/groups_generated": float(groups_seen),
+        "filter/groups_informative": float(informative),
+        "filter/groups_dropped": float(dropped),
+        "filter/rounds": float(rounds),
+    }
+    if informative:
+        out.metrics["rollout/tokens_per_informative_group"] = out.model_tokens / informative
+    return out
