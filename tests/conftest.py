@@ -66,3 +66,13 @@ def tiny_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_model(tiny_tokenizer):
     return build_model(tiny_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def shipped_tiny():
+    """The shipped tiny model and tokenizer: a policy that calls the tool and earns mixed rewards on arith."""
+    from gtpo.policy import load_policy
+    from gtpo.tiny.build import DEFAULT_MODEL_DIR
+
+    model, tokenizer = load_policy(str(DEFAULT_MODEL_DIR))
+    return model.eval(), tokenizer

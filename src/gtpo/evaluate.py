@@ -58,8 +58,12 @@ def evaluate_problems(
     batch_problems: int = 32,
     seed: int | None = 0,
     grade_fn: Callable[[str | None, str], bool] | None = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> EvalReport:
-    """Roll out ``k`` samples per problem (in chunks of ``batch_problems``) and collect correctness."""
+    """Roll out ``k`` samples per problem (in chunks of ``batch_problems``) and collect correctness.
+
+    ``on_progress(n)`` is called after each chunk with its number of problems (a progress bar; it may raise
+    to abandon the evaluation)."""
     trajectories: list[Trajectory] = []
     for start in range(0, len(problems), batch_problems):
         chunk = list(problems[start : start + batch_problems])
@@ -78,5 +82,7 @@ def evaluate_problems(
             seed=None if seed is None else seed + start,
         )
         trajectories.extend(out.trajectories)
+        if on_progress is not None:
+            on_progress(len(chunk))
     per_problem = [[t.correct for t in trajectories[i * k : (i + 1) * k]] for i in range(len(problems))]
     return EvalReport(name=name, k=k, per_problem=per_problem, trajectories=trajectories)
