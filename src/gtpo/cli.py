@@ -15,6 +15,7 @@ quietly.
 import dataclasses
 import os
 import shlex
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,9 +99,12 @@ def train(argv: list[str]) -> None:
     from gtpo.run.stop import TrainingStopped
     from gtpo.trainer import Trainer
 
-    trainer = Trainer(config)
+    trainer = Trainer(config)  # a Ctrl-C while it loads leaves nothing: the run folder is made last
     try:
-        trainer.train()
+        try:
+            trainer.train()
+        except KeyboardInterrupt:  # before train() took over Ctrl-C: as a stop before the first step
+            raise trainer.recorder.stopped(signal.SIGINT, trainer.step, progressed=False) from None
     except TrainingStopped as stopped:
         if stopped.checkpoint:
             print(f"gtpo train: {stopped}\nto continue: {_resume_hint(argv)}", file=sys.stderr)

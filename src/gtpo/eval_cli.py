@@ -107,7 +107,7 @@ def resolve_settings(cfg: EvalConfig) -> tuple[EvalConfig, str]:
     (temperature 1.0, 96 tokens a turn: greedy decoding or 512-token turns are not what it learned). A model
     gtpo did not train gets greedy decoding (k = 1) or temperature 1.0 (k > 1) and generous caps."""
     if cfg.checkpoint is not None:
-        run_config = resolve_checkpoint(cfg.checkpoint).parent.parent / "config.json"
+        run_config = resolve_checkpoint(cfg.checkpoint, "--checkpoint").parent.parent / "config.json"
         rollout = RolloutConfig(**_known(json.loads(run_config.read_text()).get("rollout", {})))
         source = f"the settings of run {run_config.parent}"
     elif cfg.model == components.TINY:
@@ -119,9 +119,8 @@ def resolve_settings(cfg: EvalConfig) -> tuple[EvalConfig, str]:
         temperature = rollout.eval_temperature if cfg.k == 1 else (rollout.eval_temperature or rollout.temperature)
     else:
         limits, temperature = dict(GENERIC_LIMITS), 0.0 if cfg.k == 1 else 1.0
-    filled = {name: value for name, value in limits.items() if getattr(cfg, name) is None}
-    if cfg.temperature is None:
-        filled["temperature"] = temperature
+    filled = {"temperature": temperature} if cfg.temperature is None else {}
+    filled.update({name: value for name, value in limits.items() if getattr(cfg, name) is None})
     resolved = dataclasses.replace(cfg, **filled)
     shown = ", ".join(f"{name} {value:g}" for name, value in filled.items())
     return resolved, f"{shown} ({source}; set them with flags)" if filled else ""

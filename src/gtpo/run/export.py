@@ -61,7 +61,6 @@ def save_model_folder(
     else:
         base = module.get_base_model() if is_lora(module) else module
         base.save_pretrained(str(tmp), state_dict={k: v.contiguous() for k, v in weights.items()})
-        _drop_adapter_traces(tmp)
     tokenizer.save_pretrained(str(tmp))
     if out.exists():
         shutil.rmtree(out)
@@ -77,24 +76,18 @@ def export_final_policy(model: torch.nn.Module, tokenizer: Any, run_dir: Path, m
     return save_model_folder(model, tokenizer, Path(run_dir) / MODEL_DIR, lora=lora, write=write)
 
 
-def _drop_adapter_traces(folder: Path) -> None:
-    """A merged model is a plain model: no peft fields may remain in its config."""
-    config_path = folder / "config.json"
-    config = json.loads(config_path.read_text())
-    if config.pop("_name_or_path", None) is not None:
-        config_path.write_text(json.dumps(config, indent=2) + "\n")
-
-
-def resolve_checkpoint(path: str | Path, flag: str = "--checkpoint") -> Path:
-    """A run directory (its newest complete checkpoint) or one checkpoint folder, checked for what loading needs."""
+def resolve_checkpoint(path: str | Path, flag: str = "") -> Path:
+    """A run directory (its newest complete checkpoint) or one checkpoint folder, checked for what loading
+    needs; ``flag`` names the option in errors."""
     path = Path(path)
+    where = f"{flag} {path}" if flag else str(path)
     if not path.exists():
-        raise ConfigError(f"{flag} {path}: no such folder; give a run directory (runs/NAME) or one of its checkpoints")
+        raise ConfigError(f"{where}: no such folder; give a run directory (runs/NAME) or one of its checkpoints")
     if (path / "config.json").exists() and (path / CHECKPOINT_DIR).exists():
         path = latest_checkpoint(path) or path
     if not (path / "model.pt").exists() or not (path.parent.parent / "config.json").exists():
         raise ConfigError(
-            f"{flag} {path}: expected a run directory with a finished checkpoint (runs/NAME) or one of its "
+            f"{where}: expected a run directory with a finished checkpoint (runs/NAME) or one of its "
             "checkpoints (runs/NAME/checkpoints/step_0000060) with model.pt and the run's config.json"
         )
     return path
@@ -111,7 +104,7 @@ def load_checkpoint_policy(checkpoint: Path, device: torch.device) -> tuple[torc
 def export_checkpoint(source: str | Path, out: str | Path | None = None, lora: LoraExport = "merged") -> Path:
     """``gtpo export``: a run directory or checkpoint -> an HF folder (default: RUN/model, or
     RUN/model-step_N for an older checkpoint)."""
-    checkpoint = resolve_checkpoint(source, flag="gtpo export")
+    checkpoint = resolve_checkpoint(source)
     run_dir = checkpoint.parent.parent
     if out is None:
         newest = latest_checkpoint(run_dir)
