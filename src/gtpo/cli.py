@@ -58,17 +58,17 @@ def _split_preset(argv: list[str]) -> tuple[str | None, list[str]]:
     return None, rest
 
 
-def _parse(argv: list[str], description: str, prog: str, extra: Any = None, output_dir: str | None = None):
+def _parse(argv: list[str], description: str, prog: str, extra: Any = None, **defaults: Any):
     """A TrainConfig from ``--preset`` and the flags, plus the command's own options (``extra``, a dataclass
-    type with a ``config`` field and its other options), all listed in ``--help`` with their true defaults."""
+    type with its other options), all listed in ``--help`` with their true defaults; ``defaults`` are this
+    command's own defaults for TrainConfig fields (under the preset's values and the flags)."""
     import tyro
 
     from gtpo.config import TrainConfig, load_preset
 
     given, rest = _split_preset(argv)
-    base = load_preset(given) if given else TrainConfig()
-    if output_dir is not None and not any(a.split("=")[0] in ("--output-dir", "--output_dir") for a in rest):
-        base = dataclasses.replace(base, output_dir=output_dir)
+    base = dataclasses.replace(TrainConfig(), **defaults)
+    base = load_preset(given, base) if given else base
     preset_doc = PRESET_HELP.format(names=_shipped_presets())
 
     @dataclass
@@ -136,6 +136,7 @@ def compare(argv: list[str]) -> None:
         "gtpo compare",
         extra=Options,
         output_dir=COMPARE_DIR,
+        export="none",  # one model folder per variant is rarely wanted; --export merged writes them
     )
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]

@@ -169,7 +169,7 @@ class Trainer:
     def _evaluation(self) -> dict[str, float]:
         """Evaluate now (with a progress bar at step 0); abandoned if a stop is requested (single process)."""
         start = time.perf_counter()
-        advance = self.recorder.console.eval_progress(self.step, len(self.eval_problems))
+        advance = self.recorder.console.eval_progress(self.step, len(shard_indices(len(self.eval_problems), self.ctx)))
 
         def progress(n: int) -> None:
             advance(n)

@@ -30,7 +30,9 @@ class Console:
             return
         from tqdm.auto import tqdm
 
-        tqdm.write(text, file=sys.stderr if err else sys.stdout)
+        stream = sys.stderr if err else sys.stdout
+        tqdm.write(text, file=stream)
+        stream.flush()  # a log file or pipe sees each line when it happens, not at exit
 
     def warn(self, text: str) -> None:
         self.line(f"warning: {text}", err=True)

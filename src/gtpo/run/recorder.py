@@ -65,6 +65,7 @@ class RunRecorder:
             return
         cfg = self.cfg
         created = _missing_root(self.run_dir)
+        new_files = [p for p in (self.run_dir / "config.json", self.run_dir / METRICS_FILE) if not p.exists()]
         try:
             claim_run_dir(self.run_dir, resume=cfg.resume, overwrite=cfg.overwrite, extra=RUN_FILES)
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -72,11 +73,12 @@ class RunRecorder:
             saved = to_dict(dataclasses.replace(cfg, resume=False, overwrite=False))
             (self.run_dir / "config.json").write_text(json.dumps(saved, indent=2))
             self.logger = MetricLogger(self.run_dir, cfg.loggers, saved)
-        except OSError as err:
+        except BaseException as err:
             _remove(created)
-            raise ConfigError(f"output_dir {self.run_dir}: cannot write there ({err.strerror or err})") from err
-        except BaseException:
-            _remove(created)
+            for path in new_files:
+                path.unlink(missing_ok=True)
+            if isinstance(err, OSError):
+                raise ConfigError(f"output_dir {self.run_dir}: cannot write there ({err.strerror or err})") from err
             raise
         self._created = created
 
