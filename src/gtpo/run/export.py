@@ -41,16 +41,16 @@ def save_model_folder(
     Under torchrun every rank must call this (FSDP gathers the shards); only ``write=True`` writes. Returns
     the folder on the writing rank.
     """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     from gtpo.policy import inference_weights
 
     module = unwrap_model(model)
     adapter = lora == "adapter" and is_lora(module)
-    if adapter:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
+    if is_lora(module) and not adapter:
+        weights = inference_weights(module)  # merged into a copy under the base model's plain names
+    else:  # a full model's own names, or peft's for an adapter; FSDP shards gathered onto rank 0's CPU
         weights = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    else:
-        weights = inference_weights(module)  # plain HF names; LoRA merged into a copy; FSDP shards gathered
     if not write:
         return None
     out = Path(out)
