@@ -2,8 +2,8 @@
 
 Trajectories are scripted per *global* trajectory index (so groups have reward variance, and each
 trajectory is the same whichever rank generates it); the batch of 3 x 3 = 9 trajectories splits 5/4 over
-two ranks, so the uneven micro-batch path (a zero-weight pass) runs too. A whole ``train()`` on two ranks
-writes one run folder: rank 0's log, checkpoints, report and exported model.
+two ranks, so the uneven micro-batch path (a zero-weight pass) runs too. The two ranks run a whole
+``train()``, so they also write one run folder: rank 0's log, checkpoint, report and exported model.
 """
 
 import dataclasses
@@ -81,26 +81,17 @@ def _one_step(config, ctx=None):
 
 
 def _worker(rank, world, port, model_dir, out):
+    """One whole ``train()`` of one step on two ranks, into one run folder (rank 0 writes it)."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     ctx = init_distributed("gloo")
-    trainer, metrics = _one_step(_config(model_dir, out / f"rank{rank}"), ctx)
-    if rank == 0:
-        state = {k: v.detach().clone() for k, v in trainer.policy.state_dict().items()}
-        torch.save({"state": state, "metrics": metrics}, out / "two_ranks.pt")
-    torch.distributed.destroy_process_group()
-
-
-def _train_worker(rank, world, port, model_dir, out):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    ctx = init_distributed("gloo")
-    config = dataclasses.replace(_config(model_dir, out), steps=2, save_every=1, export="merged")
-    trainer = ScriptedTrainer(config, ctx=ctx)
+    trainer = ScriptedTrainer(dataclasses.replace(_config(model_dir, out / "run"), export="merged"), ctx=ctx)
     try:
-        trainer.train()
+        metrics = trainer.train()
     finally:
         trainer.close()
     if rank == 0:
-        torch.save({k: v.detach().clone() for k, v in trainer.policy.state_dict().items()}, out / "trained.pt")
+        state = {k: v.detach().clone() for k, v in trainer.policy.state_dict().items()}
+        torch.save({"state": state, "metrics": metrics}, out / "two_ranks.pt")
     torch.distributed.destroy_process_group()
 
 
@@ -132,17 +123,9 @@ def test_two_gloo_ranks_equal_one_process(tmp_path, tiny_tokenizer, tiny_model):
         not torch.equal(value, tiny_model.state_dict()[name]) for name, value in single.policy.state_dict().items()
     )
     assert changed
-
-
-def test_train_on_two_ranks_writes_one_run_folder_with_a_loadable_model(tmp_path, tiny_tokenizer, tiny_model):
-    model_dir = tmp_path / "model"
-    tiny_model.save_pretrained(model_dir)
-    tiny_tokenizer.save_pretrained(model_dir)
-    out = tmp_path / "run"
-    mp.spawn(_train_worker, args=(2, _free_port(), str(model_dir), out), nprocs=2, join=True)
-    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2]
-    assert (out / "checkpoints" / "step_0000002" / "model.pt").exists() and (out / "summary.md").exists()
-    exported = AutoModelForCausalLM.from_pretrained(out / "model").state_dict()
-    trained = torch.load(out / "trained.pt", weights_only=True)
-    assert all(torch.equal(exported[name], value) for name, value in trained.items() if name in exported)
-    assert any(not torch.equal(value, tiny_model.state_dict()[name]) for name, value in trained.items())
+    # the two ranks wrote one run folder: rank 0's log, checkpoint, report and the exported model
+    run = tmp_path / "run"
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1]
+    assert (run / "checkpoints" / "step_0000001" / "model.pt").exists() and (run / "summary.md").exists()
+    exported = AutoModelForCausalLM.from_pretrained(run / "model").state_dict()
+    assert all(torch.equal(exported[name], value) for name, value in two["state"].items() if name in exported)

@@ -3,11 +3,13 @@
 The policy is the shipped tiny model on the embedded arithmetic task: it calls the tool, answers, and is right
 about a third of the time, so groups have mixed outcomes, advantages are non-zero and updates move weights.
 Every test checks an effect (parameters that move or stay, files that load, numbers that match), never a config
-value read back. Where a test needs exact control of what the policy says, a scripted sampler replaces the
-model's sampling; the loss still runs through the tiny model.
+value read back. Where a test needs exact control of what the policy says (void turns, no answers), or only
+needs real updates to have something to save and export, a scripted sampler replaces the model's sampling
+(``_half_right``: half of each group right); the loss and the update still run through the tiny model.
 """
 
 import json
+import re
 
 import pytest
 import torch
@@ -74,6 +76,24 @@ def _without_timings(record):
     return {k: v for k, v in record.items() if not k.startswith("perf/")}
 
 
+def _half_right(tokenizer):
+    """Every other sample answers right (the answer worked out from the question here), the rest wrong: each
+    group of four has two of each, so the update has a real gradient without the model's own sampling."""
+    count = {"n": 0}
+
+    def respond(context: str, turn: int) -> str:
+        question = re.search(r"(What is .*?\?|Let x = .*?\?)<\|im_end\|>", context).group(1)
+        if question.startswith("Let x = "):
+            product, rest = question[len("Let x = ") :].split(". What is x")
+            expression = f"({product}){rest.rstrip('?')}"
+        else:
+            expression = question.removeprefix("What is ").rstrip("?")
+        count["n"] += 1
+        return f"\\boxed{{{eval(expression)}}}" if count["n"] % 2 else "\\boxed{-7}"
+
+    return ScriptedSampler(tokenizer, respond)
+
+
 @pytest.mark.parametrize("algo", ["gtpo", "grpo"])
 def test_an_update_on_mixed_rewards_moves_every_weight(tmp_path, algo):
     trainer = Trainer(_config(tmp_path, algo={"algo": algo}))
@@ -88,8 +108,8 @@ def test_an_update_on_mixed_rewards_moves_every_weight(tmp_path, algo):
     assert unchanged == []
 
 
-def test_a_run_evaluates_reports_and_leaves_a_model_that_from_pretrained_loads(tmp_path):
-    trainer = _train(_config(tmp_path, eval_every=2, export="merged"))
+def test_a_run_evaluates_reports_and_leaves_a_model_that_from_pretrained_loads(tmp_path, shipped_tiny):
+    trainer = _train(_config(tmp_path, eval_every=2, export="merged"), sampler=_half_right(shipped_tiny[1]))
     records = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in records] == [0, 1, 2]
     for record in (records[0], records[2]):
@@ -129,10 +149,10 @@ def test_a_run_evaluates_reports_and_leaves_a_model_that_from_pretrained_loads(t
         assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
 
 
-def test_lora_policy_exports_merged_or_as_adapter_with_the_same_logits(tmp_path):
+def test_lora_policy_exports_merged_or_as_adapter_with_the_same_logits(tmp_path, shipped_tiny):
     from peft import PeftModel
 
-    trainer = Trainer(_config(tmp_path / "run", model={"lora_rank": 4}))
+    trainer = Trainer(_config(tmp_path / "run", model={"lora_rank": 4}), sampler=_half_right(shipped_tiny[1]))
     try:
         trainer.train_step()  # LoRA's B starts at zero: after a real update the adapter changes the logits
         merged = save_model_folder(trainer.model, trainer.tokenizer, tmp_path / "merged", lora="merged")
@@ -201,6 +221,19 @@ def test_void_trajectories_leave_the_loss_when_filtered(tmp_path, shipped_tiny, 
     assert moved is not filter_void  # filtered: only the zero-advantage group is left, so no weight moves
 
 
+def test_kl_penalty_measures_the_distance_from_the_frozen_reference(tmp_path, shipped_tiny):
+    _, tokenizer = shipped_tiny
+    config = _config(tmp_path, algo={"kl_coef": 0.1}, optim={"lr": 1e-3})
+    trainer = Trainer(config, sampler=_half_right(tokenizer))
+    try:
+        first, second = trainer.train_step(), trainer.train_step()
+    finally:
+        trainer.close()
+    assert first["reward/accuracy"] == 0.5 and first["adv/abs_mean"] > 0
+    assert first["loss/kl_ref"] == pytest.approx(0.0, abs=1e-7)  # the policy still is the reference
+    assert second["loss/kl_ref"] > 1e-6  # one update later it has moved away; the reference has not
+
+
 def test_a_run_without_learning_signal_warns_once(tmp_path, shipped_tiny, capsys):
     _, tokenizer = shipped_tiny
     _train(_config(tmp_path, steps=3), sampler=ScriptedSampler(tokenizer, lambda context, turn: "let me think"))
@@ -215,18 +248,18 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
         Trainer(_config(tmp_path, resume=True))
 
 
-def test_fresh_run_into_an_earlier_run_is_refused_unless_overwrite(tmp_path):
+def test_fresh_run_into_an_earlier_run_is_refused_unless_overwrite(tmp_path, shipped_tiny):
     (tmp_path / "metrics.jsonl").write_text('{"step": 0}\n')
     (tmp_path / "summary.md").write_text("an earlier run's summary")
     with pytest.raises(ConfigError, match="--overwrite"):
         Trainer(_config(tmp_path))
-    _train(_config(tmp_path, steps=1, overwrite=True))
+    _train(_config(tmp_path, steps=1, overwrite=True), sampler=_half_right(shipped_tiny[1]))
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1]
     assert "an earlier run" not in (tmp_path / "summary.md").read_text()
 
 
-def test_resume_of_a_finished_run_changes_nothing(tmp_path, capsys):
-    _train(_config(tmp_path, steps=1))
+def test_resume_of_a_finished_run_changes_nothing(tmp_path, capsys, shipped_tiny):
+    _train(_config(tmp_path, steps=1), sampler=_half_right(shipped_tiny[1]))
     files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     trainer = _train(_config(tmp_path, steps=1, resume=True))
     assert trainer.finished and "already finished" in capsys.readouterr().out
