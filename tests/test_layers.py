@@ -28,6 +28,7 @@ LAYERS = {
     "policy": 2,
     "generate": 2,
     "generate_vllm": 2,
+    "engine": 2,
     "batch": 2,
     "tasks": 2,
     "tiny": 4,  # the rebuild pipeline trains and measures through the rollout

@@ -112,15 +112,42 @@ def build_reference(cfg: ModelConfig, device: torch.device) -> torch.nn.Module |
 
 
 def build_sampler(cfg: RolloutConfig, model: torch.nn.Module, tokenizer: Any, name_or_path: str) -> Any:
+    """The configured generation backend over ``model`` (the engine and vLLM keep their own weight copy)."""
     if cfg.backend == "vllm":
         from gtpo.generate_vllm import VLLMSampler
 
         return VLLMSampler(
             model_path(name_or_path), gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, tokenizer=tokenizer
         )
-    from gtpo.generate import HFSampler
+    if cfg.backend == "hf":
+        from gtpo.generate import HFSampler
 
-    return HFSampler(model, tokenizer)
+        return HFSampler(model, tokenizer)
+    from gtpo.engine import EngineOptions, EngineSampler
+
+    device = next(model.parameters()).device
+    on_cuda = device.type == "cuda"
+    options = EngineOptions(
+        slots=cfg.engine_slots or cfg.problems_per_step * cfg.group_size,
+        max_len=cfg.max_total_tokens,
+        chunk=cfg.engine_chunk or (16 if on_cuda else 2),
+        cuda_graphs=cfg.engine_cuda_graphs,
+        prefill_wait=32 if on_cuda else 0,
+    )
+    if on_cuda and not cfg.engine_slots:
+        options.slots = min(options.slots, _slots_in_memory(model, options.max_len, device))
+    return EngineSampler(model, tokenizer, options)
+
+
+def _slots_in_memory(model: torch.nn.Module, max_len: int, device: torch.device) -> int:
+    """Slots whose KV cache (bf16) fits in a quarter of the GPU's free memory."""
+    from gtpo.engine.weights import base_model
+
+    config = base_model(model).config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    per_slot = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * max_len * 2
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, int(free // 4 // per_slot))
 
 
 def build_sandbox(cfg: RolloutConfig) -> Any:

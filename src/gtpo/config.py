@@ -75,8 +75,26 @@ class RolloutConfig:
     """Sampling temperature; log-probs for the loss use the same temperature."""
     top_p: float = 1.0
     """Nucleus sampling threshold."""
-    backend: Literal["hf", "vllm"] = "hf"
-    """Generation backend: transformers (CPU/GPU) or vLLM (GPU, optional extra)."""
+    backend: Literal["engine", "hf", "vllm"] = "engine"
+    """Generation backend. "engine": gtpo's own engine over the transformers model (continuous batching, a
+    slot KV cache, CUDA-graph decode on GPU, asynchronous multi-turn rollout; CPU or GPU; docs/generation.md).
+    "hf": the plain transformers sampling loop, turn by turn (the reference the engine is tested against).
+    "vllm": a colocated vLLM engine (GPU, optional extra)."""
+    engine_slots: int = 0
+    """Engine: sequences decoded at once (each holds up to max_total_tokens of KV cache). 0 = the whole
+    batch (problems_per_step x group_size), capped on a GPU so the cache takes at most a quarter of the
+    free memory. More trajectories than slots wait in a queue."""
+    engine_chunk: int = 0
+    """Engine: decode steps between the host's looks at the sampled tokens (stop checks, slot refills).
+    Larger wastes up to chunk-1 tokens per ended turn, smaller syncs more often. 0 = 2 on CPU, 16 on GPU."""
+    engine_cuda_graphs: bool = True
+    """Engine: replay each decode-step shape as a CUDA graph (GPU only; off = eager, for debugging)."""
+    schedule: Literal["auto", "deterministic", "asap"] = "auto"
+    """Engine: when a trajectory whose code ran re-enters generation. "asap": as soon as its output is back
+    (fastest). "deterministic": exactly rejoin_steps engine steps after its code was sent, waiting for a
+    late result, so a seed reproduces a run bit for bit. "auto": deterministic on CPU, asap on GPU."""
+    rejoin_steps: int = 16
+    """Engine, deterministic schedule: engine steps between sending a cell and reading its output."""
     vllm_gpu_memory_utilization: float = 0.4
     """vLLM backend: share of GPU memory its engine (weights + KV cache) may take beside the trainer."""
     sandbox_timeout_s: float = 5.0
@@ -242,6 +260,9 @@ def validate(config: TrainConfig) -> TrainConfig:
         (config.rollout.temperature > 0, "rollout.temperature", "must be > 0 for training"),
         (0 < config.rollout.top_p <= 1, "rollout.top_p", "must be in (0, 1]"),
         (config.rollout.eval_samples >= 1, "rollout.eval_samples", "must be >= 1"),
+        (config.rollout.engine_slots >= 0, "rollout.engine_slots", "must be >= 0 (0 = the whole batch)"),
+        (config.rollout.engine_chunk >= 0, "rollout.engine_chunk", "must be >= 0 (0 = automatic)"),
+        (config.rollout.rejoin_steps >= 1, "rollout.rejoin_steps", "must be >= 1"),
         (0 < config.algo.gamma <= 1, "algo.gamma", "must be in (0, 1]"),
         (config.algo.format_penalty >= 0, "algo.format_penalty", "must be >= 0 (it is subtracted)"),
         (config.algo.no_call_penalty >= 0, "algo.no_call_penalty", "must be >= 0 (it is subtracted)"),

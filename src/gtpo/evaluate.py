@@ -55,15 +55,24 @@ def evaluate_problems(
     max_turns: int = 5,
     max_new_tokens_per_turn: int = 512,
     max_total_tokens: int = 4096,
-    batch_problems: int = 32,
+    batch_problems: int | None = None,
     seed: int | None = 0,
     grade_fn: Callable[[str | None, str], bool] | None = None,
+    schedule: str = "auto",
+    rejoin_steps: int = 16,
     on_progress: Callable[[int], None] | None = None,
 ) -> EvalReport:
     """Roll out ``k`` samples per problem (in chunks of ``batch_problems``) and collect correctness.
 
-    ``on_progress(n)`` is called after each chunk with its number of problems (a progress bar; it may raise
-    to abandon the evaluation)."""
+    ``batch_problems`` None: all problems in one rollout with the engine (its queue keeps every slot busy),
+    32 at a time with batch samplers (their padded batches grow with the longest row). ``on_progress(n)`` is
+    called after each chunk with its number of problems (a progress bar; it may raise to abandon the
+    evaluation).
+    """
+    if batch_problems is None:
+        engine = getattr(sampler, "engine", None) is not None
+        # With a progress callback the engine still gets large chunks (its slots stay busy), so the bar moves.
+        batch_problems = (64 if on_progress else max(len(problems), 1)) if engine else 32
     trajectories: list[Trajectory] = []
     for start in range(0, len(problems), batch_problems):
         chunk = list(problems[start : start + batch_problems])
@@ -80,6 +89,8 @@ def evaluate_problems(
             temperature=temperature,
             grade_fn=grade_fn,
             seed=None if seed is None else seed + start,
+            schedule=schedule,
+            rejoin_steps=rejoin_steps,
         )
         trajectories.extend(out.trajectories)
         if on_progress is not None:

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from gtpo.generate import Sampler
+from gtpo.generate import Sample, Sampler
 from gtpo.policy import prompt_ids
 from gtpo.tools import (
     DEFAULT_INVALID_STATUSES,
@@ -30,14 +31,18 @@ from gtpo.tools import (
     format_tool_output,
     is_invalid_call,
 )
-from gtpo.types import CodeExecutor, Problem, Trajectory, Turn
+from gtpo.types import CodeExecutor, ExecResult, Problem, Trajectory, Turn
 
 GradeFn = Callable[[str | None, str], bool]
+
+SCHEDULES = ("auto", "deterministic", "asap")
+"""When a trajectory whose code ran re-enters generation (streaming samplers only; see ``rollout``)."""
 
 
 @dataclass
 class RolloutTimings:
-    """Wall seconds spent in each stage of one rollout call."""
+    """Wall seconds of one rollout call. ``sandbox_s`` is the time the generator sat idle waiting for
+    code to finish (with a streaming sampler most code runs while other trajectories decode)."""
 
     generation_s: float = 0.0
     sandbox_s: float = 0.0
@@ -51,6 +56,69 @@ class RolloutTimings:
 class RolloutResult:
     trajectories: list[Trajectory]
     timings: RolloutTimings = field(default_factory=RolloutTimings)
+
+
+@dataclass
+class _Episode:
+    """What both drivers share: the limits of an episode and how a turn and a tool result change it."""
+
+    tokenizer: Any
+    max_turns: int
+    max_total_tokens: int
+    max_new_tokens_per_turn: int
+    invalid_statuses: Collection[str]
+
+    def cap(self, trajectory: Trajectory) -> int:
+        return min(self.max_new_tokens_per_turn, self.max_total_tokens - len(trajectory.input_ids))
+
+    def add_turn(self, trajectory: Trajectory, sample: Sample) -> str | None:
+        """Append a sampled turn; return its code if it must run (closed block), else end the episode."""
+        text = self.tokenizer.decode(sample.token_ids, skip_special_tokens=True)
+        code, has_call, parse_error = extract_code(text)
+        trajectory.input_ids.extend(sample.token_ids)
+        # Sampled tokens: trained on (mask 1) and tagged with their turn; observations get 0 / -1 (add_result).
+        trajectory.loss_mask.extend([1] * len(sample.token_ids))
+        trajectory.turn_ids.extend([len(trajectory.turns)] * len(sample.token_ids))
+        trajectory.sampler_logprobs.extend(sample.logprobs)
+        turn = Turn(
+            text=text,
+            code=code if sample.finish == "stop" else None,
+            has_tool_call=has_call,
+            parse_error=parse_error or (has_call and sample.finish != "stop"),
+            final_answer=extract_boxed(text),
+            num_model_tokens=len(sample.token_ids),
+        )
+        trajectory.turns.append(turn)
+        if sample.finish == "stop":
+            return turn.code or ""
+        turn.invalid_call = is_invalid_call(has_call, turn.parse_error, None, self.invalid_statuses)
+        if turn.final_answer is not None:
+            trajectory.finish_reason = "answer"
+        elif sample.finish == "eos":
+            trajectory.finish_reason = "eos"
+        else:
+            trajectory.finish_reason = "length"
+        return None
+
+    def add_result(self, trajectory: Trajectory, result: ExecResult) -> bool:
+        """Record the tool result of the last turn and append its observation; True if the episode goes on."""
+        turn = trajectory.turns[-1]
+        turn.exec_status = result.status
+        turn.tool_output = result.output
+        turn.invalid_call = is_invalid_call(True, False, result.status, self.invalid_statuses)
+        if len(trajectory.turns) == self.max_turns:
+            trajectory.finish_reason = "max_turns"
+            return False
+        observation = self.tokenizer.encode(format_tool_output(result.output), add_special_tokens=False)
+        observation = observation[: self.max_total_tokens - len(trajectory.input_ids)]
+        trajectory.input_ids.extend(observation)
+        trajectory.loss_mask.extend([0] * len(observation))  # tool output: never trained on
+        trajectory.turn_ids.extend([-1] * len(observation))
+        trajectory.sampler_logprobs.extend([0.0] * len(observation))
+        if len(trajectory.input_ids) >= self.max_total_tokens:
+            trajectory.finish_reason = "length"
+            return False
+        return True
 
 
 def rollout(
@@ -69,11 +137,25 @@ def rollout(
     invalid_statuses: Collection[str] = DEFAULT_INVALID_STATUSES,
     grade_fn: GradeFn | None = None,
     seed: int | None = None,
+    schedule: str = "auto",
+    rejoin_steps: int = 16,
 ) -> RolloutResult:
-    """``group_size`` trajectories per problem, contiguous, with ``group_id`` = the problem's index here."""
+    """``group_size`` trajectories per problem, contiguous, with ``group_id`` = the problem's index here.
+
+    A streaming sampler (``gtpo.engine.EngineSampler``) moves every trajectory on its own: a turn that ends
+    with code goes to the sandbox while the others keep decoding, and its next turn re-enters the engine
+    after the tool output is appended. ``schedule`` says when it re-enters: "asap" as soon as the output is
+    back (fastest; which tokens run together then depends on timing), "deterministic" exactly
+    ``rejoin_steps`` engine steps after the code was sent (waiting for the result if it is late), so that a
+    seed reproduces a run; "auto" is deterministic on CPU and asap on GPU (GPU numerics depend on batch
+    shapes anyway). Any other sampler runs turn by turn: all active trajectories generate, then all their
+    code runs, then the next turn.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule (config rollout.schedule) must be one of {SCHEDULES}, got {schedule!r}")
     if grade_fn is None:
         from gtpo.grading import grade as grade_fn
-    timings = RolloutTimings()
+    episode = _Episode(tokenizer, max_turns, max_total_tokens, max_new_tokens_per_turn, invalid_statuses)
     trajectories = []
     for index, problem in enumerate(problems):
         prompt = prompt_ids(tokenizer, system_prompt, problem.question)
@@ -89,81 +171,24 @@ def rollout(
                     prompt_len=len(prompt),
                 )
             )
-    sessions: dict[int, str] = {}
     active = [i for i, t in enumerate(trajectories) if len(t.input_ids) < max_total_tokens]
     for i in set(range(len(trajectories))) - set(active):
         trajectories[i].finish_reason = "length"
+    timings = RolloutTimings()
+    sessions: dict[int, str] = {}
     try:
-        for turn_index in range(max_turns):
-            if not active:
-                break
-            caps = [min(max_new_tokens_per_turn, max_total_tokens - len(trajectories[i].input_ids)) for i in active]
-            start = time.perf_counter()
-            samples = sampler.generate(
-                [trajectories[i].input_ids for i in active],
-                caps,
-                temperature=temperature,
-                top_p=top_p,
-                seed=None if seed is None else seed + turn_index,
-            )
-            timings.generation_s += time.perf_counter() - start
-            calls: list[tuple[int, str]] = []
-            for i, sample in zip(active, samples, strict=True):
-                trajectory = trajectories[i]
-                text = tokenizer.decode(sample.token_ids, skip_special_tokens=True)
-                code, has_call, parse_error = extract_code(text)
-                trajectory.input_ids.extend(sample.token_ids)
-                # Sampled tokens: trained on (mask 1) and tagged with their turn; observations below get 0 / -1.
-                trajectory.loss_mask.extend([1] * len(sample.token_ids))
-                trajectory.turn_ids.extend([turn_index] * len(sample.token_ids))
-                trajectory.sampler_logprobs.extend(sample.logprobs)
-                turn = Turn(
-                    text=text,
-                    code=code if sample.finish == "stop" else None,
-                    has_tool_call=has_call,
-                    parse_error=parse_error or (has_call and sample.finish != "stop"),
-                    final_answer=extract_boxed(text),
-                    num_model_tokens=len(sample.token_ids),
-                )
-                trajectory.turns.append(turn)
-                if sample.finish == "stop":
-                    calls.append((i, turn.code or ""))
-                    continue
-                turn.invalid_call = is_invalid_call(has_call, turn.parse_error, None, invalid_statuses)
-                if turn.final_answer is not None:
-                    trajectory.finish_reason = "answer"
-                elif sample.finish == "eos":
-                    trajectory.finish_reason = "eos"
-                else:
-                    trajectory.finish_reason = "length"
-            start = time.perf_counter()
-            for i, _ in calls:
-                if i not in sessions:
-                    sessions[i] = executor.open_session()
-            results = executor.run_batch([(sessions[i], code) for i, code in calls]) if calls else []
-            timings.sandbox_s += time.perf_counter() - start
-            still_active = []
-            for (i, _), result in zip(calls, results, strict=True):
-                trajectory = trajectories[i]
-                turn = trajectory.turns[-1]
-                turn.exec_status = result.status
-                turn.tool_output = result.output
-                turn.invalid_call = is_invalid_call(True, False, result.status, invalid_statuses)
-                if turn_index + 1 == max_turns:
-                    trajectory.finish_reason = "max_turns"
-                    continue
-                observation = tokenizer.encode(format_tool_output(result.output), add_special_tokens=False)
-                room = max_total_tokens - len(trajectory.input_ids)
-                observation = observation[:room]
-                trajectory.input_ids.extend(observation)
-                trajectory.loss_mask.extend([0] * len(observation))  # tool output: never trained on
-                trajectory.turn_ids.extend([-1] * len(observation))
-                trajectory.sampler_logprobs.extend([0.0] * len(observation))
-                if len(trajectory.input_ids) >= max_total_tokens:
-                    trajectory.finish_reason = "length"
-                else:
-                    still_active.append(i)
-            active = still_active
+        if getattr(sampler, "engine", None) is not None:
+            if schedule == "auto":
+                schedule = "asap" if sampler.engine.device.type == "cuda" else "deterministic"
+            _run_streaming(
+                trajectories, active, episode, sampler.engine, executor, sessions, timings,
+                temperature=temperature, top_p=top_p, seed=seed or 0, schedule=schedule, rejoin_steps=rejoin_steps,
+            )  # fmt: skip
+        else:
+            _run_turn_by_turn(
+                trajectories, active, episode, sampler, executor, sessions, timings,
+                temperature=temperature, top_p=top_p, seed=seed,
+            )  # fmt: skip
     finally:
         for session in sessions.values():
             executor.close_session(session)
@@ -177,6 +202,122 @@ def rollout(
         )
     timings.grading_s += time.perf_counter() - start
     return RolloutResult(trajectories, timings)
+
+
+def _session(executor: CodeExecutor, sessions: dict[int, str], index: int) -> str:
+    """The trajectory's sandbox session, opened at its first code call."""
+    if index not in sessions:
+        sessions[index] = executor.open_session()
+    return sessions[index]
+
+
+def _run_turn_by_turn(
+    trajectories: list[Trajectory],
+    active: list[int],
+    episode: _Episode,
+    sampler: Sampler,
+    executor: CodeExecutor,
+    sessions: dict[int, str],
+    timings: RolloutTimings,
+    *,
+    temperature: float,
+    top_p: float,
+    seed: int | None,
+) -> None:
+    """Batch samplers: each turn, every active trajectory generates, then all their code runs at once."""
+    for turn_index in range(episode.max_turns):
+        if not active:
+            break
+        start = time.perf_counter()
+        samples = sampler.generate(
+            [trajectories[i].input_ids for i in active],
+            [episode.cap(trajectories[i]) for i in active],
+            temperature=temperature,
+            top_p=top_p,
+            seed=None if seed is None else seed + turn_index,
+        )
+        timings.generation_s += time.perf_counter() - start
+        calls = []
+        for i, sample in zip(active, samples, strict=True):
+            code = episode.add_turn(trajectories[i], sample)
+            if code is not None:
+                calls.append((i, code))
+        start = time.perf_counter()
+        session_calls = [(_session(executor, sessions, i), code) for i, code in calls]
+        results = executor.run_batch(session_calls) if calls else []
+        timings.sandbox_s += time.perf_counter() - start
+        active = [i for (i, _), r in zip(calls, results, strict=True) if episode.add_result(trajectories[i], r)]
+
+
+def _run_streaming(
+    trajectories: list[Trajectory],
+    active: list[int],
+    episode: _Episode,
+    engine: Any,
+    executor: CodeExecutor,
+    sessions: dict[int, str],
+    timings: RolloutTimings,
+    *,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    schedule: str,
+    rejoin_steps: int,
+) -> None:
+    """The engine generates; code runs on worker threads; a trajectory re-enters when its output is in.
+
+    The engine's clock counts its steps (prefill calls and decode steps), so "deterministic" re-entry is a
+    function of the sampled tokens only. Trajectory ``i`` is engine key ``i``: with the seed, its random
+    numbers depend on nothing else.
+    """
+
+    def submit(i: int) -> None:
+        trajectory = trajectories[i]
+        engine.submit(i, trajectory.input_ids, episode.cap(trajectory), temperature=temperature, top_p=top_p, seed=seed)
+
+    pending: dict[int, tuple[Future, int]] = {}  # trajectory -> (its code's result, re-entry time)
+    for i in active:
+        submit(i)
+    with ThreadPoolExecutor(max_workers=32, thread_name_prefix="gtpo-cell") as cells:
+        try:
+            while engine.has_work() or pending:
+                if engine.has_work():
+                    start = time.perf_counter()
+                    ended = engine.step()
+                    timings.generation_s += time.perf_counter() - start
+                    for i, sample in ended:
+                        code = episode.add_turn(trajectories[i], sample)
+                        if code is None:
+                            engine.release(i)
+                            continue
+                        calls = [(_session(executor, sessions, i), code)]
+                        pending[i] = (cells.submit(executor.run_batch, calls), engine.clock + rejoin_steps)
+                if schedule == "asap":
+                    ready = [i for i, (future, _) in pending.items() if future.done()]
+                else:
+                    ready = [i for i, (_, due) in pending.items() if due <= engine.clock]
+                if not ready and pending and not engine.has_work():  # the generator idles: wait for code
+                    start = time.perf_counter()
+                    if schedule == "asap":
+                        wait([future for future, _ in pending.values()], return_when=FIRST_COMPLETED)
+                        ready = [i for i, (future, _) in pending.items() if future.done()]
+                    else:
+                        first = min(due for _, due in pending.values())
+                        ready = [i for i, (_, due) in pending.items() if due == first]
+                    timings.sandbox_s += time.perf_counter() - start
+                for i in sorted(ready):
+                    future, _ = pending.pop(i)
+                    start = time.perf_counter()
+                    (result,) = future.result()
+                    timings.sandbox_s += time.perf_counter() - start
+                    if episode.add_result(trajectories[i], result):
+                        submit(i)
+                    else:
+                        engine.release(i)
+        finally:
+            for future, _ in pending.values():
+                future.cancel()
+            engine.reset()
 
 
 def is_void_trajectory(trajectory: Trajectory) -> bool:

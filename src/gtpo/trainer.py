@@ -263,6 +263,8 @@ class Trainer:
                 top_p=r.top_p,
                 invalid_statuses=frozenset(self.cfg.algo.invalid_statuses),
                 seed=step_seed(self.cfg.seed, self.step) + self.ctx.rank,
+                schedule=r.schedule,
+                rejoin_steps=r.rejoin_steps,
             )
         return result.trajectories, result.timings.as_dict()
 
@@ -336,7 +338,7 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-        if hasattr(self.sampler, "sync_weights"):  # an engine with its own copy of the weights (vLLM)
+        if hasattr(self.sampler, "sync_weights"):  # an engine with its own copy of the weights
             self.sampler.sync_weights(inference_weights(self.model).items())
         out = {f"loss/{k}": v / max(count, 1) for k, v in sums.items()}
         out["loss/total"] = total_loss / cfg.optim.update_epochs
@@ -366,6 +368,8 @@ class Trainer:
             max_new_tokens_per_turn=r.max_new_tokens_per_turn,
             max_total_tokens=r.max_total_tokens,
             seed=self.cfg.seed,
+            schedule=r.schedule,
+            rejoin_steps=r.rejoin_steps,
             on_progress=progress,
         )
         if not self.ctx.enabled:

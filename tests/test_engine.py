@@ -1,0 +1,348 @@
+"""The generation engine against the reference sampler, the trainer's log-probs, and its own invariants.
+
+The reference is ``HFSampler`` (the plain transformers loop): same greedy tokens, same stop decisions, same
+log-probs. Sampling is checked against the softmax by counting; the streaming rollout against the
+turn-by-turn one on the same model and the same tool outputs.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+import torch
+
+from gtpo.engine import EngineOptions, EngineSampler, GenerationEngine
+from gtpo.engine.sampling import counter_uniform, sample_tokens
+from gtpo.generate import HFSampler
+from gtpo.policy import load_policy, prompt_ids, token_logprobs
+from gtpo.rollout import rollout
+from gtpo.tasks.arith import SYSTEM_PROMPT, heldout_problems
+from gtpo.tiny.build import DEFAULT_MODEL_DIR
+from gtpo.tools import format_tool_output, has_closed_code_block
+from gtpo.types import ExecResult
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    """The shipped tiny model: it writes code blocks, answers and EOS, so every stop path is exercised."""
+    model, tokenizer = load_policy(str(DEFAULT_MODEL_DIR))
+    return model.eval(), tokenizer
+
+
+@pytest.fixture(scope="module")
+def contexts(shipped):
+    """Six first-turn prompts (the model writes code) and six second turns after the right tool output
+    (the model answers and ends with EOS)."""
+    model, tokenizer = shipped
+    problems = heldout_problems()[:12]
+    prompts = [prompt_ids(tokenizer, SYSTEM_PROMPT, p.question) for p in problems]
+    firsts = HFSampler(model, tokenizer).generate(prompts[6:], [96] * 6, temperature=0.0)
+    seconds = [
+        prompt + first.token_ids + tokenizer.encode(format_tool_output(p.answer), add_special_tokens=False)
+        for prompt, first, p in zip(prompts[6:], firsts, problems[6:], strict=True)
+    ]
+    return prompts[:6] + seconds
+
+
+def _engine(shipped, **options) -> EngineSampler:
+    model, tokenizer = shipped
+    return EngineSampler(model, tokenizer, EngineOptions(**{"slots": 16, "max_len": 512, "chunk": 8} | options))
+
+
+def _recomputed(model, context, sample, temperature):
+    ids = torch.tensor([list(context) + sample.token_ids])
+    logp, _ = token_logprobs(model, ids, torch.ones_like(ids), temperature)
+    return logp[0, len(context) :]
+
+
+@pytest.mark.parametrize(("slots", "chunk", "static"), [(16, 8, False), (5, 1, False), (3, 5, True), (16, 4, True)])
+def test_greedy_equals_reference_sampler(shipped, contexts, slots, chunk, static):
+    """``static``: the CUDA-graph code path (bucketed slot prefixes, cache read in place), run eagerly."""
+    model, tokenizer = shipped
+    caps = [64] * (len(contexts) - 2) + [5, 9]  # the last two hit their cap
+    reference = HFSampler(model, tokenizer).generate(contexts, caps, temperature=0.0)
+    engine = _engine(shipped, slots=slots, chunk=chunk, static_shapes=static)
+    got = engine.generate(contexts, caps, temperature=0.0)
+    assert [s.token_ids for s in got] == [s.token_ids for s in reference]
+    assert [s.finish for s in got] == [s.finish for s in reference]
+    assert {s.finish for s in got} == {"stop", "eos", "length"}  # every stop path was exercised
+    for a, b in zip(got, reference, strict=True):
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize(("temperature", "top_p"), [(1.0, 1.0), (0.7, 0.9)])
+def test_sampled_logprobs_equal_trainer_recomputation(shipped, contexts, temperature, top_p):
+    model, _ = shipped
+    samples = _engine(shipped).generate(contexts, [64] * len(contexts), temperature=temperature, top_p=top_p, seed=1)
+    worst = 0.0
+    for context, sample in zip(contexts, samples, strict=True):
+        recomputed = _recomputed(model, context, sample, temperature)
+        worst = max(worst, (recomputed - torch.tensor(sample.logprobs)).abs().max().item())
+    assert worst < 1e-4  # float32 on CPU: measured ~5e-6
+
+
+def test_stop_is_at_the_closing_fence(shipped, contexts):
+    _, tokenizer = shipped
+    samples = _engine(shipped).generate(contexts, [96] * len(contexts), temperature=1.0, seed=5)
+    stops = [s for s in samples if s.finish == "stop"]
+    assert stops
+    for s in stops:
+        assert has_closed_code_block(tokenizer.decode(s.token_ids))
+        assert not has_closed_code_block(tokenizer.decode(s.token_ids[:-1]))
+
+
+def test_samples_do_not_depend_on_scheduling(shipped, contexts):
+    """The RNG is keyed by (seed, sequence, position): slots, chunk size and neighbours change nothing."""
+    caps = [40 + 3 * i for i in range(len(contexts))]
+    a = _engine(shipped, slots=16, chunk=8).generate(contexts, caps, temperature=1.0, seed=7)
+    b = _engine(shipped, slots=3, chunk=3).generate(contexts, caps, temperature=1.0, seed=7)
+    c = _engine(shipped, slots=16, chunk=8).generate(contexts, caps, temperature=1.0, seed=8)
+    assert [s.token_ids for s in a] == [s.token_ids for s in b]
+    assert [s.token_ids for s in a] != [s.token_ids for s in c]
+    for sample, cap in zip(a, caps, strict=True):
+        assert len(sample.token_ids) <= cap and (sample.finish != "length" or len(sample.token_ids) == cap)
+
+
+def test_counter_uniform_is_uniform_and_keyed():
+    keys = torch.arange(200_000)
+    u = counter_uniform(torch.zeros_like(keys), keys, torch.full_like(keys, 3))
+    assert u.min() >= 0.0 and u.max() < 1.0
+    counts = torch.histc(u, bins=20, min=0.0, max=1.0)
+    assert (counts / len(u) - 0.05).abs().max() < 0.003  # binomial sd of a bin share: 0.0005
+    other = counter_uniform(torch.zeros_like(keys), keys, torch.full_like(keys, 4))
+    assert (u != other).float().mean() > 0.99
+    assert abs(torch.corrcoef(torch.stack([u, other]))[0, 1].item()) < 0.01
+
+
+@pytest.mark.parametrize(("temperature", "top_p"), [(1.0, 1.0), (0.5, 1.0), (1.0, 0.8)])
+def test_sampling_frequencies_match_the_distribution(temperature, top_p):
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
+    n = 60_000
+    keys = torch.arange(n)
+    uniforms = counter_uniform(torch.full_like(keys, 11), keys, torch.zeros_like(keys))
+    tokens, logps = sample_tokens(
+        logits.expand(n, -1),
+        torch.full((n,), temperature),
+        torch.full((n,), top_p),
+        uniforms,
+        use_top_p=top_p < 1,
+    )
+    probs = torch.softmax(logits / temperature, -1)
+    expected = probs.clone()
+    if top_p < 1:  # smallest prefix of the sorted probabilities with mass >= top_p, renormalized
+        # softmax([2, 1, 0.5, 0, -1, -3]) = 0.5344, 0.1966, 0.1192, 0.0723, 0.0266, 0.0036; 0.53 + 0.20 < 0.8
+        expected[3:] = 0.0
+        expected /= expected.sum()
+    observed = torch.bincount(tokens, minlength=6).float() / n
+    assert (observed - expected).abs().max() < 0.01  # sd of the largest share: 0.002
+    torch.testing.assert_close(logps, torch.log(probs)[tokens], atol=1e-5, rtol=0)
+
+
+def test_greedy_rows_and_sampled_rows_share_a_batch():
+    logits = torch.tensor([[0.0, 3.0, 1.0], [0.0, 3.0, 1.0]])
+    tokens, logps = sample_tokens(
+        logits, torch.tensor([0.0, 1.0]), torch.ones(2), torch.tensor([0.999, 0.999]), use_top_p=False
+    )
+    assert tokens.tolist() == [1, 2]  # greedy: argmax; u = 0.999 falls in the last token's share
+    torch.testing.assert_close(logps, torch.log_softmax(logits, -1)[[0, 1], [1, 2]])
+
+
+def test_next_turn_reuses_the_cached_prefix(shipped, contexts):
+    """Turn 2 from the slot's cache equals turn 2 computed from scratch, and only new tokens are prefilled."""
+    model, tokenizer = shipped
+    observation = tokenizer.encode("\n```output\n42\n```\n", add_special_tokens=False)
+    warm = GenerationEngine(model, tokenizer, EngineOptions(slots=4, max_len=512, chunk=4))
+    warm.submit(0, contexts[0], 48, temperature=0.0)
+    (_, first), *_ = _drain(warm)
+    full = contexts[0] + first.token_ids + observation
+    prefilled = warm.stats["prefill_tokens"]
+    warm.submit(0, full, 48, temperature=0.0)
+    (_, second), *_ = _drain(warm)
+    assert warm.stats["prefill_tokens"] - prefilled == len(observation) + 1  # the last sampled token + output
+    cold = GenerationEngine(model, tokenizer, EngineOptions(slots=4, max_len=512, chunk=4))
+    cold.submit(0, full, 48, temperature=0.0)
+    (_, fresh), *_ = _drain(cold)
+    assert second.token_ids == fresh.token_ids
+    torch.testing.assert_close(torch.tensor(second.logprobs), torch.tensor(fresh.logprobs), atol=1e-5, rtol=0)
+
+
+def test_eviction_recomputes_and_stays_exact(shipped, contexts):
+    model, tokenizer = shipped
+    engine = GenerationEngine(model, tokenizer, EngineOptions(slots=2, max_len=512, chunk=4))
+    firsts = {}
+    for key in range(3):  # three sequences through two slots: one prefix must be evicted
+        engine.submit(key, contexts[key], 24, temperature=0.0)
+        firsts.update(dict(_drain(engine)))
+    assert engine.stats["evictions"] >= 1
+    seconds = {}
+    for key in range(3):
+        engine.submit(key, contexts[key] + firsts[key].token_ids + [10, 11], 24, temperature=0.0)
+    seconds.update(dict(_drain(engine)))
+    reference = HFSampler(model, tokenizer).generate(
+        [contexts[k] + firsts[k].token_ids + [10, 11] for k in range(3)], [24] * 3, temperature=0.0
+    )
+    assert [seconds[k].token_ids for k in range(3)] == [r.token_ids for r in reference]
+
+
+def test_requests_that_cannot_fit_are_refused(shipped, contexts):
+    engine = _engine(shipped, max_len=64).engine
+    with pytest.raises(ValueError, match="max_len 64"):
+        engine.submit(0, contexts[0], 64, temperature=1.0)
+    engine.submit(1, contexts[0][:10], 8, temperature=1.0)
+    with pytest.raises(ValueError, match="in flight"):
+        engine.submit(1, contexts[0][:10], 8, temperature=1.0)
+
+
+def test_weight_sync_changes_what_the_engine_samples(shipped, contexts):
+    from gtpo.policy import inference_weights
+
+    _, tokenizer = shipped
+    sampler = _engine(shipped)
+    other, _ = load_policy(str(DEFAULT_MODEL_DIR))
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    before = sampler.generate(contexts[:4], [32] * 4, temperature=0.0)
+    sampler.sync_weights(inference_weights(other).items())
+    after = sampler.generate(contexts[:4], [32] * 4, temperature=0.0)
+    reference = HFSampler(other, tokenizer).generate(contexts[:4], [32] * 4, temperature=0.0)
+    assert [s.token_ids for s in after] == [s.token_ids for s in reference]
+    assert [s.token_ids for s in after] != [s.token_ids for s in before]
+    with pytest.raises(ValueError, match="lack"):
+        sampler.sync_weights([("model.norm.weight", torch.ones(128))][:0])
+
+
+def test_lora_policy_is_merged_into_the_engine(shipped, contexts):
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer = load_policy(str(DEFAULT_MODEL_DIR))
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    peft_model.eval()
+    got = EngineSampler(peft_model, tokenizer, EngineOptions(slots=8, max_len=512)).generate(
+        contexts[:6], [40] * 6, temperature=0.0
+    )
+    reference = HFSampler(peft_model, tokenizer).generate(contexts[:6], [40] * 6, temperature=0.0)
+    assert [s.token_ids for s in got] == [s.token_ids for s in reference]
+
+
+class EchoExecutor:
+    """Replies with a fixed output per code cell, after a random delay (so completion order varies)."""
+
+    def __init__(self, delays: bool = True):
+        self.delays, self.opened, self.closed, self.calls = delays, 0, 0, 0
+
+    def open_session(self):
+        self.opened += 1
+        return f"s{self.opened}"
+
+    def run_batch(self, calls):
+        if self.delays:
+            time.sleep(random.uniform(0.0, 0.02))
+        self.calls += len(calls)
+        return [ExecResult("ok", f"{len(code) % 97}") for _, code in calls]
+
+    def close_session(self, session_id):
+        self.closed += 1
+
+
+def _rollout(sampler, tokenizer, executor, **kwargs):
+    return rollout(
+        heldout_problems()[:6],
+        3,
+        sampler,
+        tokenizer,
+        executor,
+        system_prompt=SYSTEM_PROMPT,
+        max_turns=4,
+        max_new_tokens_per_turn=64,
+        max_total_tokens=400,
+        grade_fn=lambda pred, ref: pred == ref,
+        **kwargs,
+    ).trajectories
+
+
+def test_streaming_rollout_equals_turn_by_turn_rollout(shipped):
+    """Greedy: the same model and tool outputs give the same trajectories, token for token."""
+    model, tokenizer = shipped
+    reference = _rollout(HFSampler(model, tokenizer), tokenizer, EchoExecutor(delays=False), temperature=0.0)
+    executor = EchoExecutor()
+    streamed = _rollout(_engine(shipped, slots=7), tokenizer, executor, temperature=0.0, schedule="asap")
+    assert sum(t.num_turns for t in reference) > len(reference)  # multi-turn episodes happened
+    assert executor.calls > 0 and executor.opened == executor.closed
+    for a, b in zip(streamed, reference, strict=True):
+        assert (a.input_ids, a.loss_mask, a.turn_ids) == (b.input_ids, b.loss_mask, b.turn_ids)
+        assert (a.finish_reason, [t.text for t in a.turns]) == (b.finish_reason, [t.text for t in b.turns])
+        torch.testing.assert_close(
+            torch.tensor(a.sampler_logprobs), torch.tensor(b.sampler_logprobs), atol=1e-4, rtol=0
+        )
+
+
+def test_deterministic_schedule_reproduces_a_run(shipped):
+    _, tokenizer = shipped
+    runs = [
+        _rollout(_engine(shipped, slots=5), tokenizer, EchoExecutor(), temperature=1.0, seed=3, schedule=schedule)
+        for schedule in ("deterministic", "deterministic")
+    ]
+    assert [t.input_ids for t in runs[0]] == [t.input_ids for t in runs[1]]
+    assert [t.sampler_logprobs for t in runs[0]] == [t.sampler_logprobs for t in runs[1]]
+
+
+def test_streaming_rollout_logprobs_match_recomputation(shipped):
+    model, tokenizer = shipped
+    trajectories = _rollout(_engine(shipped), tokenizer, EchoExecutor(), temperature=1.0, seed=2)
+    for t in trajectories:
+        ids = torch.tensor([t.input_ids])
+        logp, _ = token_logprobs(model, ids, torch.ones_like(ids), 1.0)
+        mask = torch.tensor(t.loss_mask, dtype=torch.bool)
+        assert mask.any()
+        torch.testing.assert_close(logp[0][mask], torch.tensor(t.sampler_logprobs)[mask], atol=1e-4, rtol=0)
+
+
+def _drain(engine):
+    finished = []
+    while engine.has_work():
+        finished.extend(engine.step())
+    return finished
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_equal_eager_on_gpu(shipped, contexts):
+    model, tokenizer = shipped
+    gpu_model = model.to("cuda")
+    try:
+        options = {"slots": 16, "max_len": 512, "static_shapes": True}  # the same kernels, replayed or not
+        eager = EngineSampler(gpu_model, tokenizer, EngineOptions(**options, cuda_graphs=False))
+        graphs = EngineSampler(gpu_model, tokenizer, EngineOptions(**options, cuda_graphs=True))
+        a = eager.generate(contexts, [64] * len(contexts), temperature=1.0, seed=4)
+        b = graphs.generate(contexts, [64] * len(contexts), temperature=1.0, seed=4)
+        assert graphs.engine.graph_error is None and graphs.engine.graphs.graphs
+        assert [s.token_ids for s in a] == [s.token_ids for s in b]
+        assert [s.logprobs for s in a] == [s.logprobs for s in b]
+    finally:
+        model.to("cpu")
+
+
+def test_backend_choice_and_settings_are_checked(shipped):
+    from gtpo.components import build_sampler
+    from gtpo.config import ConfigError, RolloutConfig, TrainConfig, validate
+    from gtpo.engine.weights import check_supported
+
+    model, tokenizer = shipped
+    default = build_sampler(RolloutConfig(), model, tokenizer, "tiny")
+    assert isinstance(default, EngineSampler)
+    assert (default.engine.options.slots, default.engine.options.max_len) == (64, 512)  # the whole default batch
+    assert isinstance(build_sampler(RolloutConfig(backend="hf"), model, tokenizer, "tiny"), HFSampler)
+    for field, value in (("engine_slots", -1), ("engine_chunk", -2), ("rejoin_steps", 0)):
+        with pytest.raises(ConfigError, match=rf"rollout\.{field}"):
+            validate(TrainConfig(rollout=RolloutConfig(**{field: value})))
+    with pytest.raises(ValueError, match="schedule"):
+        rollout([], 2, default, tokenizer, EchoExecutor(), system_prompt="", schedule="soon")
+    sliding = type("Config", (), {"layer_types": ["full_attention", "sliding_attention"]})()
+    with pytest.raises(ValueError, match=r"--rollout\.backend hf"):
+        check_supported(sliding)
