@@ -5,8 +5,17 @@ Nothing downloads: the tokenizer is trained here on a few lines of TIR text, the
 
 from __future__ import annotations
 
+import os
+
+# One intra-op thread for torch here and in the processes tests start (they inherit the environment). The
+# tests' models are tiny; on a shared 2-core machine two busy-waiting OpenMP threads per process made a tiny
+# update 9x slower (10.8 s vs 1.2 s at load average 11).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pytest
 import torch
+
+torch.set_num_threads(1)  # in case torch was imported before the variable was set
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -66,3 +75,13 @@ def tiny_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_model(tiny_tokenizer):
     return build_model(tiny_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def shipped_tiny():
+    """The shipped tiny model and tokenizer: a policy that calls the tool and earns mixed rewards on arith."""
+    from gtpo.policy import load_policy
+    from gtpo.tiny.build import DEFAULT_MODEL_DIR
+
+    model, tokenizer = load_policy(str(DEFAULT_MODEL_DIR))
+    return model.eval(), tokenizer

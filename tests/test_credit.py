@@ -1,9 +1,11 @@
 """Credit glue: trajectory records reach the pure reward/advantage functions unchanged."""
 
+import math
+
 import pytest
 import torch
 
-from gtpo.advantages import grpo_advantages, gtpo_advantages
+from gtpo.advantages import gtpo_advantages
 from gtpo.credit import assign_credit
 from gtpo.similarity import tfidf_code_similarity
 from gtpo.types import Problem, Trajectory, Turn
@@ -29,7 +31,7 @@ def _batch():
     ]
 
 
-def _credit(algo, **overrides):
+def _credit(algo, batch=None, **overrides):
     settings = dict(
         algo=algo,
         gamma=0.9,
@@ -42,7 +44,7 @@ def _credit(algo, **overrides):
         similarity=tfidf_code_similarity,
     )
     settings.update(overrides)
-    return assign_credit(_batch(), **settings)
+    return assign_credit(_batch() if batch is None else batch, **settings)
 
 
 def test_gtpo_turn_advantages_match_the_pure_function():
@@ -55,13 +57,22 @@ def test_gtpo_turn_advantages_match_the_pure_function():
     torch.testing.assert_close(credit.trajectory_rewards, (rewards * mask).sum(1))
 
 
-def test_grpo_puts_the_trajectory_advantage_on_every_turn():
-    credit = _credit("grpo")
-    # GRPO reward min(acc, fmt_ok): trajectory 0 is correct but had an invalid call -> 0.
-    expected = grpo_advantages(torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0]), torch.tensor([0, 0, 0, 7, 7]))
-    assert credit.turn_advantages[0].tolist() == [expected[0].item()] * 3
-    assert credit.turn_advantages[1, 1:].tolist() == [0.0, 0.0]  # padded turns stay 0
-    torch.testing.assert_close(credit.turn_advantages[:, 0], expected)
+def test_grpo_puts_each_trajectory_advantage_on_all_its_turns():
+    batch = [
+        _traj(0, True, [_turn("x = 2"), _turn()]),  # right, valid call on turn 1: reward 1
+        _traj(0, True, [_turn("x = 2", invalid=True), _turn("print(x)"), _turn()]),  # right, bad call: min(1, 0) = 0
+        _traj(0, False, [_turn("print(1)"), _turn()]),  # wrong: 0
+        _traj(7, True, [_turn("print(1)"), _turn()]),  # 1
+        _traj(7, False, [_turn()]),  # wrong, no call: 0
+    ]
+    credit = _credit("grpo", batch=batch)
+    assert credit.trajectory_rewards.tolist() == [1.0, 0.0, 0.0, 1.0, 0.0]
+    # Group 0, rewards 1, 0, 0: mean 1/3, population std sqrt(((2/3)^2 + 2 (1/3)^2) / 3) = sqrt(2) / 3, so the
+    # advantages are (2/3) / (sqrt(2)/3) = sqrt(2) and (-1/3) / (sqrt(2)/3) = -1/sqrt(2).
+    # Group 7, rewards 1, 0: mean 1/2, std 1/2: advantages +1 and -1. Padded turns stay 0.
+    r2 = math.sqrt(2)
+    expected = [[r2, r2, 0.0], [-1 / r2] * 3, [-1 / r2, -1 / r2, 0.0], [1.0, 1.0, 0.0], [-1.0, 0.0, 0.0]]
+    torch.testing.assert_close(credit.turn_advantages, torch.tensor(expected), atol=1e-5, rtol=0)
 
 
 def test_shaping_only_lifts_failures_in_groups_with_a_success():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gtpo.data import BENCHMARKS, answer_text, gsm8k_answer, load_benchmark, load_problems
+from gtpo.data import BENCHMARKS, DataError, answer_text, gsm8k_answer, load_benchmark, load_problems
 from gtpo.types import Problem
 
 FIXTURES = Path(__file__).parent / "fixtures" / "benchmarks"
@@ -80,7 +80,7 @@ def test_bad_rows_are_reported_with_their_position(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"bad\.jsonl:2"):
         load_problems(str(bad_json))
     empty_answer = _write_jsonl(tmp_path / "e.jsonl", [{"question": "q", "answer": "  "}])
-    with pytest.raises(ValueError, match="row 0 has an empty answer"):
+    with pytest.raises(DataError, match=r"e\.jsonl:1: empty answer in column 'answer'"):
         load_problems(empty_answer)
     duplicate = _write_jsonl(tmp_path / "dup.jsonl", [{"question": "a", "answer": 1, "k": 1}] * 2)
     with pytest.raises(ValueError, match="duplicate id"):
@@ -96,8 +96,43 @@ def test_bad_rows_are_reported_with_their_position(tmp_path: Path) -> None:
 
 
 def test_a_missing_file_is_not_sent_to_the_hub(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(DataError, match=r"nope\.jsonl: no such file; check the path"):
         load_problems(str(tmp_path / "nope.jsonl"))
+    with pytest.raises(DataError, match="is a directory"):
+        load_problems(str(tmp_path))
+
+
+def test_positions_count_lines_from_one_in_every_message(tmp_path: Path) -> None:
+    """A JSON error and a missing answer on the same file name the same numbering: the editor's line numbers."""
+    path = tmp_path / "mixed.jsonl"
+    path.write_text('{"question": "q1", "answer": 1}\n\n{"question": "q2"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"mixed\.jsonl:3: no column 'answer'; this row has: question\. Fix: set"):
+        load_problems(str(path))
+    path.write_text('{"question": "q1", "answer": 1}\n\n{"question": "q2", answer: 2}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"mixed\.jsonl:3: not valid JSON \(.*column 20\); each line must be one"):
+        load_problems(str(path))
+    path.write_text('{"question": "q1", "answer": null}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"mixed\.jsonl:1: the answer \('answer'\) is null"):
+        load_problems(str(path))
+    items = tmp_path / "items.json"
+    items.write_text(json.dumps([{"question": "a", "answer": 1}, {"question": "b"}]), encoding="utf-8")
+    with pytest.raises(DataError, match=r"items\.json: item 2: no column 'answer'"):
+        load_problems(str(items))
+
+
+@pytest.mark.parametrize(("name", "content"), [("empty.jsonl", ""), ("blank.jsonl", "\n\n"), ("empty.json", "[]")])
+def test_a_file_without_rows_is_an_error(tmp_path: Path, name: str, content: str) -> None:
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{name}: the file has no rows; it needs one problem per row"):
+        load_problems(str(path))
+
+
+def test_a_file_that_is_not_utf8_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes('{"question": "caf\u00e9", "answer": 1}\n'.encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1\.jsonl: not UTF-8 text \(byte 17"):
+        load_problems(str(path))
 
 
 @pytest.mark.parametrize(
@@ -173,7 +208,9 @@ def test_load_benchmark_from_parquet(tmp_path: Path) -> None:
 
 
 def test_benchmark_file_in_the_wrong_format_names_the_expected_columns() -> None:
-    with pytest.raises(ValueError, match=r"row 0 has no column 'problem'.*HuggingFaceH4/MATH-500 \(problem, answer\)"):
+    with pytest.raises(
+        DataError, match=r"gsm8k\.jsonl:1: no column 'problem'.*HuggingFaceH4/MATH-500 \(problem, answer\)"
+    ):
         load_benchmark("math500", path=str(FIXTURES / "gsm8k.jsonl"))
 
 

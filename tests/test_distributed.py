@@ -6,19 +6,24 @@ two ranks, and at most two trajectories go in a micro-batch, so the ranks pack 3
 uneven path (a zero-weight pass) runs too. The gradients are compared through AdamW's first moment after one
 step (0.1 x the gradient); the parameters more loosely, since Adam's first step divides each gradient element
 by its own magnitude, which magnifies float summation-order noise on elements whose gradient is near zero.
+The two ranks run a whole ``train()``, so they also write one run folder: rank 0's log, checkpoint, report and
+exported model.
 """
 
 import copy
+import dataclasses
 import os
 import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from transformers import AutoModelForCausalLM
 
 from gtpo.config import from_dict
 from gtpo.distributed import DistContext, init_distributed, shard_indices
 from gtpo.generate import ScriptedSampler
+from gtpo.metrics import read_metrics
 from gtpo.rollout import rollout
 from gtpo.trainer import Trainer
 
@@ -92,9 +97,15 @@ def _first_moments(trainer):
 
 
 def _worker(rank, world, port, model_dir, out, strategy):
+    """One whole ``train()`` of one step on two ranks, into one run folder (rank 0 writes it)."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     ctx = init_distributed("gloo")
-    trainer, metrics = _one_step(_config(model_dir, out / f"rank{rank}", strategy), ctx)
+    config = dataclasses.replace(_config(model_dir, out / "run", strategy), export="merged")
+    trainer = ScriptedTrainer(config, ctx=ctx)
+    try:
+        metrics = trainer.train()
+    finally:
+        trainer.close()
     state = {
         k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone()
         for k, v in trainer.policy.state_dict().items()
@@ -138,6 +149,12 @@ def test_two_gloo_ranks_equal_one_process(tmp_path, tiny_tokenizer, tiny_model, 
         not torch.equal(value, tiny_model.state_dict()[name]) for name, value in single.policy.state_dict().items()
     )
     assert changed
+    # the two ranks wrote one run folder: rank 0's log, checkpoint, report and the exported model
+    run = tmp_path / "run"
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1]
+    assert (run / "checkpoints" / "step_0000001" / "model.pt").exists() and (run / "summary.md").exists()
+    exported = AutoModelForCausalLM.from_pretrained(run / "model").state_dict()
+    assert all(torch.equal(exported[name], value) for name, value in two["state"].items() if name in exported)
 
 
 def _bf16_worker(rank, world, port, out):

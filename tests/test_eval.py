@@ -71,4 +71,4 @@ def test_bad_input_names_the_flag(tmp_path):
     with pytest.raises(ConfigError, match="--benchmarks"):
         run(EvalConfig(benchmarks=("mmlu",), output_dir=str(tmp_path)))
     with pytest.raises(ConfigError, match="--temperature"):
-        run(EvalConfig(k=4, output_dir=str(tmp_path)))
+        run(EvalConfig(k=4, temperature=0.0, output_dir=str(tmp_path)))

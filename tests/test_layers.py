@@ -41,6 +41,7 @@ LAYERS = {
     "eval_report": 4,
     "components": 4,
     "update": 4,
+    "run": 4,  # what a run prints and leaves behind: console, report, stop signals, HF export
     "demo": 4,
     "integrations": 4,
     "trainer": 5,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pytest
 import torch
 
 from gtpo.rewards import format_ok, grpo_rewards, shaped_accuracy, turn_rewards
-from gtpo.similarity import tfidf_code_similarity
 
 # ---- turn_rewards ----------------------------------------------------------------------------------
 
@@ -104,8 +104,14 @@ def test_shaping_orders_failures_by_similarity_and_keeps_them_below_one() -> Non
     assert 0.5 > acc[1] > acc[2] >= 0.0
     assert acc[3] == 0.0  # a failure without code
     assert acc[4:] == [0.0, 0.0]  # no success in the group: no shaping
-    sim = tfidf_code_similarity([NEAR_MISS, UNRELATED], [SUCCESS])
-    assert acc[1:3] == pytest.approx([0.5 * sim[0, 0].item(), 0.5 * sim[1, 0].item()])
+
+
+def test_default_shaping_is_half_the_tfidf_cosine_worked_by_hand() -> None:
+    # "a = 1" and "a = 2": terms a, =, (a, =) in both (df 2 of N = 2 snippets: idf ln(3/3) + 1 = 1) and
+    # 1, (=, 1) / 2, (=, 2) in one each (idf w = ln(3/2) + 1). Cosine = shared 3 / (3 + 2 w^2) for both norms.
+    acc = shaped_accuracy([True, False], ["a = 1", "a = 2"], [0, 0], alpha=0.5)
+    w = math.log(3 / 2) + 1
+    assert acc == pytest.approx([1.0, 0.5 * 3 / (3 + 2 * w**2)], rel=1e-6)
 
 
 def _fixed_similarity(matrix: list[list[float]]) -> Callable[[list[str], list[str]], torch.Tensor]:

@@ -1,5 +1,7 @@
 """Rollout bookkeeping: masks, turn ids, alignment, episode rules; the real HF path and the real sandbox."""
 
+import re
+
 import pytest
 import torch
 
@@ -140,29 +142,37 @@ def test_collate_pads_with_untrained_tokens(tiny_tokenizer):
     assert batch[1:3].input_ids.shape == (2, max(lengths))  # rows of every field at once
 
 
-def test_hf_sampler_with_real_sandbox(tiny_tokenizer, tiny_model):
+def test_hf_sampler_with_real_sandbox_runs_the_policys_code(shipped_tiny):
+    """The shipped model writes code for arithmetic; the sandbox must run it and its output come back."""
     from gtpo.sandbox import SandboxLimits, SandboxPool
+    from gtpo.tasks.arith import SYSTEM_PROMPT, heldout_problems
 
-    problems = [Problem(id="a", question="What is 6*7?", answer="42")]
+    model, tokenizer = shipped_tiny
     with SandboxPool(SandboxLimits(wall_time_s=2.0), max_workers=2) as pool:
         result = rollout(
-            problems,
+            heldout_problems()[:3],
             3,
-            HFSampler(tiny_model, tiny_tokenizer),
-            tiny_tokenizer,
+            HFSampler(model, tokenizer),
+            tokenizer,
             pool,
-            system_prompt=SYSTEM,
+            system_prompt=SYSTEM_PROMPT,
             max_turns=2,
-            max_new_tokens_per_turn=24,
-            max_total_tokens=200,
+            max_new_tokens_per_turn=32,
+            max_total_tokens=256,
             temperature=1.0,
             seed=0,
         )
-    assert result.timings.generation_s > 0
+    assert result.timings.generation_s > 0 and result.timings.sandbox_s > 0
+    ran = [turn for t in result.trajectories for turn in t.turns if turn.exec_status is not None]
+    prints = [turn for turn in ran if re.fullmatch(r"print\([\d\s*%+]+\)", turn.code or "")]
+    assert prints, "the policy printed no arithmetic: the sandbox's output was never checked"
+    for turn in prints:  # `print(<arithmetic>)`: what Python prints for it is known here
+        assert turn.exec_status == "ok" and turn.tool_output == f"{eval(turn.code[6:-1])}\n"
+    assert all(turn.exec_status in ("ok", "error") for turn in ran)
     for t in result.trajectories:
         assert t.finish_reason in {"answer", "max_turns", "length", "eos"}
         ids = torch.tensor([t.input_ids])
-        logp, _ = token_logprobs(tiny_model, ids, torch.ones_like(ids), temperature=1.0)
+        logp, _ = token_logprobs(model, ids, torch.ones_like(ids), temperature=1.0)
         mask = torch.tensor(t.loss_mask, dtype=torch.bool)
         torch.testing.assert_close(logp[0][mask], torch.tensor(t.sampler_logprobs)[mask], atol=1e-4, rtol=0)
 

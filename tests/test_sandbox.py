@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import linecache
 import os
 import shutil
 import signal
@@ -78,6 +79,11 @@ def assert_healthy(pool: SandboxPool) -> None:
     assert (result.status, result.output) == ("ok", "42\n"), result
 
 
+def _restart_lines(result) -> int:
+    """Lines of the observation that tell the model its session's names are gone."""
+    return sum("the session was restarted" in line for line in result.output.splitlines())
+
+
 def processes_of_uid(uid: int) -> list[int]:
     pids = []
     for entry in filter(str.isdigit, os.listdir("/proc")):
@@ -101,6 +107,7 @@ def test_session_keeps_names_after_an_error(pool, session):
     pool.run(session, "y = 5")
     failed = pool.run(session, "1 / 0")
     assert failed.status == "error" and "ZeroDivisionError: division by zero" in failed.output
+    assert not failed.session_restarted and "restarted" not in failed.output
     assert pool.run(session, "y + 1").output == "6\n"
 
 
@@ -120,6 +127,28 @@ def test_stdout_stderr_and_raw_writes_keep_their_order(pool, session):
         print('end')
     """)
     assert pool.run(session, code).output == "out\nerr\nraw\nend\n"
+
+
+def test_stdout_and_stderr_behave_like_the_real_streams(pool, session):
+    code = cell("""
+        import sys
+        sys.stdout.buffer.write(b'bytes ')
+        sys.stdout.buffer.write(bytearray(b'and text\\n'))
+        sys.stderr.buffer.write(memoryview(b'err bytes\\n'))
+        sys.stdout.flush()
+        sys.stdout.buffer.flush()
+        print(sys.stdout.isatty(), sys.stdout.fileno(), sys.stderr.fileno(), sys.stdout.buffer.fileno())
+        print(sys.stdout.encoding, sys.stdout.writable())
+    """)
+    result = pool.run(session, code)
+    assert (result.status, result.output) == ("ok", "bytes and text\nerr bytes\nFalse 1 2 1\nutf-8 True\n")
+
+
+def test_bytes_written_through_buffer_are_capped_too(pool, session):
+    result = pool.run(session, "import sys\nsys.stdout.buffer.write(b'x' * 10**8)\nprint('after')")
+    assert result.status == "ok"
+    assert result.output.startswith("x" * MAX_CHARS) and "output truncated" in result.output
+    assert len(result.output) < 2 * MAX_CHARS + 200
 
 
 def test_traceback_keeps_cell_frames_and_drops_host_paths(pool, session):
@@ -241,6 +270,7 @@ def test_infinite_loop_times_out_and_session_keeps_names(pool, session):
     pool.run(session, "kept = 'yes'")
     result = pool.run(session, "while True:\n    pass")
     assert result.status == "timeout" and "TimeoutError" in result.output
+    assert not result.session_restarted and "restarted" not in result.output
     assert pool.run(session, "kept").output == "'yes'\n"
     assert_healthy(pool)
 
@@ -255,6 +285,7 @@ def test_spin_inside_c_is_killed_and_session_restarts(pool, session):
     pool.run(session, "lost = 1")
     result = pool.run(session, "sum(range(10**13))")  # one C loop that never checks for signals
     assert result.status == "timeout" and "was stopped; the session was restarted" in result.output
+    assert result.session_restarted and _restart_lines(result) == 1
     after = pool.run(session, "lost")
     assert after.status == "error" and "NameError" in after.output
     assert_healthy(pool)
@@ -334,6 +365,7 @@ def test_thread_bomb_is_contained(pool, session):
     result = pool.run(session, code)
     assert result.status == "error" and "can't start new thread" in result.output
     assert "the session was restarted" in result.output  # sleeping threads cannot be killed, the process can
+    assert result.session_restarted and _restart_lines(result) == 1
     assert pool.run(session, "print('fresh')").output == "fresh\n"
     assert_healthy(pool)
 
@@ -358,12 +390,61 @@ def test_recursion_overflow_is_an_error_with_a_short_traceback(pool, session):
     result = pool.run(session, "def down(n):\n    return down(n + 1)\ndown(0)")
     assert result.status == "error" and "RecursionError" in result.output
     assert "more times]" in result.output and len(result.output) < 2000
+
+
+def test_traceback_work_does_not_grow_with_stack_depth(monkeypatch):
+    """Only the kept frames are looked up and formatted: source-line lookups stay flat from 50 to 5,000 frames."""
+    from gtpo.sandbox import cell as cell_module
+
+    def lookups(depth: int) -> int:
+        body, last = cell_module.compile_cell(
+            f"def down(n):\n    return down(n + 1) if n < {depth} else 1 / 0\ndown(0)", "<cell 9>"
+        )
+        namespace: dict = {}
+        exec(body, namespace)
+        try:
+            eval(last, namespace)
+        except ZeroDivisionError as error:
+            count = []
+            real = linecache.getline
+            monkeypatch.setattr(linecache, "getline", lambda *a, **k: count.append(1) or real(*a, **k))
+            text = cell_module.short_traceback(error)
+            monkeypatch.setattr(linecache, "getline", real)
+            assert f"[Previous line repeated {depth - 1} more times]" in text
+            return len(count)
+        raise AssertionError("the cell did not fail")
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(10_000)
+    try:
+        shallow, deep = lookups(50), lookups(5_000)
+    finally:
+        sys.setrecursionlimit(limit)
+    assert 0 < deep == shallow <= 2 * cell_module.MAX_TRACEBACK_ENTRIES
+
+
+def test_deep_recursion_is_an_error_not_a_timeout_and_keeps_the_session(pool, session):
+    # 20,000 frames: formatting every frame took ~2 s here, past the 1 s limit (a timeout and a lost session)
+    pool.run(session, "kept = 'yes'")
+    code = cell("""
+        import sys
+        sys.setrecursionlimit(30_000)
+        def down(n):
+            return down(n + 1) if n < 20_000 else 1 / 0
+        down(0)
+    """)
+    result = pool.run(session, code)
+    assert result.status == "error" and result.output.endswith("ZeroDivisionError: division by zero\n")
+    assert "[Previous line repeated 19999 more times]" in result.output and len(result.output) < 2000
+    assert not result.session_restarted
+    assert pool.run(session, "kept").output == "'yes'\n"
     assert_healthy(pool)
 
 
 def test_segfault_is_reported_as_killed(pool, session):
     result = pool.run(session, "import ctypes\nctypes.string_at(0)")
     assert result.status == "killed" and "the session was restarted" in result.output
+    assert result.session_restarted and _restart_lines(result) == 1
     assert pool.run(session, "print('again')").output == "again\n"
     assert_healthy(pool)
 
@@ -523,6 +604,7 @@ def test_zygote_death_is_recovered_transparently(pool, session):
     pool._state.zygote._process.wait(timeout=10)  # dead (and its sessions sent SIGKILL) before the next call
     result = pool.run(session, "print('recovered')")
     assert result.status == "ok" and result.output.endswith("recovered\n")
+    assert result.session_restarted and _restart_lines(result) == 1  # its names died with the zygote
     assert_healthy(pool)
 
 

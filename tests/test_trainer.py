@@ -1,52 +1,61 @@
-"""End-to-end: a few training steps on a tiny random model with the real sandbox; resume equals uninterrupted."""
+"""End-to-end through the Trainer's public API (train_step, train, save, resume) on a policy that learns.
 
-import dataclasses
+The policy is the shipped tiny model on the embedded arithmetic task: it calls the tool, answers, and is right
+about a third of the time, so groups have mixed outcomes, advantages are non-zero and updates move weights.
+Every test checks an effect (parameters that move or stay, files that load, numbers that match), never a config
+value read back. Where a test needs exact control of what the policy says (void turns, no answers), or only
+needs real updates to have something to save and export, a scripted sampler replaces the model's sampling
+(``_half_right``: half of each group right); the loss and the update still run through the tiny model.
+"""
+
 import json
+import re
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gtpo.config import ConfigError, from_dict
 from gtpo.eval_cli import EvalConfig, load_model
+from gtpo.generate import ScriptedSampler
 from gtpo.metrics import read_metrics
+from gtpo.policy import load_policy
+from gtpo.run.export import save_model_folder
+from gtpo.tiny.build import DEFAULT_MODEL_DIR
 from gtpo.trainer import Trainer
 
+SEED = 0
+ROLLOUT = {
+    "group_size": 4,
+    "problems_per_step": 2,
+    "max_turns": 2,
+    "max_new_tokens_per_turn": 32,
+    "max_total_tokens": 256,
+    "sandbox_workers": 2,
+}
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_tokenizer, tiny_model):
-    path = tmp_path_factory.mktemp("model")
-    tiny_model.save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return str(path)
 
-
-def _config(model_dir, out, **overrides):
+def _config(out, **overrides):
     base = {
-        "model": {"name_or_path": model_dir},
+        "model": {"name_or_path": "tiny"},
         "data": {"eval_limit": 4},
-        "rollout": {
-            "group_size": 2,
-            "problems_per_step": 2,
-            "max_turns": 2,
-            "max_new_tokens_per_turn": 12,
-            "max_total_tokens": 160,
-            "sandbox_workers": 2,
-        },
-        "optim": {"micro_batch_size": 3, "lr": 1e-3},
+        "rollout": dict(ROLLOUT),
         "steps": 2,
-        "eval_every": 2,
+        "eval_every": 0,
         "save_every": 1,
         "output_dir": str(out),
         "progress": False,
         "device": "cpu",
+        "seed": SEED,
+        "export": "none",
     }
     for key, value in overrides.items():
         base.setdefault(key, {}).update(value) if isinstance(value, dict) else base.__setitem__(key, value)
     return from_dict(base)
 
 
-def _train(config):
-    trainer = Trainer(config)
+def _train(config, **kwargs):
+    trainer = Trainer(config, **kwargs)
     try:
         trainer.train()
     finally:
@@ -54,20 +63,85 @@ def _train(config):
     return trainer
 
 
+def _params(model):
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+
+
+def _without_timings(record):
+    return {k: v for k, v in record.items() if not k.startswith("perf/")}
+
+
+def _half_right(tokenizer):
+    """Every other sample answers right (the answer worked out from the question here), the rest wrong: each
+    group of four has two of each, so the update has a real gradient without the model's own sampling."""
+    count = {"n": 0}
+
+    def respond(context: str, turn: int) -> str:
+        question = re.search(r"(What is .*?\?|Let x = .*?\?)<\|im_end\|>", context).group(1)
+        if question.startswith("Let x = "):
+            product, rest = question[len("Let x = ") :].split(". What is x")
+            expression = f"({product}){rest.rstrip('?')}"
+        else:
+            expression = question.removeprefix("What is ").rstrip("?")
+        count["n"] += 1
+        return f"\\boxed{{{eval(expression)}}}" if count["n"] % 2 else "\\boxed{-7}"
+
+    return ScriptedSampler(tokenizer, respond)
+
+
 @pytest.mark.parametrize("algo", ["gtpo", "grpo"])
-def test_smoke_run_logs_evaluates_and_checkpoints(model_dir, tmp_path, algo):
-    trainer = _train(_config(model_dir, tmp_path, algo={"algo": algo}))
+def test_an_update_on_mixed_rewards_moves_every_weight(tmp_path, algo):
+    trainer = Trainer(_config(tmp_path, algo={"algo": algo}))
+    try:
+        before = _params(trainer.policy)
+        metrics = trainer.train_step()
+    finally:
+        trainer.close()
+    assert 0 < metrics["reward/accuracy"] < 1  # mixed outcomes: the precondition of any learning signal
+    assert metrics["adv/abs_mean"] > 0 and metrics["optim/grad_norm"] > 0
+    # the run's sampler (the engine) gives the trainer's log-probs up to float noise: importance weights of 1
+    assert metrics["loss/is_mismatch_max"] < 1e-4 and metrics["loss/is_weight_mean"] == pytest.approx(1.0)
+    unchanged = [n for n, p in trainer.policy.named_parameters() if torch.equal(p, before[n])]
+    assert unchanged == []
+
+
+def test_a_run_evaluates_reports_and_leaves_a_model_that_from_pretrained_loads(tmp_path, shipped_tiny):
+    trainer = _train(_config(tmp_path, eval_every=2, export="merged"), sampler=_half_right(shipped_tiny[1]))
     records = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in records] == [0, 1, 2]
-    assert "eval/avg@1" in records[0] and "eval/avg@1" in records[-1]
-    for key in ("reward/accuracy", "loss/policy", "loss/clipfrac", "rollout/turns_mean", "perf/step_s"):
-        assert key in records[1]
-    assert records[1]["loss/ratio_mean"] == pytest.approx(1.0, abs=1e-5)  # first epoch: on-policy
-    # the HF sampler's log-probs are the trainer's (float noise): importance weights of 1
-    assert records[1]["loss/is_mismatch_max"] < 1e-4 and records[1]["loss/is_weight_mean"] == pytest.approx(1.0)
-    assert json.loads((tmp_path / "config.json").read_text())["algo"]["algo"] == algo
-    assert (tmp_path / "checkpoints" / "step_0000002" / "model.pt").exists()
-    assert trainer.step == 2
+    for record in (records[0], records[2]):
+        assert record["eval/ci95_low"] <= record["eval/avg@1"] <= record["eval/ci95_high"]
+    assert json.loads((tmp_path / "config.json").read_text())["resume"] is False
+
+    summary = (tmp_path / "summary.md").read_text()
+    start, end = records[0]["eval/avg@1"], records[2]["eval/avg@1"]
+    assert f"| held-out accuracy (avg@1) | {start:.3f} [" in summary and f"| {end - start:+.3f} |" in summary
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert {(s["step"], s["kind"]) for s in samples} == {(0, "heldout"), (2, "heldout"), (2, "train")}
+    group = [s for s in samples if s["kind"] == "train"]
+    assert len(group) == ROLLOUT["group_size"] and len({s["problem_id"] for s in group}) == 1
+    advantages = [turn["advantage"] for s in group for turn in s["turns"]]
+    assert sum(advantages) == pytest.approx(0.0, abs=1e-4)  # GTPO centers the pooled turn returns of a group
+    assert all("reward" in turn and "tool_output" in turn for s in group for turn in s["turns"])
+
+    # The final policy is a plain HF folder: same logits, same tokenizer and chat template.
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "model").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "What is 2 * 3?"}]
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert prompt == trainer.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = torch.tensor([tokenizer.encode(prompt + "```python\nprint(6)\n```")])
+    torch.testing.assert_close(_logits(exported, ids), _logits(trainer.policy, ids), rtol=0, atol=0)
+    shipped, _ = load_policy(str(DEFAULT_MODEL_DIR))
+    assert not torch.equal(_logits(shipped, ids), _logits(exported, ids))  # it is the trained policy
+
     # gtpo eval takes the run directory (its newest checkpoint) or one checkpoint, with the saved weights
     checkpoints = tmp_path / "checkpoints"
     for given, expected in ((tmp_path, "step_0000002"), (checkpoints / "step_0000001", "step_0000001")):
@@ -77,38 +151,118 @@ def test_smoke_run_logs_evaluates_and_checkpoints(model_dir, tmp_path, algo):
         assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
 
 
-def test_resume_after_interruption_matches_uninterrupted(model_dir, tmp_path):
-    full = _train(_config(model_dir, tmp_path / "full", steps=3, eval_every=0))
-    _train(_config(model_dir, tmp_path / "cut", steps=1, eval_every=0))  # "killed" after step 1
-    resumed = _train(_config(model_dir, tmp_path / "cut", steps=3, eval_every=0, resume=True))
+def test_lora_policy_exports_merged_or_as_adapter_with_the_same_logits(tmp_path, shipped_tiny):
+    from peft import PeftModel
+
+    trainer = Trainer(_config(tmp_path / "run", model={"lora_rank": 4}), sampler=_half_right(shipped_tiny[1]))
+    try:
+        trainer.train_step()  # LoRA's B starts at zero: after a real update the adapter changes the logits
+        merged = save_model_folder(trainer.model, trainer.tokenizer, tmp_path / "merged", lora="merged")
+        adapter = save_model_folder(trainer.model, trainer.tokenizer, tmp_path / "adapter", lora="adapter")
+    finally:
+        trainer.close()
+    ids = torch.tensor([trainer.tokenizer.encode("What is 12 * 34?```python\nprint(12 * 34)\n```")])
+    expected = _logits(trainer.policy, ids)
+    base = AutoModelForCausalLM.from_pretrained(DEFAULT_MODEL_DIR).eval()
+    assert not torch.allclose(_logits(base, ids), expected)
+    assert not (merged / "adapter_config.json").exists()
+    # merged: W + scale * B @ A in float32 rounds differently from x @ W + scale * (x @ A) @ B, ~2e-5 here
+    merged_logits = _logits(AutoModelForCausalLM.from_pretrained(merged).eval(), ids)
+    torch.testing.assert_close(merged_logits, expected, rtol=1e-4, atol=1e-4)
+    with_adapter = PeftModel.from_pretrained(base, adapter).eval()
+    torch.testing.assert_close(_logits(with_adapter, ids), expected)
+
+
+def test_resume_after_real_updates_equals_the_uninterrupted_run_bit_for_bit(tmp_path, capsys):
+    full = _train(_config(tmp_path / "full", steps=2))
+    _train(_config(tmp_path / "cut", steps=1))  # "killed" after step 1 (its checkpoint)
+    resumed = _train(_config(tmp_path / "cut", steps=2, resume=True))
+    assert "resuming" in capsys.readouterr().out
+    initial = _params(load_policy(str(DEFAULT_MODEL_DIR))[0])
+    moved = 0
     for (name, a), b in zip(full.policy.named_parameters(), resumed.policy.parameters(), strict=True):
-        torch.testing.assert_close(a, b, msg=name)
-    steps = [r["step"] for r in read_metrics(tmp_path / "cut" / "metrics.jsonl")]
-    assert steps == [1, 2, 3]
+        assert torch.equal(a, b), name
+        moved += not torch.equal(a, initial[name])
+    assert moved == len(initial)
     full_records = read_metrics(tmp_path / "full" / "metrics.jsonl")
     cut_records = read_metrics(tmp_path / "cut" / "metrics.jsonl")
-    assert [r["reward/mean"] for r in full_records] == [r["reward/mean"] for r in cut_records]
+    assert [r["step"] for r in cut_records] == [1, 2]
+    assert all(r["adv/abs_mean"] > 0 for r in full_records)  # every step had a learning signal
+    assert [_without_timings(r) for r in full_records] == [_without_timings(r) for r in cut_records]
 
 
-def test_resume_without_checkpoint_is_a_clear_error(model_dir, tmp_path):
-    with pytest.raises(ConfigError, match="no checkpoint"):
-        Trainer(_config(model_dir, tmp_path, resume=True))
+def _void_or_not(tokenizer):
+    """Step 1 of a two-group batch: group 1 answers (wrongly) on every sample, so its advantages are 0;
+    group 2 is all void trajectories (no code and no answer in some turn) with unequal turn rewards."""
+    position = {"turn0": 0}
+
+    def respond(context: str, turn: int) -> str:
+        if turn > 0:
+            return "let me think"  # after a tool call: a void turn
+        index = position["turn0"]
+        position["turn0"] += 1
+        if index < ROLLOUT["group_size"]:
+            return "\\boxed{-7}"  # every arith answer is positive: wrong, same reward in the whole group
+        return "let me think" if index % 2 == 0 else "```python\nprint(6 * 7)\n```"
+
+    return ScriptedSampler(tokenizer, respond)
 
 
-def test_fresh_run_into_an_earlier_run_is_refused_unless_overwrite(model_dir, tmp_path):
-    (tmp_path / "metrics.jsonl").write_text('{"step": 0}\n')
-    with pytest.raises(ConfigError, match="--overwrite"):
-        Trainer(_config(model_dir, tmp_path))
-    _train(_config(model_dir, tmp_path, steps=1, eval_every=0, overwrite=True))
-    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1]
-
-
-def test_filter_void_and_kl_paths_run(model_dir, tmp_path):
-    config = _config(model_dir, tmp_path, steps=1, eval_every=0, rollout={"filter_void": True}, algo={"kl_coef": 0.1})
-    trainer = Trainer(config)
+@pytest.mark.parametrize("filter_void", [True, False])
+def test_void_trajectories_leave_the_loss_when_filtered(tmp_path, shipped_tiny, filter_void):
+    _, tokenizer = shipped_tiny
+    config = _config(tmp_path, rollout={"filter_void": filter_void})
+    trainer = Trainer(config, sampler=_void_or_not(tokenizer))
     try:
+        before = _params(trainer.policy)
         metrics = trainer.train_step()
     finally:
         trainer.close()
-    assert "loss/kl_ref" in metrics and metrics["loss/kl_ref"] == pytest.approx(0.0, abs=1e-6)
-    assert dataclasses.asdict(config)["rollout"]["filter_void"] is True
+    assert metrics["rollout/void_rate"] == 0.5 and metrics["adv/abs_mean"] > 0
+    moved = any(not torch.equal(p, before[n]) for n, p in trainer.policy.named_parameters())
+    assert moved is not filter_void  # filtered: only the zero-advantage group is left, so no weight moves
+
+
+def test_kl_penalty_measures_the_distance_from_the_frozen_reference(tmp_path, shipped_tiny):
+    _, tokenizer = shipped_tiny
+    config = _config(tmp_path, algo={"kl_coef": 0.1}, optim={"lr": 1e-3})
+    trainer = Trainer(config, sampler=_half_right(tokenizer))
+    try:
+        first, second = trainer.train_step(), trainer.train_step()
+    finally:
+        trainer.close()
+    assert first["reward/accuracy"] == 0.5 and first["adv/abs_mean"] > 0
+    assert first["loss/kl_ref"] == pytest.approx(0.0, abs=1e-7)  # the policy still is the reference
+    assert second["loss/kl_ref"] > 1e-6  # one update later it has moved away; the reference has not
+
+
+def test_a_run_without_learning_signal_warns_once(tmp_path, shipped_tiny, capsys):
+    _, tokenizer = shipped_tiny
+    _train(_config(tmp_path, steps=3), sampler=ScriptedSampler(tokenizer, lambda context, turn: "let me think"))
+    err = capsys.readouterr().err
+    assert err.count("warning: no trajectory gave a final \\boxed{} answer in steps 1-3") == 1
+    assert err.count("warning: 100% of trajectories in steps 1-3 had a void turn") == 1
+    assert "no trajectory gave a final" in (tmp_path / "summary.md").read_text()
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        Trainer(_config(tmp_path, resume=True))
+
+
+def test_fresh_run_into_an_earlier_run_is_refused_unless_overwrite(tmp_path, shipped_tiny):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0}\n')
+    (tmp_path / "summary.md").write_text("an earlier run's summary")
+    with pytest.raises(ConfigError, match="--overwrite"):
+        Trainer(_config(tmp_path))
+    _train(_config(tmp_path, steps=1, overwrite=True), sampler=_half_right(shipped_tiny[1]))
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1]
+    assert "an earlier run" not in (tmp_path / "summary.md").read_text()
+
+
+def test_resume_of_a_finished_run_changes_nothing(tmp_path, capsys, shipped_tiny):
+    _train(_config(tmp_path, steps=1), sampler=_half_right(shipped_tiny[1]))
+    files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    trainer = _train(_config(tmp_path, steps=1, resume=True))
+    assert trainer.finished and "already finished" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files

@@ -14,6 +14,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,21 +34,66 @@ def checkpoint_root(run_dir: str | Path) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR
 
 
-def claim_run_dir(run_dir: str | Path, resume: bool, overwrite: bool) -> None:
-    """Make ``run_dir`` ready for a run: a fresh run must not append to an earlier run's metrics or leave its
-    checkpoints beside its own (a later --resume would pick them up). Raises unless ``resume`` or ``overwrite``."""
+def check_run_dir(run_dir: str | Path, resume: bool, overwrite: bool) -> None:
+    """Refuse, before anything slow and without changing anything, a ``run_dir`` that holds an earlier run
+    (unless ``resume`` or ``overwrite``) or that cannot be written in. Raises ``ConfigError``."""
     run_dir = Path(run_dir)
-    earlier = [p for p in (run_dir / METRICS_FILE, checkpoint_root(run_dir)) if p.exists()]
-    if resume or not earlier:
+    _check_writable(run_dir)
+    if resume or overwrite:
         return
-    if not overwrite:
+    earlier = _earlier_run(run_dir)
+    if earlier:
         found = ", ".join(p.name for p in earlier)
         raise ConfigError(
             f"output_dir {run_dir} already holds a run ({found}): pass --resume to continue it, --overwrite to "
             "delete it and start over, or choose another --output-dir"
         )
-    for path in earlier:
+
+
+def claim_run_dir(run_dir: str | Path, resume: bool, overwrite: bool, extra: Sequence[str] = ()) -> None:
+    """Make ``run_dir`` ready for a run: a fresh run must not append to an earlier run's metrics or leave its
+    checkpoints beside its own (a later --resume would pick them up). Raises unless ``resume`` or ``overwrite``;
+    with ``overwrite`` deletes the earlier run's metrics, checkpoints and the ``extra`` names (its reports)."""
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir, resume, overwrite)
+    if resume:
+        return
+    for path in [*_earlier_run(run_dir), *(run_dir / name for name in extra if (run_dir / name).exists())]:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _earlier_run(run_dir: Path) -> list[Path]:
+    """What marks an earlier run: metrics it logged (an empty file is none) and its checkpoints."""
+    metrics, checkpoints = run_dir / METRICS_FILE, checkpoint_root(run_dir)
+    found = [metrics] if metrics.is_file() and metrics.stat().st_size > 0 else []
+    return found + ([checkpoints] if checkpoints.exists() else [])
+
+
+def _check_writable(run_dir: Path) -> None:
+    """The run directory, or the nearest folder above it that exists, must be a folder this process can write."""
+    existing = run_dir.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"output_dir {run_dir}: {existing} is a file, not a folder; choose another --output-dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        reason = "read-only file system" if _read_only_mount(existing) else "permission denied"
+        raise ConfigError(f"output_dir {run_dir}: cannot write in {existing} ({reason}); choose another --output-dir")
+
+
+def _read_only_mount(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def checkpoint_step(run_dir: str | Path) -> int | None:
+    """The step of the newest complete checkpoint of a run, or None (read without loading anything)."""
+    path = latest_checkpoint(run_dir)
+    if path is None:
+        return None
+    return int(json.loads((path / "trainer_state.json").read_text())["step"])
 
 
 def rng_state() -> dict[str, Any]:

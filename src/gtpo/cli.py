@@ -1,14 +1,25 @@
-"""The ``gtpo`` command: train, compare, eval, demo, build-tiny.
+"""The ``gtpo`` command: train, compare, eval, export, demo, build-tiny.
 
 ``gtpo train --help`` documents every config field (from the dataclass docstrings in ``gtpo.config``).
 A preset file is applied first (``--preset NAME_OR_PATH``), then the flags. This module parses and
 dispatches; it holds no training logic.
+
+Failures a user can fix (a bad flag value, a missing or malformed file, a folder that cannot be written) print
+one line naming the field and the fix and exit with code 2, never a traceback. Ctrl-C / SIGTERM during training
+write a checkpoint and print how to resume (exit 130 / 143); a closed pipe (``gtpo train --help | head``) ends
+quietly.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: tyro reads the annotations of the option classes built inside the
+# commands, which name types imported there.
+import dataclasses
+import os
+import shlex
+import signal
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 USAGE = """usage: gtpo COMMAND [options]
 
@@ -16,62 +27,123 @@ commands:
   train       train a policy with GTPO (default) or GRPO; no options = the embedded default on CPU
   compare     GTPO vs GRPO and ablations on the same seeds/data; writes a table and plots
   eval        score a model or checkpoint on benchmarks with tool use
+  export      write a run's policy (or any checkpoint's) as a Hugging Face model folder
   demo        print a worked example of GTPO and GRPO credit assignment on one group
   build-tiny  rebuild the shipped tiny model (tokenizer + SFT warm start)
 
 `gtpo COMMAND --help` explains each command's options.
 """
+PRESET_HELP = "A YAML preset applied first, then the flags over it: a shipped name ({names}) or a file path."
+COMPARE_DIR = "runs/compare"
 
 
-def _train_config(argv: list[str], description: str, prog: str):
-    """Parse a TrainConfig: optional ``--preset`` first, then tyro flags over it."""
+def _shipped_presets() -> str:
+    from gtpo.config import PRESET_DIR
+
+    return ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+
+
+def _split_preset(argv: list[str]) -> tuple[str | None, list[str]]:
+    """``--preset X`` (or ``--preset=X``) is applied before tyro parses the rest, so it can set the defaults."""
+    from gtpo.config import ConfigError
+
+    rest = list(argv)
+    for i, arg in enumerate(rest):
+        if arg.startswith("--preset="):
+            return arg.split("=", 1)[1], rest[:i] + rest[i + 1 :]
+        if arg == "--preset":
+            if i + 1 >= len(rest) or rest[i + 1].startswith("--"):
+                raise ConfigError(f"--preset needs a value: a shipped preset ({_shipped_presets()}) or a YAML path")
+            return rest[i + 1], rest[:i] + rest[i + 2 :]
+    return None, rest
+
+
+def _parse(argv: list[str], description: str, prog: str, extra: Any = None, **defaults: Any):
+    """A TrainConfig from ``--preset`` and the flags, plus the command's own options (``extra``, a dataclass
+    type with its other options), all listed in ``--help`` with their true defaults; ``defaults`` are this
+    command's own defaults for TrainConfig fields (under the preset's values and the flags)."""
     import tyro
 
-    from gtpo.config import ConfigError, TrainConfig, load_preset
+    from gtpo.config import TrainConfig, load_preset
 
-    base = TrainConfig()
-    rest = list(argv)
-    if "--preset" in rest:
-        i = rest.index("--preset")
-        if i + 1 >= len(rest):
-            raise ConfigError("--preset needs a value: a shipped preset name or a YAML path")
-        base = load_preset(rest[i + 1])
-        del rest[i : i + 2]
-    return tyro.cli(TrainConfig, default=base, args=rest, description=description, prog=prog), rest
+    given, rest = _split_preset(argv)
+    base = dataclasses.replace(TrainConfig(), **defaults)
+    base = load_preset(given, base) if given else base
+    preset_doc = PRESET_HELP.format(names=_shipped_presets())
+
+    @dataclass
+    class Args(extra or object):  # type: ignore[misc]
+        config: Annotated[TrainConfig, tyro.conf.arg(name="")] = field(default_factory=lambda: base)
+        preset: Annotated[str | None, tyro.conf.arg(help=preset_doc, metavar="NAME_OR_PATH")] = given
+
+    return tyro.cli(Args, args=rest, description=description, prog=prog)
+
+
+def _resume_hint(argv: list[str]) -> str:
+    kept = [a for a in argv if a not in ("--resume", "--overwrite")]
+    return "gtpo train " + " ".join([*map(shlex.quote, kept), "--resume"])
 
 
 def train(argv: list[str]) -> None:
-    config, _ = _train_config(argv, "Train with GTPO or GRPO. Flags override --preset NAME_OR_PATH.", "gtpo train")
+    args = _parse(argv, "Train with GTPO or GRPO. Flags override --preset NAME_OR_PATH.", "gtpo train")
+    config = args.config
+    from gtpo.checkpoint import checkpoint_step
+
+    if config.resume and (step := checkpoint_step(config.output_dir)) is not None and step >= config.steps:
+        print(
+            f"gtpo train: {config.output_dir} is already finished (its checkpoint is at step {step} of "
+            f"{config.steps}); nothing to do, nothing changed. Raise --steps to train further."
+        )
+        return
+    _quiet_transformers()
+    from gtpo.run.stop import TrainingStopped
     from gtpo.trainer import Trainer
 
-    trainer = Trainer(config)
+    trainer = Trainer(config)  # a Ctrl-C while it loads leaves nothing: the run folder is made last
     try:
-        metrics = trainer.train()
+        try:
+            trainer.train()
+        except KeyboardInterrupt:  # before train() took over Ctrl-C: as a stop before the first step
+            raise trainer.recorder.stopped(signal.SIGINT, trainer.step, progressed=False) from None
+    except TrainingStopped as stopped:
+        if stopped.checkpoint:
+            print(f"gtpo train: {stopped}\nto continue: {_resume_hint(argv)}", file=sys.stderr)
+        else:
+            print(f"gtpo train: {stopped}; the run left no files", file=sys.stderr)
+        sys.exit(stopped.exit_code)
     finally:
         trainer.close()
-    keys = [k for k in metrics if k.startswith(("reward/accuracy", "eval/"))]
-    print("final: " + ", ".join(f"{k}={metrics[k]:.3f}" for k in keys))
-    print(f"run directory: {config.output_dir}")
 
 
 def compare(argv: list[str]) -> None:
-    from gtpo.compare import VARIANTS, run_comparison
-    from gtpo.trainer import Trainer
+    import tyro
 
-    variants = list(VARIANTS)
-    if "--variants" in argv:
-        i = argv.index("--variants")
-        variants = argv[i + 1].split(",")
-        argv = argv[:i] + argv[i + 2 :]
-    if "--output-dir" not in argv and "--output_dir" not in argv:
-        argv = [*argv, "--output-dir", "runs/compare"]
-    config, _ = _train_config(
+    from gtpo.compare import VARIANTS, run_comparison
+    from gtpo.config import ConfigError
+
+    known = ", ".join(VARIANTS)
+
+    @dataclass
+    class Options:
+        variants: Annotated[str, tyro.conf.arg(help=f"Comma-separated variants to run; known: {known}.")] = ",".join(
+            VARIANTS
+        )
+
+    args = _parse(
         argv,
-        "Run GTPO, GRPO and ablations on the same seeds/data (choose with --variants a,b,...; known: "
-        + ", ".join(VARIANTS)
-        + "). Other flags set the shared base config.",
+        "Run GTPO, GRPO and ablations on the same seeds/data, one run each under --output-dir; the other flags "
+        "set the shared base config.",
         "gtpo compare",
+        extra=Options,
+        output_dir=COMPARE_DIR,
+        export="none",  # one model folder per variant is rarely wanted; --export merged writes them
     )
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise ConfigError(f"--variants: unknown variant(s) {', '.join(unknown) or '(none given)'}; known: {known}")
+    _quiet_transformers()
+    from gtpo.trainer import Trainer
 
     def train_one(cfg) -> None:
         print(f"== {Path(cfg.output_dir).name}", flush=True)
@@ -81,40 +153,101 @@ def compare(argv: list[str]) -> None:
         finally:
             trainer.close()
 
-    root = Path(config.output_dir)
-    run_comparison(config, variants, root, train_one)
+    root = Path(args.config.output_dir)
+    run_comparison(args.config, variants, root, train_one)
     print((root / "compare.md").read_text())
-    print(f"plots: {root / 'compare.png'}")
+    print(f"table: {root / 'compare.md'}, plots: {root / 'compare.png'}")
+
+
+EXPORT_HELP = (
+    "Write a gtpo run's policy as a Hugging Face model folder (config, safetensors, tokenizer, chat template) that "
+    "AutoModelForCausalLM.from_pretrained, vLLM and verl load."
+)
+
+
+def export(argv: list[str]) -> None:
+    import tyro
+
+    from gtpo.config import ConfigError
+
+    @dataclass
+    class Args:
+        source: tyro.conf.Positional[str]
+        """A run directory (runs/NAME: its newest checkpoint) or one checkpoint (runs/NAME/checkpoints/step_N)."""
+        output: str | None = None
+        """The folder to write (default: RUN/model, or RUN/model-step_N for an older checkpoint)."""
+        lora: Literal["merged", "adapter"] = "merged"
+        """A LoRA run: "merged" folds the adapter into the weights (a plain model); "adapter" writes only the peft
+        adapter, to load on top of the base model. Full fine-tunes are always written whole."""
+
+    args = tyro.cli(Args, args=argv, prog="gtpo export", description=EXPORT_HELP)
+    if args.output and Path(args.output).exists() and not Path(args.output).is_dir():
+        raise ConfigError(f"--output {args.output} is a file; give a folder to write the model into")
+    _quiet_transformers()
+    from gtpo.run.export import export_checkpoint
+
+    out = export_checkpoint(args.source, args.output, lora=args.lora)
+    print(f"gtpo export: wrote {out} (AutoModelForCausalLM.from_pretrained({str(out)!r}) loads it)")
+
+
+def _quiet_transformers() -> None:
+    """No per-file progress bars from transformers ("Loading weights", "Writing model shards")."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        _dispatch(argv)
+    except BrokenPipeError:
+        # The reader went away (`gtpo train --help | head`): stop writing, quietly, as other CLI tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(141)
+
+
+def _dispatch(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return
     command, rest = argv[0], argv[1:]
     from gtpo.config import ConfigError
 
+    commands = {"train": train, "compare": compare, "export": export, "eval": _eval, "demo": _demo}
+    commands["build-tiny"] = _build_tiny
+    if command not in commands:
+        print(f"gtpo: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        sys.exit(2)
     try:
-        if command == "train":
-            train(rest)
-        elif command == "compare":
-            compare(rest)
-        elif command == "eval":
-            from gtpo.eval_cli import main as eval_main
-
-            eval_main(rest)
-        elif command == "demo":
-            from gtpo.demo import main as demo_main
-
-            demo_main()
-        elif command == "build-tiny":
-            from gtpo.tiny.build import main as build_main
-
-            build_main(rest)
-        else:
-            print(f"gtpo: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
-            sys.exit(2)
+        commands[command](rest)
     except ConfigError as err:
         print(f"gtpo {command}: {err}", file=sys.stderr)
         sys.exit(2)
+    except ImportError as err:
+        if "pip install" not in str(err):  # ours name the extra to install; anything else is a bug to see
+            raise
+        print(f"gtpo {command}: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"\ngtpo {command}: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def _eval(argv: list[str]) -> None:
+    from gtpo.eval_cli import main as eval_main
+
+    eval_main(argv)
+
+
+def _demo(argv: list[str]) -> None:
+    from gtpo.demo import main as demo_main
+
+    demo_main()
+
+
+def _build_tiny(argv: list[str]) -> None:
+    from gtpo.tiny.build import main as build_main
+
+    build_main(argv)

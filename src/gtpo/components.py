@@ -60,12 +60,34 @@ def model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def check_model_source(name_or_path: str) -> None:
+    """Refuse at once, before anything slow, a model that is clearly a local path and is not there.
+
+    A name whose first part is an existing local folder (``models/qwen``, ``./out``, ``/data/m``) is a path; a
+    name like ``Qwen/Qwen2.5-Math-1.5B`` whose first part is not a local folder is left to the Hub."""
+    if name_or_path == TINY:
+        return
+    path = Path(name_or_path).expanduser()
+    fix = "give a local model folder (config.json, weights, tokenizer), 'tiny' for the shipped model, or a Hub name"
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model.name_or_path {name_or_path!r} has no config.json; {fix}")
+        return
+    first = Path(*path.parts[:1]) if path.parts else path
+    if name_or_path.startswith((".", "/", "~")) or (len(path.parts) > 1 and first.is_dir()):
+        raise ConfigError(f"model.name_or_path {name_or_path!r}: no such folder; {fix}")
+
+
 def build_policy(cfg: ModelConfig, device: torch.device) -> tuple[torch.nn.Module, Any]:
     """Load the trainable policy (optionally wrapped with LoRA) and its tokenizer."""
     from gtpo.policy import check_packed_logprobs, compile_layers, load_policy
 
+    check_model_source(cfg.name_or_path)
     dtype = resolve_dtype(cfg.dtype)
-    model, tokenizer = load_policy(model_path(cfg.name_or_path), dtype=dtype, device=device)
+    try:
+        model, tokenizer = load_policy(model_path(cfg.name_or_path), dtype=dtype, device=device)
+    except OSError as err:  # load_policy's message names the field and the fix; the CLI prints it in one line
+        raise ConfigError(str(err).splitlines()[0]) from err
     check_packed_logprobs(model)
     if cfg.gradient_checkpointing:  # takes effect in the update (gtpo.policy.checkpointing_active)
         enable_checkpointing(model)
@@ -169,7 +191,7 @@ def load_train_problems(cfg: DataConfig, seed: int) -> list[Problem]:
         from gtpo.tasks.arith import train_problems
 
         return train_problems(seed=seed)
-    return _load(cfg.train, cfg, cfg.split)
+    return _load(cfg.train, cfg, cfg.split, "data.train")
 
 
 def load_eval_problems(cfg: DataConfig) -> list[Problem]:
@@ -182,16 +204,19 @@ def load_eval_problems(cfg: DataConfig) -> list[Problem]:
     else:
         from gtpo.data import BENCHMARKS, load_benchmark
 
-        problems = load_benchmark(cfg.eval) if cfg.eval in BENCHMARKS else _load(cfg.eval, cfg, "test")
+        problems = load_benchmark(cfg.eval) if cfg.eval in BENCHMARKS else _load(cfg.eval, cfg, "test", "data.eval")
     return problems[: cfg.eval_limit] if cfg.eval_limit else problems
 
 
-def _load(source: str, cfg: DataConfig, split: str) -> list[Problem]:
-    from gtpo.data import load_problems
+def _load(source: str, cfg: DataConfig, split: str, field: str) -> list[Problem]:
+    from gtpo.data import DataError, load_problems
 
     if not Path(source).exists() and "/" not in source:
         raise ConfigError(
-            f"data source {source!r} is neither an existing file nor an HF dataset name (owner/name); "
-            "use 'arith', a .jsonl/.parquet path, or a dataset name"
+            f"{field} {source!r} is neither an existing file nor an HF dataset name (owner/name); "
+            "use 'arith', a .jsonl/.json/.parquet path, or a dataset name"
         )
-    return load_problems(source, question_field=cfg.question_field, answer_field=cfg.answer_field, split=split)
+    try:
+        return load_problems(source, question_field=cfg.question_field, answer_field=cfg.answer_field, split=split)
+    except DataError as err:
+        raise DataError(f"{field}: {err}") from err

@@ -235,7 +235,12 @@ class TrainConfig:
     strategy: Literal["ddp", "fsdp"] = "ddp"
     """Data parallelism under torchrun: DDP (all weights on every rank) or FSDP2 (sharded; large models)."""
     progress: bool = True
-    """Show a progress bar with reward and accuracy."""
+    """Show progress bars (the step-0 evaluation, then the steps); evaluation lines and the summary print
+    either way."""
+    export: Literal["merged", "adapter", "none"] = "merged"
+    """At the end, write the final policy to output_dir/model as a Hugging Face folder (config, safetensors,
+    tokenizer, chat template) that from_pretrained loads. With LoRA, "merged" folds the adapter into the
+    weights and "adapter" saves only the peft adapter (for the base model); "none" writes nothing."""
 
 
 def to_dict(config: TrainConfig) -> dict[str, Any]:

@@ -29,6 +29,8 @@ class Credit:
     accuracy_values: list[float]
     """Per trajectory acc after shaping (1/0 without shaping)."""
     metrics: dict[str, float]
+    turn_rewards: torch.Tensor | None = None
+    """[B, K]: GTPO's turn rewards; GRPO's trajectory reward on every turn (what each turn was credited with)."""
 
 
 @dataclass
@@ -122,4 +124,5 @@ def assign_credit(
         "reward/shaped_mean": sum(shaped) / len(shaped) if shaped else 0.0,
         "adv/abs_mean": valid_adv.abs().mean().item() if valid_adv.numel() else 0.0,
     }
-    return Credit(turn_adv, traj_rewards, acc, metrics)
+    shown = rewards_bk if algo == "gtpo" else torch.where(turn_mask, traj_rewards[:, None], torch.zeros(()))
+    return Credit(turn_adv, traj_rewards, acc, metrics, turn_rewards=shown)

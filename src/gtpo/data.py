@@ -20,9 +20,21 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from gtpo.config import ConfigError
 from gtpo.types import Problem
 
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
+Located = tuple[str, Any]
+"""(where, row): ``where`` names the row as a person finds it: ``file.jsonl:3`` (lines count from 1, as editors
+show them) or ``file.parquet: row 3`` (rows count from 1 too)."""
+
+
+class DataError(ConfigError):
+    """A data source cannot be read as problems; the message names the file, the line or row, and the fix.
+
+    A ``ConfigError`` (so ``gtpo`` prints it as one line and exits 2) and hence a ``ValueError``."""
+
+
 _INTEGRAL_DECIMAL = re.compile(r"[+-]?\d+\.0*")
 _THOUSANDS = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 
@@ -115,7 +127,7 @@ def load_problems(
     name, so they are stable across epochs and runs. ``split`` applies to HF datasets only.
     """
     name = Path(source).stem if source.endswith(FILE_SUFFIXES) else source
-    rows = read_rows(source, split=split, limit=limit)
+    rows = _read_located(source, split=split, limit=limit)
     hint = {
         question_field: "set question_field (--data.question-field) to the column holding the question",
         answer_field: "set answer_field (--data.answer-field) to the column holding the answer",
@@ -131,11 +143,11 @@ def load_benchmark(name: str, path: str | None = None, limit: int | None = None)
         raise ValueError(f"unknown benchmark {name!r}; known benchmarks: {', '.join(sorted(BENCHMARKS))}")
     spec = BENCHMARKS[name]
     source = path if path is not None else spec.hf_name
-    rows = read_rows(source, split=spec.split, limit=limit, hf_config=spec.hf_config)
+    rows = _read_located(source, split=spec.split, limit=limit, hf_config=spec.hf_config)
     columns = ", ".join((*spec.question_fields, spec.answer_field))
     fix = f"a {name} file needs the columns of {spec.hf_name} ({columns})"
     hint = {field: fix for field in (*spec.question_fields, spec.answer_field)}
-    id_field = spec.id_field if rows and spec.id_field in rows[0] else None
+    id_field = spec.id_field if rows and spec.id_field in rows[0][1] else None
     return _problems(rows, source, name, spec.question_fields, spec.answer_field, id_field, spec.normalize, hint)
 
 
@@ -143,47 +155,77 @@ def read_rows(
     source: str, split: str = "train", limit: int | None = None, hf_config: str | None = None
 ) -> list[dict[str, Any]]:
     """Rows (column -> value) of a local file, by suffix, or of an HF dataset split; at most ``limit``."""
+    return [row for _, row in _read_located(source, split, limit, hf_config)]
+
+
+def _read_located(
+    source: str, split: str = "train", limit: int | None = None, hf_config: str | None = None
+) -> list[Located]:
+    """``read_rows`` with where each row came from; a file without rows is an error (nothing to train on)."""
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0 or None, got {limit}")
     path = Path(source)
     if source.endswith(FILE_SUFFIXES) or path.exists():
+        if path.is_dir():
+            raise DataError(f"{source} is a directory; give a .jsonl, .json or .parquet file")
         if not path.is_file():
-            raise FileNotFoundError(f"data file {source!r} does not exist")
+            raise DataError(f"{source}: no such file; check the path (relative paths start from {Path.cwd()})")
         rows = _read_file(path)
+        if not rows:
+            raise DataError(
+                f"{source}: the file has no rows; it needs one problem per row with a question and an answer"
+            )
     else:
-        rows = _read_hf(source, split, hf_config)
+        rows = [(f"{source} ({split}): row {i}", row) for i, row in enumerate(_read_hf(source, split, hf_config), 1)]
     return rows if limit is None else rows[:limit]
 
 
-def _read_file(path: Path) -> list[dict[str, Any]]:
+def _read_file(path: Path) -> list[Located]:
+    try:
+        text = path.read_text(encoding="utf-8") if path.suffix != ".parquet" else ""
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8") from err
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err.strerror})") from err
     if path.suffix == ".jsonl":
         rows = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, line in enumerate(text.splitlines(), start=1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    rows.append((f"{path}:{number}", json.loads(line)))
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from err
+                    raise DataError(
+                        f"{path}:{number}: not valid JSON ({err.msg}, column {err.colno}); "
+                        'each line must be one JSON object such as {"question": ..., "answer": ...}'
+                    ) from err
     elif path.suffix == ".json":
         try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
+            items = json.loads(text) if text.strip() else []
         except json.JSONDecodeError as err:
-            raise ValueError(
-                f"{path}: not valid JSON ({err.msg}); a file with one object per line needs the .jsonl suffix"
+            raise DataError(
+                f"{path}:{err.lineno}: not valid JSON ({err.msg}, column {err.colno}); a file with one object per "
+                "line needs the .jsonl suffix"
             ) from err
-        if not isinstance(rows, list):
-            raise ValueError(f"{path}: expected a JSON list of objects, got {type(rows).__name__}")
+        if not isinstance(items, list):
+            raise DataError(f"{path}: expected a JSON list of objects, got {type(items).__name__}")
+        rows = [(f"{path}: item {i}", row) for i, row in enumerate(items, start=1)]
     elif path.suffix == ".parquet":
         try:
             import pyarrow.parquet as pq
         except ImportError as err:
             raise ImportError("reading parquet needs pyarrow: pip install 'gtpo[data]'") from err
-        rows = pq.read_table(path).to_pylist()
+        try:
+            table = pq.read_table(path)
+        except Exception as err:  # pyarrow raises its own error types for a damaged file
+            raise DataError(f"{path}: not a readable parquet file ({err})") from err
+        rows = [(f"{path}: row {i}", row) for i, row in enumerate(table.to_pylist(), start=1)]
     else:
-        raise ValueError(f"{path}: unsupported file type; use one of {', '.join(FILE_SUFFIXES)}")
-    for number, row in enumerate(rows):
+        raise DataError(f"{path}: unsupported file type; use one of {', '.join(FILE_SUFFIXES)}")
+    for where, row in rows:
         if not isinstance(row, dict):
-            raise ValueError(f"{path}: row {number} is {type(row).__name__}, expected an object")
+            raise DataError(
+                f"{where}: a JSON {type(row).__name__}, where an object with the question and answer is expected"
+            )
     return rows
 
 
@@ -198,7 +240,7 @@ def _read_hf(name: str, split: str, config: str | None) -> list[dict[str, Any]]:
 
 
 def _problems(
-    rows: Iterable[Mapping[str, Any]],
+    rows: Iterable[Located],
     source: str,
     name: str,
     question_fields: tuple[str, ...],
@@ -208,26 +250,30 @@ def _problems(
     hint: Mapping[str, str],
 ) -> list[Problem]:
     problems: list[Problem] = []
-    seen_ids: set[str] = set()
-    for index, row in enumerate(rows):
+    seen_ids: dict[str, str] = {}
+    for index, (where, row) in enumerate(rows):
         for field in (*question_fields, answer_field, *([id_field] if id_field else [])):
             if field not in row:
-                raise ValueError(
-                    f"{source}: row {index} has no column {field!r}; available columns: "
-                    f"{', '.join(sorted(row))}. Fix: {hint.get(field, 'add the column to every row')}"
+                raise DataError(
+                    f"{where}: no column {field!r}; this row has: {', '.join(sorted(row)) or 'nothing'}. "
+                    f"Fix: {hint.get(field, 'add the column to every row')}"
                 )
         question = " ".join(str(row[field]).strip() for field in question_fields)
         if not question:
-            raise ValueError(f"{source}: row {index} has an empty question in {question_fields}")
+            raise DataError(f"{where}: empty question in {', '.join(question_fields)}; every row needs one")
+        if row[answer_field] is None:
+            raise DataError(f"{where}: the answer ({answer_field!r}) is null; every row needs a reference answer")
         try:
             answer = normalize(row[answer_field])
         except ValueError as err:
-            raise ValueError(f"{source}: row {index}, column {answer_field!r}: {err}") from err
+            raise DataError(f"{where}, column {answer_field!r}: {err}") from err
         if not answer:
-            raise ValueError(f"{source}: row {index} has an empty answer in column {answer_field!r}")
+            raise DataError(f"{where}: empty answer in column {answer_field!r}; every row needs a reference answer")
         problem_id = f"{name}-{row[id_field] if id_field else index}"
         if problem_id in seen_ids:
-            raise ValueError(f"{source}: duplicate id {problem_id!r} at row {index}; ids must be unique")
-        seen_ids.add(problem_id)
+            raise DataError(
+                f"{where}: duplicate id {problem_id!r} (first at {seen_ids[problem_id]}); ids must be unique"
+            )
+        seen_ids[problem_id] = where
         problems.append(Problem(id=problem_id, question=question, answer=answer, source=name))
     return problems

@@ -7,6 +7,7 @@ directory; ``--compare A B`` prints two such directories side by side with the p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +15,11 @@ from pathlib import Path
 import torch
 
 from gtpo import components
-from gtpo.checkpoint import latest_checkpoint
-from gtpo.config import ConfigError, DataConfig, ModelConfig, RolloutConfig, from_dict
+from gtpo.config import ConfigError, DataConfig, ModelConfig, RolloutConfig
 from gtpo.data import BENCHMARKS, load_benchmark, load_problems
-from gtpo.eval_report import compare_runs, markdown_table, write_results
+from gtpo.eval_report import RESULTS, compare_runs, markdown_table, write_results
 from gtpo.evaluate import EvalReport, evaluate_problems
+from gtpo.run.export import load_checkpoint_policy, resolve_checkpoint
 from gtpo.types import ExecResult, Problem
 
 NO_TOOL_PROMPT = "Solve the problem step by step. Put the final answer in \\boxed{}."
@@ -45,14 +46,17 @@ class EvalConfig:
     """At most this many problems per benchmark (0 = all)."""
     k: int = 1
     """Samples per problem (avg@k, pass@k); k > 1 needs temperature > 0."""
-    temperature: float = 0.0
-    """Sampling temperature; 0 = greedy."""
-    max_turns: int = 5
-    """Turn cap (SimpleTIR evaluates with 10)."""
-    max_new_tokens_per_turn: int = 512
-    """Token cap per model message."""
-    max_total_tokens: int = 4096
-    """Cap on prompt + turns + tool outputs."""
+    temperature: float | None = None
+    """Sampling temperature; 0 = greedy. Unset: as the model was trained (a --checkpoint's run settings; the
+    embedded default's 1.0 for "tiny"), else greedy for k = 1 and 1.0 for k > 1."""
+    max_turns: int | None = None
+    """Turn cap (SimpleTIR evaluates with 10). Unset: the run's (--checkpoint) or the embedded default's (tiny),
+    else 5."""
+    max_new_tokens_per_turn: int | None = None
+    """Token cap per model message. Unset: the run's (--checkpoint) or the embedded default's 96 (tiny), else 512."""
+    max_total_tokens: int | None = None
+    """Cap on prompt + turns + tool outputs. Unset: the run's (--checkpoint) or the embedded default's 512
+    (tiny), else 4096."""
     no_tools: bool = False
     """Score without the tool: one turn, no code is executed."""
     system_prompt: str | None = None
@@ -84,24 +88,47 @@ class NoToolExecutor:
         return None
 
 
+GENERIC_LIMITS = {"max_turns": 5, "max_new_tokens_per_turn": 512, "max_total_tokens": 4096}
+"""Turn and token caps for a model gtpo did not train: room for a real model's reasoning."""
+
+
 def load_model(cfg: EvalConfig, device: torch.device) -> tuple[torch.nn.Module, object, str]:
     """(model, tokenizer, model name): from --checkpoint (its run's base + trained weights) or --model."""
     if cfg.checkpoint is None:
         model, tokenizer = components.build_policy(ModelConfig(name_or_path=cfg.model), device)
         return model.eval(), tokenizer, cfg.model
-    path = Path(cfg.checkpoint)
-    if (path / "config.json").exists():  # a run directory: take its newest complete checkpoint
-        path = latest_checkpoint(path) or path
-    run_config = path.parent.parent / "config.json"
-    if not (path / "model.pt").exists() or not run_config.exists():
-        raise ConfigError(
-            f"--checkpoint {cfg.checkpoint}: expected a run directory with a finished checkpoint (runs/NAME) or "
-            "one of its checkpoints (runs/NAME/checkpoints/step_0000060) with model.pt and the run's config.json"
-        )
-    model_cfg = from_dict(json.loads(run_config.read_text())).model
-    model, tokenizer = components.build_policy(model_cfg, device)
-    model.load_state_dict(torch.load(path / "model.pt", map_location=device, weights_only=True))
-    return model.eval(), tokenizer, f"{model_cfg.name_or_path}@{path.name}"
+    return load_checkpoint_policy(resolve_checkpoint(cfg.checkpoint), device)
+
+
+def resolve_settings(cfg: EvalConfig) -> tuple[EvalConfig, str]:
+    """Fill the unset sampling settings as the model was trained to sample, and say where they came from.
+
+    A checkpoint's run samples as its config says; the shipped tiny model as the embedded default trains it
+    (temperature 1.0, 96 tokens a turn: greedy decoding or 512-token turns are not what it learned). A model
+    gtpo did not train gets greedy decoding (k = 1) or temperature 1.0 (k > 1) and generous caps."""
+    if cfg.checkpoint is not None:
+        run_config = resolve_checkpoint(cfg.checkpoint, "--checkpoint").parent.parent / "config.json"
+        rollout = RolloutConfig(**_known(json.loads(run_config.read_text()).get("rollout", {})))
+        source = f"the settings of run {run_config.parent}"
+    elif cfg.model == components.TINY:
+        rollout, source = RolloutConfig(), "the embedded default's training settings"
+    else:
+        rollout, source = None, "defaults for a model gtpo did not train"
+    if rollout is not None:
+        limits = {name: getattr(rollout, name) for name in GENERIC_LIMITS}
+        temperature = rollout.eval_temperature if cfg.k == 1 else (rollout.eval_temperature or rollout.temperature)
+    else:
+        limits, temperature = dict(GENERIC_LIMITS), 0.0 if cfg.k == 1 else 1.0
+    filled = {"temperature": temperature} if cfg.temperature is None else {}
+    filled.update({name: value for name, value in limits.items() if getattr(cfg, name) is None})
+    resolved = dataclasses.replace(cfg, **filled)
+    shown = ", ".join(f"{name} {value:g}" for name, value in filled.items())
+    return resolved, f"{shown} ({source}; set them with flags)" if filled else ""
+
+
+def _known(rollout: dict) -> dict:
+    names = {f.name for f in dataclasses.fields(RolloutConfig)}
+    return {k: v for k, v in rollout.items() if k in names}
 
 
 def load_sets(cfg: EvalConfig) -> dict[str, list[Problem]]:
@@ -131,6 +158,11 @@ def _local_file(data_dir: str | None, name: str) -> str | None:
 
 
 def run(cfg: EvalConfig) -> list[dict]:
+    cfg, note = resolve_settings(cfg)
+    if note:
+        print(f"gtpo eval: {note}")
+    assert cfg.temperature is not None and cfg.max_turns is not None
+    assert cfg.max_new_tokens_per_turn is not None and cfg.max_total_tokens is not None
     if cfg.k > 1 and cfg.temperature <= 0:
         raise ConfigError("--k > 1 needs --temperature > 0 (greedy samples are identical)")
     device = components.resolve_device(cfg.device)
@@ -177,11 +209,17 @@ def main(argv: list[str]) -> None:
 
     cfg = tyro.cli(EvalConfig, args=argv, prog="gtpo eval", description=__doc__.splitlines()[0])
     if cfg.compare:
+        for folder in cfg.compare:
+            if not (Path(folder) / RESULTS).is_file():
+                raise ConfigError(
+                    f"--compare {folder}: no {RESULTS} there; give two output folders of earlier `gtpo eval` runs"
+                )
         table = compare_runs(Path(cfg.compare[0]), Path(cfg.compare[1]))
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "compare.md").write_text(table)
         print(table)
+        print(f"written to {out / 'compare.md'}")
         return
     rows = run(cfg)
     print(markdown_table(rows))

@@ -60,14 +60,19 @@ def evaluate_problems(
     grade_fn: Callable[[str | None, str], bool] | None = None,
     schedule: str = "auto",
     rejoin_steps: int = 16,
+    on_progress: Callable[[int], None] | None = None,
 ) -> EvalReport:
     """Roll out ``k`` samples per problem (in chunks of ``batch_problems``) and collect correctness.
 
     ``batch_problems`` None: all problems in one rollout with the engine (its queue keeps every slot busy),
-    32 at a time with batch samplers (their padded batches grow with the longest row).
+    32 at a time with batch samplers (their padded batches grow with the longest row). ``on_progress(n)`` is
+    called after each chunk with its number of problems (a progress bar; it may raise to abandon the
+    evaluation).
     """
     if batch_problems is None:
-        batch_problems = max(len(problems), 1) if getattr(sampler, "engine", None) is not None else 32
+        engine = getattr(sampler, "engine", None) is not None
+        # With a progress callback the engine still gets large chunks (its slots stay busy), so the bar moves.
+        batch_problems = (64 if on_progress else max(len(problems), 1)) if engine else 32
     trajectories: list[Trajectory] = []
     for start in range(0, len(problems), batch_problems):
         chunk = list(problems[start : start + batch_problems])
@@ -88,5 +93,7 @@ def evaluate_problems(
             rejoin_steps=rejoin_steps,
         )
         trajectories.extend(out.trajectories)
+        if on_progress is not None:
+            on_progress(len(chunk))
     per_problem = [[t.correct for t in trajectories[i * k : (i + 1) * k]] for i in range(len(problems))]
     return EvalReport(name=name, k=k, per_problem=per_problem, trajectories=trajectories)

@@ -11,7 +11,7 @@ on the first update epoch for reasons that have nothing to do with the policy ch
 
 from __future__ import annotations
 
-import json
+import contextlib
 import random
 import time
 from pathlib import Path
@@ -23,11 +23,12 @@ import torch
 from gtpo import components
 from gtpo.advantages import turns_to_tokens
 from gtpo.batch import TokenBatch, collate
-from gtpo.checkpoint import claim_run_dir, latest_checkpoint, load_checkpoint, save_checkpoint
-from gtpo.config import ConfigError, TrainConfig, to_dict, validate
+from gtpo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from gtpo.config import TrainConfig, validate
 from gtpo.credit import Credit, assign_credit
 from gtpo.distributed import (
     DistContext,
+    all_reduce_max,
     all_reduce_sum,
     barrier,
     gather_objects,
@@ -38,11 +39,13 @@ from gtpo.distributed import (
 )
 from gtpo.evaluate import EvalReport, evaluate_problems
 from gtpo.groups import StepGroups, collect_groups
-from gtpo.metrics import METRICS_FILE, MetricLogger, read_metrics
 from gtpo.policy import inference_weights
 from gtpo.problem_stream import ProblemStream
 from gtpo.rewards import overlong_penalty
 from gtpo.rollout import is_void_trajectory, rollout, rollout_metrics
+from gtpo.run.export import export_final_policy
+from gtpo.run.recorder import RunRecorder
+from gtpo.run.stop import StopRequests
 from gtpo.similarity import get_similarity
 from gtpo.types import CodeExecutor, Trajectory
 from gtpo.update import PolicyUpdate, build_optimizer
@@ -71,14 +74,21 @@ class Trainer:
         ctx: DistContext | None = None,
     ) -> None:
         """``sampler``/``executor`` replace the configured ones (tests, custom backends); ``ctx`` the
-        process group read from torchrun's environment."""
+        process group read from torchrun's environment.
+
+        Everything that can fail on bad input (run directory, model path, data files) is checked before the
+        run directory is created or an earlier run deleted, so a failed start leaves nothing behind."""
         self.cfg = validate(config)
         self.ctx = ctx or init_distributed()
         self.run_dir = Path(config.output_dir)
-        if self.ctx.is_main:  # before anything slow: a clash with an earlier run fails at once
-            claim_run_dir(self.run_dir, resume=config.resume, overwrite=config.overwrite)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.recorder = RunRecorder(self.cfg, self.ctx.is_main)
+        self.recorder.check()  # before anything slow: the folder (earlier run, writable, checkpoint to resume)
+        components.check_model_source(config.model.name_or_path)
         seed_everything(config.seed)
+        # Data before the model: a malformed file fails in seconds, not after a model has loaded.
+        self.stream = ProblemStream(components.load_train_problems(config.data, config.seed), config.seed)
+        self.eval_problems = components.load_eval_problems(config.data)
+        self.system_prompt = components.system_prompt_for(config.data)
         self.device = components.resolve_device(config.device, self.ctx.local_rank)
         policy, self.tokenizer = components.build_policy(config.model, self.device)
         policy.eval()
@@ -102,50 +112,82 @@ class Trainer:
             config.rollout, self.policy, self.tokenizer, config.model.name_or_path
         )
         self.sandbox = executor or components.build_sandbox(config.rollout)
-        self.stream = ProblemStream(components.load_train_problems(config.data, config.seed), config.seed)
-        self.eval_problems = components.load_eval_problems(config.data)
-        self.system_prompt = components.system_prompt_for(config.data)
         uses_shaping = config.algo.shaping and config.algo.algo == "gtpo"
         self.similarity = get_similarity(config.algo.similarity) if uses_shaping else None
         self.step = 0
         self._sampling_round = 0
         """Which rollout of the step is running (> 0 only for rollout.filter_groups refills); seeds it."""
+        self.finished = False
+        """A resumed run already at ``steps``: ``train`` does nothing, and nothing in its folder changes."""
+        self._last_batch: tuple[list[Trajectory], Any] | None = None
+        self._stop: StopRequests | None = None
         if config.resume:
             self._resume()
-        self.logger = None
-        if self.ctx.is_main:
-            (self.run_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
-            self.logger = MetricLogger(self.run_dir, config.loggers, to_dict(config))
+        if not self.finished:
+            self.recorder.open()  # the folder is created only now that everything has loaded
 
     # ----------------------------------------------------------------------------------------------- loop
     def train(self) -> dict[str, float]:
-        """Run to ``cfg.steps``; returns the last step's metrics (with the last evaluation's)."""
-        cfg = self.cfg
+        """Run to ``cfg.steps``; returns the last step's metrics (with the last evaluation's).
+
+        Ctrl-C or SIGTERM: the step in progress finishes (an evaluation in progress is abandoned), a
+        checkpoint is written and ``TrainingStopped`` is raised; a second signal exits at once. At the end the
+        final policy is written as a Hugging Face folder (``cfg.export``), with the run's report."""
+        cfg, recorder = self.cfg, self.recorder
+        if self.finished:
+            recorder.already_finished(self.step)
+            return {}
+        recorder.start(len(self.eval_problems))
+        start_step = self.step
         last: dict[str, float] = {}
-        if self.step == 0 and cfg.eval_every and self.eval_problems:
-            self._log(0, self.evaluate().metrics())
-        bar = _progress(cfg.progress and self.ctx.is_main, initial=self.step, total=cfg.steps)
-        try:
-            while self.step < cfg.steps:
-                metrics = self.train_step()
-                self.step += 1
-                if self._due(cfg.eval_every) and self.eval_problems:
-                    metrics.update(self.evaluate().metrics())
-                self._log(self.step, metrics)
-                if self._due(cfg.save_every):
-                    self.save()
-                last = metrics
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(_postfix(metrics))
-        finally:
-            if bar is not None:
-                bar.close()
+        with StopRequests(notice=lambda text: recorder.console.line(text, err=True)) as stop:
+            self._stop = stop
+            try:
+                if self.step == 0 and cfg.eval_every and self.eval_problems:
+                    with contextlib.suppress(_EvaluationAbandoned):
+                        recorder.record(0, self._evaluation())
+                recorder.console.open_bar(self.step, cfg.steps)
+                stopping = self._stop_agreed()
+                while self.step < cfg.steps and not stopping:
+                    metrics = self.train_step()
+                    self.step += 1
+                    if cfg.eval_every and self._due(cfg.eval_every) and self.eval_problems:
+                        with contextlib.suppress(_EvaluationAbandoned):  # the step's training metrics are kept
+                            metrics.update(self._evaluation())
+                    recorder.record(self.step, metrics)
+                    stopping = self._stop_agreed()
+                    if self._due(cfg.save_every) or stopping:
+                        self.save()
+                    last = metrics
+            finally:
+                recorder.console.close_bar()
+                self._stop = None
+        if stop.signum is not None:
+            raise recorder.stopped(stop.signum, self.step, progressed=self.step > start_step)
+        export_final_policy(self.model, self.tokenizer, self.run_dir, cfg.export, write=self.ctx.is_main)
+        recorder.finish(final=True)
         return last
 
-    def _log(self, step: int, metrics: dict[str, float]) -> None:
-        if self.logger is not None:
-            self.logger.log(step, metrics)
+    def _stop_agreed(self) -> bool:
+        """Whether any rank was asked to stop: all ranks leave the loop after the same step."""
+        requested = self._stop is not None and self._stop.requested
+        return all_reduce_max(float(requested), self.ctx, self.device) > 0
+
+    def _evaluation(self) -> dict[str, float]:
+        """Evaluate now (with a progress bar at step 0); abandoned if a stop is requested (single process)."""
+        start = time.perf_counter()
+        advance = self.recorder.console.eval_progress(self.step, len(shard_indices(len(self.eval_problems), self.ctx)))
+
+        def progress(n: int) -> None:
+            advance(n)
+            if self._stop is not None and self._stop.requested and not self.ctx.enabled:
+                raise _EvaluationAbandoned
+
+        try:
+            result = self.evaluate(progress)
+        finally:
+            self.recorder.console.close_eval_progress()
+        return self.recorder.evaluation(self.step, result, time.perf_counter() - start, self._last_batch)
 
     def _due(self, every: int) -> bool:
         return self.step == self.cfg.steps or (every > 0 and self.step % every == 0)
@@ -164,6 +206,7 @@ class Trainer:
             return {**metrics, "perf/step_s": time.perf_counter() - start, "perf/rollout_s": rollout_s}
 
         credit = sample.credit or self._credit(sample.kept, sample.kept_lengths)
+        self._last_batch = (sample.kept, credit)  # shown in samples.jsonl at evaluations
         batch = collate(sample.local, self.tokenizer.pad_token_id)
         advantages = turns_to_tokens(credit.turn_advantages[sample.local_positions], batch.turn_ids)
         loss_mask = batch.loss_mask.to(torch.float32)
@@ -264,17 +307,22 @@ class Trainer:
     def _update(self, batch: TokenBatch, advantages: torch.Tensor, loss_mask: torch.Tensor) -> dict[str, float]:
         """The clipped-surrogate update (``gtpo.update``); then engines with their own weights get the new ones."""
         metrics = self.updater(batch, advantages, loss_mask)
-        if hasattr(self.sampler, "sync_weights"):  # an engine with its own copy of the weights
-            self.sampler.sync_weights(inference_weights(self.model).items())
+        self._sync_sampler()
         return metrics
 
-    # ------------------------------------------------------------------------------------ eval, ckpt
-    def evaluate(self) -> EvalReport:
-        """Held-out evaluation, problems sharded across ranks and the results gathered on every rank."""
-        with components.autocast(self.cfg.model.dtype, self.device):
-            return self._evaluate()
+    def _sync_sampler(self) -> None:
+        """An engine with its own copy of the weights gets the policy's (after an update or a resume)."""
+        if hasattr(self.sampler, "sync_weights"):
+            self.sampler.sync_weights(inference_weights(self.model).items())
 
-    def _evaluate(self) -> EvalReport:
+    # ------------------------------------------------------------------------------------ eval, ckpt
+    def evaluate(self, progress: Any = None) -> EvalReport:
+        """Held-out evaluation, problems sharded across ranks and the results gathered on every rank.
+        ``progress(n)`` is called as each chunk of n problems finishes."""
+        with components.autocast(self.cfg.model.dtype, self.device):
+            return self._evaluate(progress)
+
+    def _evaluate(self, progress: Any = None) -> EvalReport:
         r = self.cfg.rollout
         index = shard_indices(len(self.eval_problems), self.ctx)
         report = evaluate_problems(
@@ -292,6 +340,7 @@ class Trainer:
             seed=self.cfg.seed,
             schedule=r.schedule,
             rejoin_steps=r.rejoin_steps,
+            on_progress=progress,
         )
         if not self.ctx.enabled:
             return report
@@ -323,39 +372,20 @@ class Trainer:
 
     def _resume(self) -> None:
         path = latest_checkpoint(self.run_dir)
-        if path is None:
-            raise ConfigError(
-                f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}; run without --resume to start"
-            )
+        assert path is not None  # RunRecorder.check refused --resume without one
         state = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
         self.stream.load_state_dict(state["stream"])
+        self._sync_sampler()
         self.step = int(state["step"])
-        if self.ctx.is_main:
-            _truncate_metrics(self.run_dir / METRICS_FILE, self.step)
+        self.finished = self.step >= self.cfg.steps
+        if not self.finished:
+            self.recorder.resumed(self.step, path)
 
     def close(self) -> None:
-        if self.logger is not None:
-            self.logger.close()
+        self.recorder.close()
         self.sandbox.close()
         barrier(self.ctx)
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records logged after the checkpoint we resume from: they will be logged again."""
-    if not path.exists():
-        return
-    kept = [r for r in read_metrics(path) if r.get("step", 0) <= step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-
-
-def _progress(enabled: bool, initial: int, total: int) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(initial=initial, total=total, desc="gtpo", unit="step")
-
-
-def _postfix(metrics: dict[str, float]) -> dict[str, str]:
-    keys = {"reward/accuracy": "acc", "reward/mean": "reward", "eval/avg@1": "eval"}
-    return {short: f"{metrics[k]:.3f}" for k, short in keys.items() if k in metrics}
+class _EvaluationAbandoned(Exception):
+    """A stop was requested during an evaluation: it is dropped, the checkpoint is not delayed by it."""

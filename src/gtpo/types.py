@@ -37,6 +37,9 @@ class ExecResult:
     status: ExecStatus
     output: str
     wall_time_s: float = 0.0
+    session_restarted: bool = False
+    """True when the session's process was replaced (killed at a limit, crashed, left threads running, or
+    died while idle): the names earlier cells defined are gone, and ``output`` says so in one line."""
 
 
 class CodeExecutor(Protocol):

@@ -9,6 +9,7 @@ in C code is the pool's to kill. Standard library only: it runs in the zygote's 
 from __future__ import annotations
 
 import ast
+import collections
 import contextlib
 import io
 import linecache
@@ -48,26 +49,27 @@ class OutputBudget:
         self.dropped_chars = 0
 
 
-class CappedStream(io.TextIOBase):
-    """``sys.stdout``/``sys.stderr`` of a cell: writes straight to the output descriptor, up to the budget.
+def _write_capped(fd: int, budget: OutputBudget, data: bytes) -> int:
+    """Write what the budget allows of ``data`` to ``fd``; return the bytes written (the rest is dropped)."""
+    data = data[: budget.remaining_bytes]
+    written = 0
+    try:
+        while written < len(data):
+            written += os.write(fd, data[written:])
+    except OSError:
+        pass  # descriptor closed or file-size limit: the rest counts as dropped
+    budget.remaining_bytes -= written
+    return written
 
-    Unbuffered, so Python-level and C-level writes (a subprocess, ``os.write``) land in the order made;
-    capped, so printing 100 MB costs a counter, not 100 MB of output (or an EFBIG error).
-    """
+
+class CappedBytes(io.RawIOBase):
+    """``sys.stdout.buffer`` of a cell: bytes straight to the output descriptor, under the same budget."""
 
     def __init__(self, fd: int, budget: OutputBudget, name: str) -> None:
         super().__init__()
         self._fd = fd
         self._budget = budget
-        self._name = name
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def encoding(self) -> str:
-        return "utf-8"
+        self.name = name
 
     def fileno(self) -> int:
         return self._fd
@@ -78,19 +80,67 @@ class CappedStream(io.TextIOBase):
     def writable(self) -> bool:
         return True
 
+    def write(self, b: Any) -> int:
+        view = memoryview(b).cast("B")  # bytes, bytearray, memoryview, array: what a real buffer takes
+        written = _write_capped(self._fd, self._budget, bytes(view[: self._budget.remaining_bytes]))
+        self._budget.dropped_chars += len(view) - written
+        return len(view)
+
+
+class CappedStream(io.TextIOBase):
+    """``sys.stdout``/``sys.stderr`` of a cell: writes straight to the output descriptor, up to the budget.
+
+    Unbuffered, so Python-level and C-level writes (a subprocess, ``os.write``) land in the order made;
+    capped, so printing 100 MB costs a counter, not 100 MB of output (or an EFBIG error). It has what model
+    code reaches for on the real streams: ``.buffer`` (bytes), ``fileno()``, ``flush()``, ``isatty()``.
+    """
+
+    def __init__(self, fd: int, budget: OutputBudget, name: str) -> None:
+        super().__init__()
+        self._fd = fd
+        self._budget = budget
+        self._name = name
+        self._buffer = CappedBytes(fd, budget, name)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def encoding(self) -> str:
+        return "utf-8"
+
+    @property
+    def errors(self) -> str:
+        return "replace"
+
+    @property
+    def buffer(self) -> CappedBytes:
+        return self._buffer
+
+    @property
+    def line_buffering(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        return None  # every write already reached the descriptor
+
     def write(self, s: str) -> int:
         if not isinstance(s, str):
             raise TypeError(f"write() argument must be str, not {type(s).__name__}")
         budget = self._budget
         # A char is at most 4 bytes, so slicing first bounds the encode cost of a huge string.
-        data = s[: budget.remaining_bytes].encode("utf-8", "replace")[: budget.remaining_bytes]
-        written = 0
-        try:
-            while written < len(data):
-                written += os.write(self._fd, data[written:])
-        except OSError:
-            pass  # descriptor closed or file-size limit: the rest counts as dropped
-        budget.remaining_bytes -= written
+        data = s[: budget.remaining_bytes].encode("utf-8", "replace")
+        written = _write_capped(self._fd, budget, data)
         kept_chars = len(data[:written].decode("utf-8", "ignore"))
         budget.dropped_chars += len(s) - kept_chars
         return len(s)
@@ -125,19 +175,49 @@ def short_traceback(exc: BaseException, last_line: str | None = None) -> str:
     """The cell's frames and the error line, as the model reads them; ``last_line`` replaces the message.
 
     Library frames are dropped (they carry host paths and rarely help the model); repeated frames of a
-    recursion collapse into one "[Previous line repeated N more times]" line.
+    recursion collapse into one "[Previous line repeated N more times]" line, and only the innermost
+    ``MAX_TRACEBACK_ENTRIES`` are kept. The frames are walked once with plain attribute reads, and only the
+    kept ones are looked up and formatted: traceback.extract_tb formats every frame, which took ~9 s for a
+    recursion 10^5 deep and turned a RecursionError into a timeout (and a lost session).
     """
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith("<cell ")]
+    runs, hidden = _cell_frame_runs(exc.__traceback__, MAX_TRACEBACK_ENTRIES)
     lines = []
-    if frames:
+    if runs:
         lines.append("Traceback (most recent call last):\n")
-        lines.extend(traceback.StackSummary.from_list(frames).format()[-MAX_TRACEBACK_ENTRIES:])
+        if hidden:
+            lines.append(f"  [... {hidden} earlier frames not shown ...]\n")
+        for tb, count in runs:
+            tb.tb_next = None  # format this frame alone (the chain is only read here, then dropped)
+            lines.extend(traceback.extract_tb(tb).format())
+            if count > 1:
+                lines.append(f"  [Previous line repeated {count - 1} more times]\n")
     lines.extend([last_line] if last_line else traceback.format_exception_only(type(exc), exc))
     text = _scrub_host_paths("".join(lines))
     if len(text) > MAX_ERROR_CHARS:
         half = MAX_ERROR_CHARS // 2
         text = f"{text[:half]}\n[... {len(text) - 2 * half} characters of traceback omitted ...]\n{text[-half:]}"
     return text
+
+
+def _cell_frame_runs(tb: types.TracebackType | None, keep: int) -> tuple[list[tuple[types.TracebackType, int]], int]:
+    """The innermost ``keep`` runs of identical consecutive cell frames, as (first traceback entry, count),
+    and how many cell frames before them are left out."""
+    runs: collections.deque[list] = collections.deque()
+    hidden = 0
+    last_key = None
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_filename.startswith("<cell "):
+            key = (code, tb.tb_lasti)  # the same instruction; tb_lineno would decode the line table
+            if key == last_key:
+                runs[-1][1] += 1
+            else:
+                if len(runs) == keep:
+                    hidden += runs.popleft()[1]
+                runs.append([tb, 1])
+                last_key = key
+        tb = tb.tb_next
+    return [(first, count) for first, count in runs], hidden
 
 
 def report_unraisable(hook_args: Any) -> None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from gtpo.sandbox.launcher import SandboxError, Zygote
 from gtpo.sandbox.limits import SandboxLimits
-from gtpo.sandbox.session import SessionProcess
+from gtpo.sandbox.session import RESTARTED, SessionProcess
 from gtpo.sandbox.supply import ProcessSupply
 from gtpo.types import ExecResult
 
@@ -199,7 +199,7 @@ class SandboxPool:
             if session.closed or not alive:
                 self._discard_process(session)
         if notice:
-            result = ExecResult(result.status, notice + result.output, result.wall_time_s)
+            result = ExecResult(result.status, notice + result.output, result.wall_time_s, session_restarted=True)
         return result
 
     def _ensure_process(self, session: _Session) -> str:
@@ -208,7 +208,7 @@ class SandboxPool:
         process = session.process
         if process is not None and (process.generation != self._state.zygote.check() or not process.is_alive()):
             self._discard_process(session)  # died idle, or is dying with an earlier zygote
-            notice = "[the session's process had died; it was restarted, so earlier names are gone]\n"
+            notice = f"[the session's process had died while idle; {RESTARTED}]\n"
         if session.process is None:
             session.process = self._state.supply.take()
         return notice

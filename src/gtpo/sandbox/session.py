@@ -25,6 +25,7 @@ HARD_KILL_GRACE_S = 0.5
 """How long past its wall limit a cell may take to stop by itself (the in-process TimeoutError) before the
 pool kills the process: covers code stuck in C, e.g. ``10**10**10``, or code that ignores the signal."""
 RESTARTED = "the session was restarted, so names defined in earlier cells are gone"
+"""Ends the one line of output that tells the model its state is gone (``ExecResult.session_restarted``)."""
 STATUSES = ("ok", "error", "timeout", "memory")
 """Statuses a session process may report; "killed" is only the pool's to decide."""
 
@@ -93,7 +94,8 @@ class SessionProcess:
         if not alive:
             self.kill()
         output = self._read_output(dropped, max_chars)
-        return ExecResult(status=status, output=join_output(output, error), wall_time_s=elapsed), alive
+        result = ExecResult(status, join_output(output, error), wall_time_s=elapsed, session_restarted=not alive)
+        return result, alive
 
     def _read_output(self, dropped_chars: int, max_chars: int) -> str:
         try:

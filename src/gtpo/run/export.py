@@ -1,0 +1,115 @@
+"""The trained policy as a Hugging Face model folder: what ``gtpo train`` leaves in ``RUN/model`` and what
+``gtpo export`` writes from any checkpoint.
+
+The folder holds ``config.json``, ``model.safetensors``, ``generation_config.json`` and the tokenizer with its
+chat template, so ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained`` (and vLLM or verl,
+which read the same files) load it with no gtpo code. A LoRA policy is either merged into the base weights
+(``merged``: a plain model) or saved as a peft adapter (``adapter``: ``adapter_config.json`` +
+``adapter_model.safetensors``, loaded on top of the base with ``PeftModel.from_pretrained``). The folder is
+written beside its destination and renamed into place, so a killed export never leaves half a model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from gtpo import components
+from gtpo.checkpoint import CHECKPOINT_DIR, latest_checkpoint
+from gtpo.config import ConfigError, from_dict
+from gtpo.distributed import unwrap_model
+
+LoraExport = Literal["merged", "adapter"]
+MODEL_DIR = "model"
+"""The final policy's folder inside a run directory."""
+
+
+def is_lora(model: torch.nn.Module) -> bool:
+    return hasattr(model, "get_base_model") and hasattr(model, "peft_config")
+
+
+def save_model_folder(
+    model: torch.nn.Module, tokenizer: Any, out: str | Path, lora: LoraExport = "merged", write: bool = True
+) -> Path | None:
+    """Write ``model`` (plain, DDP, FSDP2 or peft-wrapped) and ``tokenizer`` to ``out`` as an HF folder.
+
+    Under torchrun every rank must call this (FSDP gathers the shards); only ``write=True`` writes. Returns
+    the folder on the writing rank.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from gtpo.policy import inference_weights
+
+    module = unwrap_model(model)
+    adapter = lora == "adapter" and is_lora(module)
+    if is_lora(module) and not adapter:
+        weights = inference_weights(module)  # merged into a copy under the base model's plain names
+    else:  # a full model's own names, or peft's for an adapter; FSDP shards gathered onto rank 0's CPU
+        weights = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not write:
+        return None
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if adapter:
+        module.save_pretrained(str(tmp), state_dict=weights)
+    else:
+        base = module.get_base_model() if is_lora(module) else module
+        base.save_pretrained(str(tmp), state_dict={k: v.contiguous() for k, v in weights.items()})
+    tokenizer.save_pretrained(str(tmp))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def export_final_policy(model: torch.nn.Module, tokenizer: Any, run_dir: Path, mode: str, write: bool) -> Path | None:
+    """The end of ``gtpo train``: ``RUN/model`` per the ``export`` setting ("merged", "adapter" or "none")."""
+    if mode == "none":
+        return None
+    lora: LoraExport = "adapter" if mode == "adapter" else "merged"
+    return save_model_folder(model, tokenizer, Path(run_dir) / MODEL_DIR, lora=lora, write=write)
+
+
+def resolve_checkpoint(path: str | Path, flag: str = "") -> Path:
+    """A run directory (its newest complete checkpoint) or one checkpoint folder, checked for what loading
+    needs; ``flag`` names the option in errors."""
+    path = Path(path)
+    where = f"{flag} {path}" if flag else str(path)
+    if not path.exists():
+        raise ConfigError(f"{where}: no such folder; give a run directory (runs/NAME) or one of its checkpoints")
+    if (path / "config.json").exists() and (path / CHECKPOINT_DIR).exists():
+        path = latest_checkpoint(path) or path
+    if not (path / "model.pt").exists() or not (path.parent.parent / "config.json").exists():
+        raise ConfigError(
+            f"{where}: expected a run directory with a finished checkpoint (runs/NAME) or one of its "
+            "checkpoints (runs/NAME/checkpoints/step_0000060) with model.pt and the run's config.json"
+        )
+    return path
+
+
+def load_checkpoint_policy(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module, Any, str]:
+    """(policy with the checkpoint's weights, tokenizer, "base@step_N") from a checkpoint of a gtpo run."""
+    model_cfg = from_dict(json.loads((checkpoint.parent.parent / "config.json").read_text())).model
+    model, tokenizer = components.build_policy(model_cfg, device)
+    model.load_state_dict(torch.load(checkpoint / "model.pt", map_location=device, weights_only=True))
+    return model.eval(), tokenizer, f"{model_cfg.name_or_path}@{checkpoint.name}"
+
+
+def export_checkpoint(source: str | Path, out: str | Path | None = None, lora: LoraExport = "merged") -> Path:
+    """``gtpo export``: a run directory or checkpoint -> an HF folder (default: RUN/model, or
+    RUN/model-step_N for an older checkpoint)."""
+    checkpoint = resolve_checkpoint(source)
+    run_dir = checkpoint.parent.parent
+    if out is None:
+        newest = latest_checkpoint(run_dir)
+        out = run_dir / (MODEL_DIR if newest == checkpoint else f"{MODEL_DIR}-{checkpoint.name}")
+    model, tokenizer, _ = load_checkpoint_policy(checkpoint, torch.device("cpu"))
+    written = save_model_folder(model, tokenizer, out, lora=lora)
+    assert written is not None
+    return written

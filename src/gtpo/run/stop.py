@@ -1,0 +1,69 @@
+"""Ctrl-C and SIGTERM during training: the first asks the loop to stop at the next step boundary, the second
+exits at once.
+
+A scheduler sends SIGTERM (and SIGKILL a grace period later) and a person presses Ctrl-C; either way the steps
+since the last checkpoint should not be lost. So the first signal only sets a flag: the trainer finishes the
+step it is in (or abandons an evaluation in progress), writes a checkpoint and raises ``TrainingStopped``, which
+the CLI turns into a resume hint and exit code 128 + signal (130 for SIGINT, 143 for SIGTERM). A second signal
+means "now": it exits with the same code without cleaning up (checkpoints are atomic, so the last complete one
+stays usable). Handlers can only be installed from the main thread; elsewhere the signals keep their defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import Any
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+
+
+class TrainingStopped(Exception):
+    """Training stopped early on a signal; ``checkpoint`` is where it can resume from (None: nothing saved)."""
+
+    def __init__(self, signum: int, step: int, checkpoint: str | None) -> None:
+        self.signum = signum
+        self.step = step
+        self.checkpoint = checkpoint
+        self.exit_code = 128 + signum
+        where = f"checkpoint at step {step}: {checkpoint}" if checkpoint else "no step finished, nothing saved"
+        super().__init__(f"stopped by {NAMES.get(signum, f'signal {signum}')} ({where})")
+
+
+class StopRequests:
+    """Context manager: while active, SIGINT/SIGTERM set ``signum`` instead of killing; a second one exits."""
+
+    def __init__(self, notice: Any = None) -> None:
+        """``notice(text)`` tells the person what happens now (default: print to stderr)."""
+        self.signum: int | None = None
+        self._notice = notice or (lambda text: print(text, file=sys.stderr, flush=True))
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        name = NAMES.get(signum, f"signal {signum}")
+        if self.signum is not None:
+            self._notice(f"{name} again: exiting now; the last complete checkpoint is kept")
+            os._exit(128 + signum)
+        self.signum = signum
+        self._notice(
+            f"{name}: finishing this step, then writing a checkpoint and stopping ({name} again to exit at once)"
+        )
+
+    def __enter__(self) -> StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            for signum in SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
