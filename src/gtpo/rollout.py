@@ -139,7 +139,7 @@ def rollout(
             start = time.perf_counter()
             for i, _ in calls:
                 if i not in sessions:
-                    sessions[i] = executor.open_session()
+                    sessions[i] = open_session(executor, trajectories[i].problem)
             results = executor.run_batch([(sessions[i], code) for i, code in calls]) if calls else []
             timings.sandbox_s += time.perf_counter() - start
             still_active = []
@@ -177,6 +177,25 @@ def rollout(
         )
     timings.grading_s += time.perf_counter() - start
     return RolloutResult(trajectories, timings)
+
+
+def open_session(executor: CodeExecutor, problem: Problem) -> str:
+    """Open a trajectory's sandbox session and run the problem's hidden setup code in it.
+
+    The setup (``Problem.setup_code``: a task's table or function that the question refers to) runs before the
+    model's first cell; its output is never shown to the model nor appended to the tokens. A failing setup is
+    the task's bug, not the model's, so it raises (RuntimeError naming the problem) after closing the session.
+    """
+    session = executor.open_session()
+    if problem.setup_code:
+        result = executor.run_batch([(session, problem.setup_code)])[0]
+        if result.status != "ok":
+            executor.close_session(session)
+            raise RuntimeError(
+                f"setup code of problem {problem.id!r} failed in the sandbox ({result.status}): "
+                f"{result.output.strip()[-500:]}"
+            )
+    return session
 
 
 def is_void_trajectory(trajectory: Trajectory) -> bool:
