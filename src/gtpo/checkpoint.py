@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from gtpo.config import ConfigError
-from gtpo.metrics import METRICS_FILE
+from gtpo.metrics import EVAL_FILE, METRICS_FILE
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest"
@@ -37,7 +37,7 @@ def claim_run_dir(run_dir: str | Path, resume: bool, overwrite: bool) -> None:
     """Make ``run_dir`` ready for a run: a fresh run must not append to an earlier run's metrics or leave its
     checkpoints beside its own (a later --resume would pick them up). Raises unless ``resume`` or ``overwrite``."""
     run_dir = Path(run_dir)
-    earlier = [p for p in (run_dir / METRICS_FILE, checkpoint_root(run_dir)) if p.exists()]
+    earlier = [p for p in (run_dir / METRICS_FILE, run_dir / EVAL_FILE, checkpoint_root(run_dir)) if p.exists()]
     if resume or not earlier:
         return
     if not overwrite:

@@ -14,7 +14,7 @@ USAGE = """usage: gtpo COMMAND [options]
 
 commands:
   train       train a policy with GTPO (default) or GRPO; no options = the embedded default on CPU
-  compare     GTPO vs GRPO and ablations on the same seeds/data; writes a table and plots
+  compare     GTPO vs GRPO and ablations over seeds (--seeds N); tables with intervals, plots
   eval        score a model or checkpoint on benchmarks with tool use
   demo        print a worked example of GTPO and GRPO credit assignment on one group
   build-tiny  rebuild the shipped tiny model (tokenizer + SFT warm start)
@@ -55,34 +55,21 @@ def train(argv: list[str]) -> None:
 
 
 def compare(argv: list[str]) -> None:
-    from gtpo.compare import VARIANTS, run_comparison
-    from gtpo.trainer import Trainer
+    from gtpo.compare import VARIANTS, pop_compare_flags, run_comparison
 
-    variants = list(VARIANTS)
-    if "--variants" in argv:
-        i = argv.index("--variants")
-        variants = argv[i + 1].split(",")
-        argv = argv[:i] + argv[i + 2 :]
+    options, argv = pop_compare_flags(argv)
     if "--output-dir" not in argv and "--output_dir" not in argv:
         argv = [*argv, "--output-dir", "runs/compare"]
     config, _ = _train_config(
         argv,
-        "Run GTPO, GRPO and ablations on the same seeds/data (choose with --variants a,b,...; known: "
+        "Run GTPO, GRPO and ablations over several seeds on the same data (--variants a,b,... from: "
         + ", ".join(VARIANTS)
-        + "). Other flags set the shared base config.",
+        + "; --seeds N, default 3; --parallel P runs P at a time). A rerun continues a killed comparison. "
+        "Other flags set the shared base config.",
         "gtpo compare",
     )
-
-    def train_one(cfg) -> None:
-        print(f"== {Path(cfg.output_dir).name}", flush=True)
-        trainer = Trainer(cfg)
-        try:
-            trainer.train()
-        finally:
-            trainer.close()
-
     root = Path(config.output_dir)
-    run_comparison(config, variants, root, train_one)
+    run_comparison(config, options.variants, root, seeds=options.seeds, parallel=options.parallel)
     print((root / "compare.md").read_text())
     print(f"plots: {root / 'compare.png'}")
 

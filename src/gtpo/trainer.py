@@ -39,9 +39,9 @@ from gtpo.distributed import (
     strip_tokens,
     wrap_model,
 )
-from gtpo.evaluate import EvalReport, evaluate_problems
+from gtpo.evaluate import EvalReport, eval_record, evaluate_problems
 from gtpo.losses import clipped_policy_loss
-from gtpo.metrics import METRICS_FILE, MetricLogger, read_metrics
+from gtpo.metrics import EVAL_FILE, METRICS_FILE, MetricLogger, append_record, read_metrics
 from gtpo.policy import inference_weights, token_logprobs
 from gtpo.problem_stream import ProblemStream
 from gtpo.rollout import is_void_trajectory, rollout, rollout_metrics
@@ -306,7 +306,10 @@ class Trainer:
     def evaluate(self) -> EvalReport:
         """Held-out evaluation, problems sharded across ranks and the results gathered on every rank."""
         with components.autocast(self.cfg.model.dtype, self.device):
-            return self._evaluate()
+            report = self._evaluate()
+        if self.ctx.is_main:  # per-problem results, for comparisons paired by problem (gtpo compare)
+            append_record(self.run_dir / EVAL_FILE, eval_record(report, self.step))
+        return report
 
     def _evaluate(self) -> EvalReport:
         r = self.cfg.rollout
