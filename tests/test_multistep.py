@@ -180,3 +180,12 @@ def test_the_preset_selects_the_task_its_heldout_set_and_its_model():
     assert components.model_path(config.model.name_or_path).endswith("tiny-multistep")
     assert components.model_path("tiny").endswith("tiny") and components.model_path("org/model") == "org/model"
     assert config.rollout.max_turns == 6
+
+
+def test_gtpo_eval_knows_the_heldout_set_and_its_prompt():
+    from gtpo.eval_cli import EvalConfig, _task_of, load_sets
+
+    config = EvalConfig(benchmarks=("multistep-heldout",), limit=5)
+    problems = load_sets(config)["multistep-heldout"]
+    assert len(problems) == 5 and all(p.setup_code for p in problems)
+    assert _task_of(config) == "multistep"

@@ -32,6 +32,8 @@ QUANTITIES = {
 BY_PROBLEM = ("final", "area")
 """Quantities whose differences are paired by problem as well as by seed."""
 EXTRA = {"train_accuracy": "train acc (last 5 steps)", "step_s": "s / step", "wall_s": "wall s / run"}
+TIMINGS = ("step_s", "wall_s")
+"""Shown as means only: wall times depend on the machine's load, not on seeds."""
 PLOTTED = {
     "reward/accuracy": "train accuracy (5-step mean)",
     "rollout/turns_mean": "train turns per trajectory (5-step mean)",
@@ -238,7 +240,7 @@ def _cell(stat: dict[str, Any] | None, key: str, signed: bool = False) -> str:
     digits = 1 if key in ("tokens", "step_s", "wall_s") else 3
     sign = "+" if signed else ""
     text = f"{stat['mean']:{sign}.{digits}f}"
-    if stat["lo"] is not None:
+    if stat["lo"] is not None and key not in TIMINGS:
         text += f" [{stat['lo']:{sign}.{digits}f}, {stat['hi']:{sign}.{digits}f}]"
     return text
 
