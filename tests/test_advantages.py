@@ -102,6 +102,48 @@ def test_turn_index_norm_uses_each_position_separately() -> None:
     assert adv[2, 1] == 0.0
 
 
+def test_batch_norm_pools_every_turn_of_every_group() -> None:
+    # group 3 holds R = [1] and R = [-0.1 + 0.9 * 1.0, 1.0]; group 8 holds R = [0]: one set of four returns
+    rewards, mask = _padded([[1.0], [-0.1, 1.0], [0.0]])
+    pooled = [1.0, -0.1 + 0.9 * 1.0, 1.0, 0.0]
+    mean = sum(pooled) / 4
+    std = math.sqrt(sum((x - mean) ** 2 for x in pooled) / 4)
+    adv = gtpo_advantages(rewards, mask, torch.tensor([3, 3, 8]), 0.9, norm="batch", eps=0.0)
+    assert adv[0, 0].item() == pytest.approx((1.0 - mean) / std)
+    assert adv[1].tolist() == pytest.approx([(pooled[1] - mean) / std, (1.0 - mean) / std])
+    # the one-trajectory group 8 is a set of one under "group" (advantage 0) but not under "batch"
+    assert adv[2, 0].item() == pytest.approx((0.0 - mean) / std) and adv[2, 0].item() < 0
+    assert gtpo_advantages(rewards, mask, torch.tensor([3, 3, 8]), 0.9, norm="group")[2, 0].item() == 0.0
+
+
+def test_turn_index_norm_pushes_a_long_trajectory_harder_than_its_turn_count() -> None:
+    """The length bias of per-turn-index normalization, by hand (docs/algorithms.md, section 4).
+
+    Six 1-turn failures, one 3-turn success, one 3-turn failure, gamma = 1: every failure's every return is 0.
+    Pooled (group or batch), equal returns get equal advantages, so the long failure is pushed down exactly
+    3 times as hard as a short one: once per turn. Per turn index, turns 2 and 3 are compared only with the
+    other long trajectory, a set {1, 0} standardized to +-1, while turn 1's set of eight gives a return of 0
+    only -1/sqrt(7): the long failure is pushed 1 + 2 sqrt(7) = 6.3 times as hard.
+    """
+    rows = [[0.0]] * 6 + [[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]
+    rewards, mask = _padded(rows)
+    ids = torch.zeros(8, dtype=torch.long)
+    short, long_fail = 0, 7
+
+    pooled = gtpo_advantages(rewards, mask, ids, 1.0, norm="group", eps=0.0)
+    # 12 returns, three of them 1: mean 1/4, population std sqrt(3)/4
+    assert pooled[short, 0].item() == pytest.approx((0 - 1 / 4) / (math.sqrt(3) / 4))
+    assert pooled[long_fail].tolist() == pytest.approx([(0 - 1 / 4) / (math.sqrt(3) / 4)] * 3)
+    assert pooled[long_fail].sum().item() / pooled[short].sum().item() == pytest.approx(3.0)
+    assert torch.allclose(gtpo_advantages(rewards, mask, ids, 1.0, norm="batch", eps=0.0), pooled)
+
+    per_index = gtpo_advantages(rewards, mask, ids, 1.0, norm="turn_index", eps=0.0)
+    # turn 1: eight returns, one of them 1: mean 1/8, population std sqrt(7)/8; turns 2 and 3: {1, 0} -> +-1
+    assert per_index[short, 0].item() == pytest.approx(-1 / math.sqrt(7))
+    assert per_index[long_fail].tolist() == pytest.approx([-1 / math.sqrt(7), -1.0, -1.0])
+    assert per_index[long_fail].sum().item() / per_index[short].sum().item() == pytest.approx(1 + 2 * math.sqrt(7))
+
+
 def test_groups_do_not_mix_and_ids_need_not_be_contiguous() -> None:
     rewards, mask = _padded([[1.0], [0.0], [5.0], [3.0]])
     adv = gtpo_advantages(rewards, mask, torch.tensor([-7, -7, 1000, 1000]), 0.9, eps=0.0)
@@ -125,6 +167,16 @@ def test_zero_variance_and_singleton_sets_give_zero_not_nan(norm: str, scale_by_
     assert torch.equal(adv, torch.zeros_like(adv))
 
 
+@pytest.mark.parametrize("scale_by_std", [True, False])
+def test_batch_norm_of_equal_returns_or_a_single_turn_is_zero(scale_by_std: bool) -> None:
+    # across two groups every return is 0.5 + 0.5 * 1.0 = 1.0 or 1.0: one constant set
+    rewards, mask = _padded([[0.5, 1.0], [1.0], [0.5, 1.0]])
+    adv = gtpo_advantages(rewards, mask, torch.tensor([0, 1, 1]), 0.5, norm="batch", scale_by_std=scale_by_std)
+    assert torch.equal(adv, torch.zeros_like(adv))
+    one, one_mask = _padded([[0.3]])
+    assert gtpo_advantages(one, one_mask, torch.tensor([0]), 0.5, norm="batch").item() == 0.0
+
+
 def test_constant_set_is_exactly_zero_despite_rounding_in_the_mean() -> None:
     # in float64, mean(0.1, 0.1, 0.1) - 0.1 = 1.4e-17, not 0: dividing by std + eps would amplify it
     # (to +-1 with eps = 0); a set whose values are all equal must give exactly 0
@@ -140,7 +192,7 @@ def test_constant_set_is_exactly_zero_despite_rounding_in_the_mean() -> None:
 def test_masked_turns_get_zero_and_their_content_is_ignored() -> None:
     rewards, mask = _padded([[1.0, 0.0, 0.5], [0.2], [0.0, 0.3]])
     garbage = torch.where(mask, rewards, torch.full_like(rewards, 42.0))
-    for norm in ("group", "turn_index"):
+    for norm in ("group", "turn_index", "batch"):
         adv = gtpo_advantages(garbage, mask, torch.tensor([1, 1, 1]), 0.9, norm=norm)
         assert torch.all(adv[~mask] == 0.0)
         assert torch.equal(adv, gtpo_advantages(rewards, mask, torch.tensor([1, 1, 1]), 0.9, norm=norm))
@@ -177,6 +229,11 @@ def _random_batch(seed: int) -> tuple[list[list[float]], list[int]]:
     return [rows[i] for i in order], [groups[i] for i in order]
 
 
+def _set_key(group: int, turn: int, norm: str) -> tuple[int, ...]:
+    """The normalization set of turn ``turn`` of a trajectory in ``group``, as written in docs/algorithms.md."""
+    return {"group": (group,), "turn_index": (group, turn), "batch": ()}[norm]
+
+
 def _reference_gtpo(
     rows: list[list[float]], groups: list[int], gamma: float, norm: str, scale_by_std: bool, eps: float
 ) -> list[list[float]]:
@@ -185,13 +242,12 @@ def _reference_gtpo(
     sets: dict[tuple[int, ...], list[float]] = {}
     for i, row_returns in enumerate(returns):
         for j, value in enumerate(row_returns):
-            key = (groups[i],) if norm == "group" else (groups[i], j)
-            sets.setdefault(key, []).append(value)
+            sets.setdefault(_set_key(groups[i], j, norm), []).append(value)
     out = []
     for i, row_returns in enumerate(returns):
         out_row = []
         for j, value in enumerate(row_returns):
-            members = sets[(groups[i],) if norm == "group" else (groups[i], j)]
+            members = sets[_set_key(groups[i], j, norm)]
             if max(members) == min(members):
                 out_row.append(0.0)
                 continue
@@ -203,7 +259,7 @@ def _reference_gtpo(
 
 
 @pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("norm", ["group", "turn_index"])
+@pytest.mark.parametrize("norm", ["group", "turn_index", "batch"])
 @pytest.mark.parametrize("scale_by_std", [True, False])
 def test_vectorized_matches_loop_reference(seed: int, norm: str, scale_by_std: bool) -> None:
     rows, groups = _random_batch(seed)
@@ -217,12 +273,12 @@ def test_vectorized_matches_loop_reference(seed: int, norm: str, scale_by_std: b
 def _set_members(groups: list[int], mask: torch.Tensor, norm: str) -> dict[tuple[int, ...], list[tuple[int, int]]]:
     sets: dict[tuple[int, ...], list[tuple[int, int]]] = {}
     for i, j in mask.nonzero().tolist():
-        sets.setdefault((groups[i],) if norm == "group" else (groups[i], j), []).append((i, j))
+        sets.setdefault(_set_key(groups[i], j, norm), []).append((i, j))
     return sets
 
 
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("norm", ["group", "turn_index"])
+@pytest.mark.parametrize("norm", ["group", "turn_index", "batch"])
 def test_zero_mean_and_unit_mean_square_per_set(seed: int, norm: str) -> None:
     rows, groups = _random_batch(seed)
     rewards, mask = _padded(rows)
@@ -234,7 +290,7 @@ def test_zero_mean_and_unit_mean_square_per_set(seed: int, norm: str) -> None:
         assert mean_square == pytest.approx(1.0) or mean_square == 0.0  # 0 only for a constant set
 
 
-@pytest.mark.parametrize("norm", ["group", "turn_index"])
+@pytest.mark.parametrize("norm", ["group", "turn_index", "batch"])
 def test_scaling_rewards_scales_nothing_with_std_and_everything_without(norm: str) -> None:
     rows, groups = _random_batch(11)
     rewards, mask = _padded(rows)

@@ -104,7 +104,7 @@ TRAIN_CASES = {
     ),
     "unknown preset": (
         lambda d: ["--preset", "qwen-9000"],
-        r"^gtpo train: --preset 'qwen-9000': no such file or shipped preset \(shipped: qwen2\.5-math-1\.5b",
+        r"^gtpo train: --preset 'qwen-9000': no such file or shipped preset \(shipped: multistep, qwen2\.5-math-1\.5b",
     ),
     "resume without a checkpoint": (
         lambda d: ["--resume"],
@@ -179,7 +179,7 @@ def test_a_read_only_output_folder_is_refused_before_anything_starts(tmp_path, c
         ),
         (["eval", "--checkpoint", "/nonexistent/run"], r"^gtpo eval: --checkpoint /nonexistent/run: no such folder"),
         (["export", "/nonexistent/run"], r"^gtpo export: /nonexistent/run: no such folder; give a run directory"),
-        (["compare", "--variants", "gtpo,ppo"], r"^gtpo compare: --variants: unknown variant\(s\) ppo; known: gtpo"),
+        (["compare", "--variants", "gtpo,ppo"], r"^gtpo compare: --variants: unknown variant 'ppo'; known: gtpo"),
     ],
 )
 def test_other_commands_report_bad_input_in_one_line(capsys, argv, message):

@@ -47,12 +47,13 @@ def _credit(algo, batch=None, **overrides):
     return assign_credit(_batch() if batch is None else batch, **settings)
 
 
-def test_gtpo_turn_advantages_match_the_pure_function():
-    credit = _credit("gtpo")
+@pytest.mark.parametrize("adv_norm", ["group", "turn_index", "batch"])
+def test_gtpo_turn_advantages_match_the_pure_function(adv_norm):
+    credit = _credit("gtpo", adv_norm=adv_norm)
     # Turn rewards by hand: acc on the last turn; -0.1 per invalid call; -0.1 when turn 1 has no call.
     rewards = torch.tensor([[-0.1, 0.0, 1.0], [-0.1, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
     mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 0], [1, 1, 0]], dtype=torch.bool)
-    expected = gtpo_advantages(rewards, mask, torch.tensor([0, 0, 0, 7, 7]), 0.9)
+    expected = gtpo_advantages(rewards, mask, torch.tensor([0, 0, 0, 7, 7]), 0.9, norm=adv_norm)
     torch.testing.assert_close(credit.turn_advantages, expected)
     torch.testing.assert_close(credit.trajectory_rewards, (rewards * mask).sum(1))
 

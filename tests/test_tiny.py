@@ -46,11 +46,15 @@ def test_trace_tokenization_trains_only_model_segments(tiny_tokenizer):
     assert "```output" not in trained
 
 
-@pytest.mark.parametrize("steps", [3])
-def test_rebuild_command_writes_a_loadable_model(tmp_path, steps):
+@pytest.mark.parametrize("task", ["arith", "multistep"])
+def test_rebuild_command_writes_a_loadable_model(tmp_path, task):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    info = build(tmp_path, steps=steps, seed=1, traces=64, measure_n=4)
-    assert info["steps"] == steps and 0.0 <= info["temp1_heldout_accuracy"] <= 1.0
+    info = build(tmp_path, steps=3, seed=1, traces=64, measure_n=4, task=task)
+    assert info["steps"] == 3 and info["task"] == task and 0.0 <= info["temp1_heldout_accuracy"] <= 1.0
     AutoTokenizer.from_pretrained(tmp_path)
-    AutoModelForCausalLM.from_pretrained(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path)
+    if task == "multistep":  # continued from the shipped arithmetic model: same tokenizer, moved weights
+        start = AutoModelForCausalLM.from_pretrained(DEFAULT_MODEL_DIR)
+        assert len(AutoTokenizer.from_pretrained(tmp_path)) == len(AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR))
+        assert not torch.equal(model.model.embed_tokens.weight, start.model.embed_tokens.weight)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-NORMS: tuple[str, ...] = ("group", "turn_index")
+NORMS: tuple[str, ...] = ("group", "turn_index", "batch")
 """Normalization sets for GTPO returns (config field ``adv_norm``)."""
 
 
@@ -52,8 +52,10 @@ def gtpo_advantages(
     """GTPO turn advantages: A[i, j] = (R[i, j] - mean_S) / (std_S + eps), 0 on masked turns.
 
     The set S holding turn (i, j) is, for ``norm="group"``, every valid turn of every trajectory of i's
-    group (pooled); for ``norm="turn_index"``, turn j of the trajectories of i's group that have a turn j.
-    ``scale_by_std=False`` only subtracts the mean (Dr. GRPO). ``group_ids`` [B] may be any integers.
+    group (pooled); for ``norm="turn_index"``, turn j of the trajectories of i's group that have a turn j;
+    for ``norm="batch"``, every valid turn of the whole batch (groups are ignored: one third-party reading of
+    the paper). ``scale_by_std=False`` only subtracts the mean (Dr. GRPO). ``group_ids`` [B] may be any
+    integers.
     """
     if norm not in NORMS:
         raise ValueError(f"norm (config adv_norm) must be one of {NORMS}, got {norm!r}")
@@ -63,6 +65,8 @@ def gtpo_advantages(
     k = turn_rewards.shape[1]
     if norm == "group":
         set_ids = group_index[:, None].expand(-1, k)
+    elif norm == "batch":
+        set_ids = torch.zeros_like(returns, dtype=torch.long)
     else:
         set_ids = group_index[:, None] * k + torch.arange(k, device=returns.device)[None, :]
     advantages = torch.zeros_like(returns)

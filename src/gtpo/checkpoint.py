@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from gtpo.config import ConfigError
-from gtpo.metrics import METRICS_FILE
+from gtpo.metrics import EVAL_FILE, METRICS_FILE
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest"
@@ -63,9 +63,11 @@ def claim_run_dir(run_dir: str | Path, resume: bool, overwrite: bool, extra: Seq
 
 
 def _earlier_run(run_dir: Path) -> list[Path]:
-    """What marks an earlier run: metrics it logged (an empty file is none) and its checkpoints."""
-    metrics, checkpoints = run_dir / METRICS_FILE, checkpoint_root(run_dir)
-    found = [metrics] if metrics.is_file() and metrics.stat().st_size > 0 else []
+    """What marks an earlier run: metrics it logged (an empty file is none), its held-out records and its
+    checkpoints."""
+    logs = [run_dir / METRICS_FILE, run_dir / EVAL_FILE]
+    found = [p for p in logs if p.is_file() and p.stat().st_size > 0]
+    checkpoints = checkpoint_root(run_dir)
     return found + ([checkpoints] if checkpoints.exists() else [])
 
 

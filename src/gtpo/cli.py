@@ -25,7 +25,7 @@ USAGE = """usage: gtpo COMMAND [options]
 
 commands:
   train       train a policy with GTPO (default) or GRPO; no options = the embedded default on CPU
-  compare     GTPO vs GRPO and ablations on the same seeds/data; writes a table and plots
+  compare     GTPO vs GRPO and ablations over seeds (--seeds N); tables with intervals, plots
   eval        score a model or checkpoint on benchmarks with tool use
   export      write a run's policy (or any checkpoint's) as a Hugging Face model folder
   demo        print a worked example of GTPO and GRPO credit assignment on one group
@@ -115,46 +115,47 @@ def train(argv: list[str]) -> None:
         trainer.close()
 
 
-def compare(argv: list[str]) -> None:
+def compare_args(argv: list[str]) -> Any:
+    """``gtpo compare``'s flags: its own (variants, seeds, parallel) and the shared base TrainConfig."""
     import tyro
 
-    from gtpo.compare import VARIANTS, run_comparison
-    from gtpo.config import ConfigError
-
-    known = ", ".join(VARIANTS)
+    from gtpo.compare import DEFAULT_VARIANTS, VARIANTS
 
     @dataclass
     class Options:
-        variants: Annotated[str, tyro.conf.arg(help=f"Comma-separated variants to run; known: {known}.")] = ",".join(
-            VARIANTS
-        )
+        variants: Annotated[
+            str, tyro.conf.arg(help=f"Comma-separated variants to run; known: {', '.join(VARIANTS)}.")
+        ] = ",".join(DEFAULT_VARIANTS)
+        seeds: Annotated[int, tyro.conf.arg(help="Seeds per variant: the base --seed and the ones after it.")] = 3
+        parallel: Annotated[
+            int, tyro.conf.arg(help="Runs at a time, each in its own process with its share of the CPU cores.")
+        ] = 1
 
-    args = _parse(
+    return _parse(
         argv,
-        "Run GTPO, GRPO and ablations on the same seeds/data, one run each under --output-dir; the other flags "
-        "set the shared base config.",
+        "Run GTPO, GRPO and ablations over several seeds on the same data, one run each under --output-dir, "
+        "and report means, intervals and paired differences. A rerun continues a killed comparison. The other "
+        "flags set the shared base config.",
         "gtpo compare",
         extra=Options,
         output_dir=COMPARE_DIR,
         export="none",  # one model folder per variant is rarely wanted; --export merged writes them
     )
+
+
+def compare(argv: list[str]) -> None:
+    from gtpo.compare import run_comparison
+    from gtpo.config import ConfigError
+
+    args = compare_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown or not variants:
-        raise ConfigError(f"--variants: unknown variant(s) {', '.join(unknown) or '(none given)'}; known: {known}")
+    if not variants:
+        raise ConfigError("--variants: none given; pass a comma-separated list (gtpo compare --help lists them)")
+    if args.seeds < 1 or args.parallel < 1:
+        raise ConfigError("--seeds and --parallel must be at least 1")
     _quiet_transformers()
-    from gtpo.trainer import Trainer
-
-    def train_one(cfg) -> None:
-        print(f"== {Path(cfg.output_dir).name}", flush=True)
-        trainer = Trainer(cfg)
-        try:
-            trainer.train()
-        finally:
-            trainer.close()
-
     root = Path(args.config.output_dir)
-    run_comparison(args.config, variants, root, train_one)
+    run_comparison(args.config, variants, root, seeds=args.seeds, parallel=args.parallel)
     print((root / "compare.md").read_text())
     print(f"table: {root / 'compare.md'}, plots: {root / 'compare.png'}")
 

@@ -6,6 +6,7 @@ same sampler and sandbox. Nothing here trains.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,11 @@ GENERIC_SYSTEM_PROMPT = (
 TINY = "tiny"
 ARITH = "arith"
 ARITH_HELDOUT = "arith-heldout"
+MULTISTEP = "multistep"
+MULTISTEP_HELDOUT = "multistep-heldout"
+EMBEDDED_TASKS = {ARITH: "gtpo.tasks.arith", MULTISTEP: "gtpo.tasks.multistep"}
+"""Built-in tasks by ``data.train`` name -> module with SYSTEM_PROMPT, train_problems, heldout_problems; the
+held-out set of each is ``data.eval="<name>-heldout"``."""
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -52,12 +58,11 @@ def autocast(dtype_name: str, device: torch.device) -> Any:
 
 
 def model_path(name_or_path: str) -> str:
-    """Map the shipped model's alias to its directory; anything else is passed to transformers as is."""
-    if name_or_path == TINY:
-        from gtpo.tiny.build import DEFAULT_MODEL_DIR
+    """Map a shipped model's alias ("tiny", "tiny-multistep") to its directory; anything else is passed to
+    transformers as is."""
+    from gtpo.tiny.build import SHIPPED_MODELS
 
-        return str(DEFAULT_MODEL_DIR)
-    return name_or_path
+    return str(SHIPPED_MODELS.get(name_or_path, name_or_path))
 
 
 def check_model_source(name_or_path: str) -> None:
@@ -179,28 +184,23 @@ def build_sandbox(cfg: RolloutConfig) -> Any:
 def system_prompt_for(cfg: DataConfig) -> str:
     if cfg.system_prompt is not None:
         return cfg.system_prompt
-    if cfg.train == ARITH:
-        from gtpo.tasks.arith import SYSTEM_PROMPT
-
-        return SYSTEM_PROMPT
+    if cfg.train in EMBEDDED_TASKS:
+        return importlib.import_module(EMBEDDED_TASKS[cfg.train]).SYSTEM_PROMPT
     return GENERIC_SYSTEM_PROMPT
 
 
 def load_train_problems(cfg: DataConfig, seed: int) -> list[Problem]:
-    if cfg.train == ARITH:
-        from gtpo.tasks.arith import train_problems
-
-        return train_problems(seed=seed)
+    if cfg.train in EMBEDDED_TASKS:
+        return importlib.import_module(EMBEDDED_TASKS[cfg.train]).train_problems(seed=seed)
     return _load(cfg.train, cfg, cfg.split, "data.train")
 
 
 def load_eval_problems(cfg: DataConfig) -> list[Problem]:
     if not cfg.eval:
         return []
-    if cfg.eval == ARITH_HELDOUT:
-        from gtpo.tasks.arith import heldout_problems
-
-        problems = heldout_problems()
+    task = cfg.eval.removesuffix("-heldout")
+    if cfg.eval.endswith("-heldout") and task in EMBEDDED_TASKS:
+        problems = importlib.import_module(EMBEDDED_TASKS[task]).heldout_problems()
     else:
         from gtpo.data import BENCHMARKS, load_benchmark
 
@@ -214,7 +214,7 @@ def _load(source: str, cfg: DataConfig, split: str, field: str) -> list[Problem]
     if not Path(source).exists() and "/" not in source:
         raise ConfigError(
             f"{field} {source!r} is neither an existing file nor an HF dataset name (owner/name); "
-            "use 'arith', a .jsonl/.json/.parquet path, or a dataset name"
+            "use 'arith' or 'multistep', a .jsonl/.json/.parquet path, or a dataset name"
         )
     try:
         return load_problems(source, question_field=cfg.question_field, answer_field=cfg.answer_field, split=split)

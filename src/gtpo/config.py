@@ -142,8 +142,9 @@ class AlgoConfig:
     """GTPO (turn rewards, returns, shaping) or the GRPO baseline (one reward per trajectory)."""
     gamma: float = 0.9
     """Discount of turn returns (GTPO). 1.0 is the 'no discount' ablation."""
-    adv_norm: Literal["group", "turn_index"] = "group"
-    """Set over which GTPO returns are normalized: all turns of a group pooled, or per turn position."""
+    adv_norm: Literal["group", "turn_index", "batch"] = "group"
+    """Set over which GTPO returns are normalized: all turns of a group pooled, per turn position within the
+    group, or all turns of the whole batch pooled (see docs/algorithms.md, section 4)."""
     scale_by_std: bool = True
     """Divide centered rewards/returns by the set's std (False: mean-centering only, as in Dr. GRPO)."""
     format_penalty: float = 0.1

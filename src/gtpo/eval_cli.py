@@ -33,7 +33,7 @@ class EvalConfig:
     """A gtpo checkpoint (runs/NAME/checkpoints/step_0000060) or a run directory (runs/NAME: its newest
     checkpoint): the run's model with the trained weights."""
     benchmarks: tuple[str, ...] = ("arith-heldout",)
-    """Benchmarks by name: arith-heldout, aime24, aime25, amc23, math500, svamp, gsm8k."""
+    """Benchmarks by name: arith-heldout, multistep-heldout, aime24, aime25, amc23, math500, svamp, gsm8k."""
     data_dir: str | None = None
     """Folder with local benchmark files named <benchmark>.jsonl or .parquet (else HF datasets, online)."""
     data: str | None = None
@@ -138,12 +138,12 @@ def load_sets(cfg: EvalConfig) -> dict[str, list[Problem]]:
     else:
         sets = {}
         for name in cfg.benchmarks:
-            if name == components.ARITH_HELDOUT:
+            if name in (components.ARITH_HELDOUT, components.MULTISTEP_HELDOUT):
                 sets[name] = components.load_eval_problems(DataConfig(eval=name, eval_limit=0))
             elif name in BENCHMARKS:
                 sets[name] = load_benchmark(name, path=_local_file(cfg.data_dir, name))
             else:
-                known = ", ".join([components.ARITH_HELDOUT, *BENCHMARKS])
+                known = ", ".join([components.ARITH_HELDOUT, components.MULTISTEP_HELDOUT, *BENCHMARKS])
                 raise ConfigError(f"--benchmarks: unknown benchmark {name!r}; known: {known}")
     return {name: problems[: cfg.limit] if cfg.limit else problems for name, problems in sets.items()}
 
@@ -201,7 +201,10 @@ def run(cfg: EvalConfig) -> list[dict]:
 
 def _task_of(cfg: EvalConfig) -> str:
     """The embedded model answers in the embedded task's short protocol; everything else gets the generic one."""
-    return components.ARITH if cfg.benchmarks == (components.ARITH_HELDOUT,) and not cfg.data else "generic"
+    embedded = {components.ARITH_HELDOUT: components.ARITH, components.MULTISTEP_HELDOUT: components.MULTISTEP}
+    if len(cfg.benchmarks) == 1 and cfg.benchmarks[0] in embedded and not cfg.data:
+        return embedded[cfg.benchmarks[0]]
+    return "generic"
 
 
 def main(argv: list[str]) -> None:

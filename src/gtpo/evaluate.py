@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from gtpo.metrics import read_metrics
 from gtpo.rollout import rollout
 from gtpo.types import CodeExecutor, Problem, Trajectory
 
@@ -97,3 +99,26 @@ def evaluate_problems(
             on_progress(len(chunk))
     per_problem = [[t.correct for t in trajectories[i * k : (i + 1) * k]] for i in range(len(problems))]
     return EvalReport(name=name, k=k, per_problem=per_problem, trajectories=trajectories)
+
+
+def eval_record(report: EvalReport, step: int) -> dict[str, Any]:
+    """One evaluation, per problem (rows in problem order, k entries each): correctness, and per trajectory
+    turns, model tokens and invalid tool calls. What ``gtpo compare`` pairs runs by; written to
+    ``gtpo.metrics.EVAL_FILE`` by the trainer."""
+    k = report.k
+    rows = [report.trajectories[i * k : (i + 1) * k] for i in range(len(report.per_problem))]
+    record: dict[str, Any] = {"step": step, "name": report.name, "k": k, "correct": report.per_problem}
+    if report.trajectories:
+        record["problems"] = [row[0].problem.id for row in rows]
+        record["turns"] = [[t.num_turns for t in row] for row in rows]
+        record["tokens"] = [[sum(turn.num_model_tokens for turn in t.turns) for t in row] for row in rows]
+        record["invalid_calls"] = [[sum(turn.invalid_call for turn in t.turns) for t in row] for row in rows]
+    return record
+
+
+def read_eval_records(path: Path) -> list[dict[str, Any]]:
+    """The evaluations of one run in step order; a step evaluated twice (a resumed run) keeps its last record."""
+    if not Path(path).exists():
+        return []
+    by_step = {record["step"]: record for record in read_metrics(path)}
+    return [by_step[step] for step in sorted(by_step)]

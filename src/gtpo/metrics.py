@@ -14,6 +14,9 @@ from typing import Any
 
 METRICS_FILE = "metrics.jsonl"
 """Each run directory's metric log, one JSON object per line."""
+EVAL_FILE = "eval_problems.jsonl"
+"""Each run directory's per-problem held-out results, one JSON object per evaluation
+(``gtpo.evaluate.eval_record``); ``gtpo compare`` pairs runs by problem with them."""
 
 
 class MetricLogger:
@@ -68,6 +71,12 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line and flush it (a killed run keeps every record it finished)."""
+    with Path(path).open("a", encoding="utf-8") as file:
+        file.write(json.dumps(record) + "\n")
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

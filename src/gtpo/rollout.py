@@ -204,11 +204,38 @@ def rollout(
     return RolloutResult(trajectories, timings)
 
 
-def _session(executor: CodeExecutor, sessions: dict[int, str], index: int) -> str:
-    """The trajectory's sandbox session, opened at its first code call."""
-    if index not in sessions:
-        sessions[index] = executor.open_session()
-    return sessions[index]
+def open_sessions(executor: CodeExecutor, problems: Sequence[Problem]) -> list[str]:
+    """Open one sandbox session per problem and run each problem's hidden setup code in it, all in one batch.
+
+    The setup (``Problem.setup_code``: a task's table or function that the question refers to) runs before the
+    model's first cell; its output is never shown to the model nor appended to the tokens. A failing setup is
+    the task's bug, not the model's, so it raises (RuntimeError naming the problem) after closing the sessions.
+    """
+    sessions = [executor.open_session() for _ in problems]
+    setups = [(s, p) for s, p in zip(sessions, problems, strict=True) if p.setup_code]
+    results = executor.run_batch([(s, p.setup_code) for s, p in setups]) if setups else []
+    for (_, problem), result in zip(setups, results, strict=True):
+        if result.status != "ok":
+            for session in sessions:
+                executor.close_session(session)
+            raise RuntimeError(
+                f"setup code of problem {problem.id!r} failed in the sandbox ({result.status}): "
+                f"{result.output.strip()[-500:]}"
+            )
+    return sessions
+
+
+def open_session(executor: CodeExecutor, problem: Problem) -> str:
+    """One trajectory's session with its problem's setup run (``open_sessions``)."""
+    return open_sessions(executor, [problem])[0]
+
+
+def _sessions(executor: CodeExecutor, sessions: dict[int, str], trajectories: list[Trajectory], indices) -> list[str]:
+    """The trajectories' sandbox sessions, each opened (and set up) at its first code call."""
+    new = [i for i in indices if i not in sessions]
+    if new:
+        sessions.update(zip(new, open_sessions(executor, [trajectories[i].problem for i in new]), strict=True))
+    return [sessions[i] for i in indices]
 
 
 def _run_turn_by_turn(
@@ -243,7 +270,8 @@ def _run_turn_by_turn(
             if code is not None:
                 calls.append((i, code))
         start = time.perf_counter()
-        session_calls = [(_session(executor, sessions, i), code) for i, code in calls]
+        opened = _sessions(executor, sessions, trajectories, [i for i, _ in calls])
+        session_calls = [(session, code) for session, (_, code) in zip(opened, calls, strict=True)]
         results = executor.run_batch(session_calls) if calls else []
         timings.sandbox_s += time.perf_counter() - start
         active = [i for (i, _), r in zip(calls, results, strict=True) if episode.add_result(trajectories[i], r)]
@@ -275,6 +303,10 @@ def _run_streaming(
         trajectory = trajectories[i]
         engine.submit(i, trajectory.input_ids, episode.cap(trajectory), temperature=temperature, top_p=top_p, seed=seed)
 
+    def run_cell(i: int, code: str) -> list[ExecResult]:  # on a worker thread: a first call sets up too
+        (session,) = _sessions(executor, sessions, trajectories, [i])
+        return executor.run_batch([(session, code)])
+
     pending: dict[int, tuple[Future, int]] = {}  # trajectory -> (its code's result, re-entry time)
     for i in active:
         submit(i)
@@ -290,8 +322,7 @@ def _run_streaming(
                         if code is None:
                             engine.release(i)
                             continue
-                        calls = [(_session(executor, sessions, i), code)]
-                        pending[i] = (cells.submit(executor.run_batch, calls), engine.clock + rejoin_steps)
+                        pending[i] = (cells.submit(run_cell, i, code), engine.clock + rejoin_steps)
                 if schedule == "asap":
                     ready = [i for i, (future, _) in pending.items() if future.done()]
                 else:

@@ -28,6 +28,9 @@ class Problem:
     question: str
     answer: str
     source: str = ""
+    setup_code: str = ""
+    """Hidden Python run in each trajectory's sandbox session before the model's first cell (a task's table or
+    function the question refers to); its output never reaches the model. Empty: nothing to run."""
 
 
 @dataclass(frozen=True)

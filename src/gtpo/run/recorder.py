@@ -22,7 +22,7 @@ from gtpo.checkpoint import check_run_dir, claim_run_dir, latest_checkpoint
 from gtpo.config import ConfigError, TrainConfig, to_dict
 from gtpo.eval_stats import accuracy_interval
 from gtpo.evaluate import EvalReport
-from gtpo.metrics import METRICS_FILE, MetricLogger, read_metrics
+from gtpo.metrics import EVAL_FILE, METRICS_FILE, MetricLogger, read_metrics
 from gtpo.run import report
 from gtpo.run.console import Console
 from gtpo.run.export import MODEL_DIR
@@ -90,6 +90,7 @@ class RunRecorder:
         later = [r["step"] for r in records if r.get("step", 0) > step]
         _keep_until(self.run_dir / METRICS_FILE, step)
         _keep_until(self.run_dir / report.SAMPLES, step)
+        _keep_until(self.run_dir / EVAL_FILE, step)
         redo = (min(later), max(later)) if later else None
         self.console.resumed(str(self.run_dir), step, self.cfg.steps, str(checkpoint), redo)
         self.console.history([r for r in records if r.get("step", 0) <= step])
@@ -150,7 +151,7 @@ class RunRecorder:
         if self.is_main and checkpoint is None and not progressed:
             self.close()
             _remove(self._created)
-            for name in (METRICS_FILE, "config.json", report.SAMPLES, report.CURVES):
+            for name in (METRICS_FILE, EVAL_FILE, "config.json", report.SAMPLES, report.CURVES):
                 (self.run_dir / name).unlink(missing_ok=True)
         else:
             self.finish(final=False)

@@ -25,6 +25,8 @@ class Trace:
     answer: str
     segments: list[tuple[str, str]]
     """(kind, text) with kind "model" (trained on) or "tool" (observation, never trained on)."""
+    setup_code: str = ""
+    """The problem's hidden setup (``Problem.setup_code``), run before the trace's first cell; never shown."""
 
 
 def run_code(code: str) -> str:
@@ -42,7 +44,8 @@ def _code_turn(code: str) -> tuple[str, str]:
     return ("model", f"```python\n{code}\n```")
 
 
-def _wrong(answer: int, rng: random.Random) -> int:
+def wrong_number(answer: int, rng: random.Random) -> int:
+    """A plausible wrong answer: 1 to 3 digits of the right one changed."""
     digits = list(str(answer))
     for _ in range(rng.randint(1, 3)):
         i = rng.randrange(len(digits))
@@ -55,7 +58,7 @@ def make_trace(rng: random.Random, style: str) -> Trace:
     question, answer, expr = make_problem(rng, rng.choice(KINDS))
     segments: list[tuple[str, str]] = []
     if style == "guess":
-        segments.append(("model", f"\\boxed{{{_wrong(answer, rng)}}}"))
+        segments.append(("model", f"\\boxed{{{wrong_number(answer, rng)}}}"))
         return Trace(question, str(answer), segments)
     if style == "fix":
         bad = f"print(y)\ny = {expr}"

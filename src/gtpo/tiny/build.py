@@ -1,34 +1,75 @@
-"""Rebuild the shipped tiny model: tokenizer, traces, supervised warm start, measurement, save.
+"""Rebuild a shipped tiny model: tokenizer, traces, supervised warm start, measurement, save.
 
-``gtpo build-tiny --out DIR`` (or ``python -m gtpo.tiny.build``). The default writes the asset the package
-ships (``DEFAULT_MODEL_DIR``). Traces are tokenized exactly as the rollout does it: prompt through the chat
-template, each model segment and each tool output tokenized on its own, EOS after the final message; the loss
-covers model segments and that EOS only.
+``gtpo build-tiny [--task arith|multistep] [--out DIR]`` (or ``python -m gtpo.tiny.build``). The default writes
+the asset the package ships for the task (``RECIPES[task].out``: ``assets/tiny`` for the arithmetic task,
+``assets/tiny-multistep`` for the multi-step one). Traces are tokenized exactly as the rollout does it: prompt
+through the chat template, each model segment and each tool output tokenized on its own, EOS after the final
+message; the loss covers model segments and that EOS only.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from gtpo.policy import prompt_ids
-from gtpo.tasks.arith import HELDOUT_PATH, SYSTEM_PROMPT, heldout_problems, write_heldout
-from gtpo.tasks.traces import Trace, make_traces
+from gtpo.tasks.arith import SYSTEM_PROMPT
+from gtpo.tasks.traces import Trace
 from gtpo.tiny.model import new_model
 from gtpo.tiny.tokenizer import build_tokenizer
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "tiny"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+DEFAULT_MODEL_DIR = ASSETS / "tiny"
+MULTISTEP_MODEL_DIR = ASSETS / "tiny-multistep"
+SHIPPED_MODELS = {"tiny": DEFAULT_MODEL_DIR, "tiny-multistep": MULTISTEP_MODEL_DIR}
+"""``model.name_or_path`` aliases of the shipped models."""
 
 
-def tokenize_trace(tokenizer: Any, trace: Trace) -> tuple[list[int], list[int]]:
+@dataclass(frozen=True)
+class Recipe:
+    """What differs between the shipped tiny models: task, traces, output, size of the warm start, turn cap."""
+
+    task: str
+    """Module with SYSTEM_PROMPT, HELDOUT_PATH, heldout_problems, write_heldout."""
+    traces: str
+    """Module with make_traces(n, seed)."""
+    out: Path
+    steps: int
+    num_traces: int
+    max_turns: int
+    lr: float
+    init_from: Path | None = None
+    """Continue from this model and its tokenizer instead of a new tokenizer and random weights."""
+
+
+RECIPES = {
+    "arith": Recipe("gtpo.tasks.arith", "gtpo.tasks.traces", DEFAULT_MODEL_DIR, 3500, 20000, max_turns=5, lr=3e-3),
+    # The arithmetic model already writes code blocks, reads outputs and copies digits: continuing from it costs
+    # a fraction of a from-scratch warm start (a from-scratch build needed 3500 steps for the arithmetic task).
+    "multistep": Recipe(
+        "gtpo.tasks.multistep",
+        "gtpo.tasks.multistep_traces",
+        MULTISTEP_MODEL_DIR,
+        800,
+        20000,
+        max_turns=6,
+        lr=1e-3,
+        init_from=DEFAULT_MODEL_DIR,
+    ),
+}
+
+
+def tokenize_trace(tokenizer: Any, trace: Trace, system_prompt: str = SYSTEM_PROMPT) -> tuple[list[int], list[int]]:
     """(ids, loss_mask) of one trace, with the rollout's token boundaries."""
-    ids = prompt_ids(tokenizer, SYSTEM_PROMPT, trace.question)
+    ids = prompt_ids(tokenizer, system_prompt, trace.question)
     mask = [0] * len(ids)
     for kind, text in trace.segments:
         piece = tokenizer.encode(text, add_special_tokens=False)
@@ -39,17 +80,23 @@ def tokenize_trace(tokenizer: Any, trace: Trace) -> tuple[list[int], list[int]]:
     return ids, mask
 
 
-def corpus(traces: list[Trace]) -> list[str]:
-    return [SYSTEM_PROMPT] + [t.question + "".join(text for _, text in t.segments) for t in traces]
+def corpus(traces: list[Trace], system_prompt: str = SYSTEM_PROMPT) -> list[str]:
+    return [system_prompt] + [t.question + "".join(text for _, text in t.segments) for t in traces]
 
 
 def supervised_warm_start(
-    model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], steps: int, seed: int, pad_id: int
+    model: torch.nn.Module,
+    examples: list[tuple[list[int], list[int]]],
+    steps: int,
+    seed: int,
+    pad_id: int,
+    lr: float = 3e-3,
 ) -> float:
-    """Plain masked next-token training; returns the mean loss of the last 50 steps."""
+    """Plain masked next-token training (one-cycle schedule peaking at ``lr``); returns the mean loss of the
+    last 50 steps."""
     rng = random.Random(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps, pct_start=0.1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
     model.train()
     recent: list[float] = []
     for _ in range(steps):
@@ -73,24 +120,28 @@ def supervised_warm_start(
     return sum(recent) / len(recent)
 
 
-def measure(model: torch.nn.Module, tokenizer: Any, n: int = 96, temperature: float = 1.0) -> dict[str, float]:
+def measure(
+    model: torch.nn.Module, tokenizer: Any, n: int = 96, temperature: float = 1.0, task: str = "arith"
+) -> dict[str, float]:
     """Held-out accuracy and tool use of the warm-started model, through the real rollout and sandbox."""
     from gtpo.config import RolloutConfig
     from gtpo.generate import HFSampler
     from gtpo.rollout import rollout, rollout_metrics
     from gtpo.sandbox import SandboxPool
 
-    limits = RolloutConfig()  # the embedded default's turn and length limits
+    recipe = RECIPES[task]
+    module = importlib.import_module(recipe.task)
+    limits = RolloutConfig()  # the embedded default's length limits; the turn cap is the task's
     with SandboxPool() as pool:
         start = time.perf_counter()
         result = rollout(
-            heldout_problems()[:n],
+            module.heldout_problems()[:n],
             1,
             HFSampler(model, tokenizer),
             tokenizer,
             pool,
-            system_prompt=SYSTEM_PROMPT,
-            max_turns=limits.max_turns,
+            system_prompt=module.SYSTEM_PROMPT,
+            max_turns=recipe.max_turns,
             max_new_tokens_per_turn=limits.max_new_tokens_per_turn,
             max_total_tokens=limits.max_total_tokens,
             temperature=temperature,
@@ -108,17 +159,28 @@ def measure(model: torch.nn.Module, tokenizer: Any, n: int = 96, temperature: fl
     }
 
 
-def build(out: Path, steps: int, seed: int, traces: int, measure_n: int = 96) -> dict[str, Any]:
+def build(out: Path, steps: int, seed: int, traces: int, measure_n: int = 96, task: str = "arith") -> dict[str, Any]:
+    recipe = RECIPES[task]
+    module = importlib.import_module(recipe.task)
     torch.manual_seed(seed)
-    if not HELDOUT_PATH.exists():
-        write_heldout()
-    trace_list = make_traces(traces, seed)
-    tokenizer = build_tokenizer(corpus(trace_list))
-    model = new_model(tokenizer, seed=seed)
-    examples = [tokenize_trace(tokenizer, t) for t in trace_list]
+    if not module.HELDOUT_PATH.exists():
+        module.write_heldout()
+    trace_list = importlib.import_module(recipe.traces).make_traces(traces, seed)
+    if recipe.init_from is not None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(recipe.init_from)
+        model = AutoModelForCausalLM.from_pretrained(recipe.init_from)
+    else:
+        tokenizer = build_tokenizer(corpus(trace_list, module.SYSTEM_PROMPT))
+        model = new_model(tokenizer, seed=seed)
+    examples = [tokenize_trace(tokenizer, t, module.SYSTEM_PROMPT) for t in trace_list]
     start = time.perf_counter()
-    loss = supervised_warm_start(model, examples, steps, seed, tokenizer.pad_token_id)
+    loss = supervised_warm_start(model, examples, steps, seed, tokenizer.pad_token_id, lr=recipe.lr)
     info: dict[str, Any] = {
+        "task": task,
+        "init_from": recipe.init_from.name if recipe.init_from is not None else None,
+        "lr": recipe.lr,
         "steps": steps,
         "seed": seed,
         "traces": traces,
@@ -126,7 +188,7 @@ def build(out: Path, steps: int, seed: int, traces: int, measure_n: int = 96) ->
         "sft_seconds": time.perf_counter() - start,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-    info.update({f"temp1_{k}": v for k, v in measure(model, tokenizer, n=measure_n).items()})
+    info.update({f"temp1_{k}": v for k, v in measure(model, tokenizer, n=measure_n, task=task).items()})
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -136,12 +198,20 @@ def build(out: Path, steps: int, seed: int, traces: int, measure_n: int = 96) ->
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="gtpo build-tiny", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR, help="output directory (HF format)")
-    parser.add_argument("--steps", type=int, default=3500, help="supervised steps (batch 32)")
-    parser.add_argument("--traces", type=int, default=20000, help="number of generated traces")
+    parser.add_argument("--task", choices=sorted(RECIPES), default="arith", help="embedded task to warm-start on")
+    parser.add_argument("--out", type=Path, default=None, help="output directory (default: the task's shipped asset)")
+    parser.add_argument("--steps", type=int, default=None, help="supervised steps, batch 32 (default: the recipe's)")
+    parser.add_argument("--traces", type=int, default=None, help="number of generated traces (default: the recipe's)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    info = build(args.out, args.steps, args.seed, args.traces)
+    recipe = RECIPES[args.task]
+    info = build(
+        args.out or recipe.out,
+        args.steps or recipe.steps,
+        args.seed,
+        args.traces or recipe.num_traces,
+        task=args.task,
+    )
     print(json.dumps(info, indent=2))
 
 
