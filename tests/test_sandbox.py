@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import dataclasses
 import linecache
 import os
 import shutil
@@ -513,7 +514,7 @@ def test_writing_outside_the_workdir_fails(pool, session):
     assert_healthy(pool)
 
 
-def test_deleting_its_own_folder_does_not_break_the_session(pool, session):
+def test_deleting_its_own_folder_does_not_break_the_session(pool):
     require(pool, "filesystem")
     code = cell("""
         import os, shutil
@@ -522,13 +523,18 @@ def test_deleting_its_own_folder_does_not_break_the_session(pool, session):
         os.chmod(os.getcwd(), 0)
         os.chdir('/')
     """)
-    assert pool.run(session, code).status == "ok"
-    after = pool.run(session, "open('b.txt', 'w').write('2')\nprint(os.getcwd(), sorted(os.listdir('.')))")
-    # A Python installed under /tmp (a CI checkout there) is bound back read-only inside the private /tmp.
-    interpreter_entries = {d.split("/")[2] for d in interpreter_dirs() if d.startswith("/tmp/")}
-    listing = ast.literal_eval(after.output.split(" ", 1)[1])
-    assert after.output.startswith("/tmp ") and set(listing) - interpreter_entries == {"b.txt"}
-    assert_healthy(pool)
+    # A Python installed under /tmp (a CI checkout there) is bound back read-only inside the private /tmp, so
+    # the rmtree also walks its virtualenv (~50k files it cannot delete): several seconds on a busy machine,
+    # hence a pool of its own with room for that.
+    roomy = dataclasses.replace(LIMITS, wall_time_s=120.0, cpu_time_s=120.0, session_wall_time_s=240.0)
+    with SandboxPool(roomy, max_workers=1, preload=(), spare_processes=0) as own:
+        session = own.open_session()
+        assert own.run(session, code).status == "ok"
+        after = own.run(session, "open('b.txt', 'w').write('2')\nprint(os.getcwd(), sorted(os.listdir('.')))")
+        interpreter_entries = {d.split("/")[2] for d in interpreter_dirs() if d.startswith("/tmp/")}
+        listing = ast.literal_eval(after.output.split(" ", 1)[1])
+        assert after.output.startswith("/tmp ") and set(listing) - interpreter_entries == {"b.txt"}
+        assert_healthy(own)
 
 
 def test_parent_environment_is_invisible(pool, session):
