@@ -309,3 +309,16 @@ def test_ctrl_c_during_the_first_evaluation_leaves_no_run_folder(tmp_path):
     assert process.returncode == 130 and "Traceback" not in err, err
     assert "no step finished, nothing saved" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_shipped_model_alias_without_its_files_names_the_rebuild(tmp_path, monkeypatch):
+    from gtpo import components
+    from gtpo.config import ConfigError
+    from gtpo.tiny import build
+
+    monkeypatch.setitem(build.SHIPPED_MODELS, "tiny-gone", tmp_path)  # the folder exists, the model does not
+    with pytest.raises(
+        ConfigError, match=r"^model\.name_or_path 'tiny-gone': the shipped model is missing .*build-tiny"
+    ):
+        components.check_model_source("tiny-gone")
+    components.check_model_source("tiny")  # the shipped default is there

@@ -70,7 +70,13 @@ def check_model_source(name_or_path: str) -> None:
 
     A name whose first part is an existing local folder (``models/qwen``, ``./out``, ``/data/m``) is a path; a
     name like ``Qwen/Qwen2.5-Math-1.5B`` whose first part is not a local folder is left to the Hub."""
-    if name_or_path == TINY:
+    shipped = model_path(name_or_path)
+    if shipped != name_or_path:  # an alias of a model shipped in gtpo/assets
+        if not (Path(shipped) / "config.json").is_file():
+            raise ConfigError(
+                f"model.name_or_path {name_or_path!r}: the shipped model is missing from {shipped}; rebuild it "
+                "with `gtpo build-tiny` (see its --task) or reinstall gtpo"
+            )
         return
     path = Path(name_or_path).expanduser()
     fix = "give a local model folder (config.json, weights, tokenizer), 'tiny' for the shipped model, or a Hub name"
