@@ -2,7 +2,7 @@
 sandbox shows.
 
 Answers are checked by running the question itself in a real sandbox session opened with the problem's setup
-code (``gtpo.rollout.open_session``), not by the generator's own arithmetic.
+code (``gtpo.rollout.open_sessions``), not by the generator's own arithmetic.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import re
 import pytest
 
 from gtpo.generate import ScriptedSampler
-from gtpo.rollout import open_session, rollout
+from gtpo.rollout import open_sessions, rollout
 from gtpo.tasks import multistep
 from gtpo.tasks.multistep import KINDS, heldout_problems, make_problem, make_problems, train_problems
 from gtpo.tasks.multistep_traces import Notebook, make_traces
@@ -51,7 +51,7 @@ def test_problems_are_deterministic_and_need_two_to_four_calls():
 
 def test_answers_match_the_question_run_in_a_preloaded_sandbox(pool):
     problems = make_problems(12, seed=7)
-    sessions = [open_session(pool, p) for p in problems]
+    sessions = open_sessions(pool, problems)
     try:
         results = pool.run_batch([(s, _question_as_code(p.question)) for s, p in zip(sessions, problems, strict=True)])
     finally:
@@ -83,7 +83,7 @@ def test_heldout_ships_regenerates_and_is_disjoint_from_training(tmp_path):
 
 def test_wrong_name_raises_a_key_error_that_lists_the_names(pool):
     problem = make_problems(1, seed=2, kinds=("pair",))[0]
-    session = open_session(pool, problem)
+    (session,) = open_sessions(pool, [problem])
     try:
         result = pool.run_batch([(session, "print(lookup('nosuchname'))")])[0]
     finally:
@@ -113,9 +113,9 @@ def test_a_failing_setup_is_a_clear_error_and_closes_its_session():
 
     executor = Recorder()
     with pytest.raises(RuntimeError, match=r"setup code of problem 'broken'.*NameError"):
-        open_session(executor, Problem(id="broken", question="q", answer="1", setup_code="oops"))
+        open_sessions(executor, [Problem(id="broken", question="q", answer="1", setup_code="oops")])
     assert executor.closed == executor.opened == ["s0"]
-    assert open_session(executor, Problem(id="plain", question="q", answer="1")) == "s1"  # nothing to run
+    assert open_sessions(executor, [Problem(id="plain", question="q", answer="1")]) == ["s1"]  # nothing to run
 
 
 def test_rollout_preloads_each_session_and_never_shows_the_setup(pool, tiny_tokenizer):
@@ -137,7 +137,8 @@ def test_traces_show_exactly_what_the_sandbox_shows(pool):
     with_errors = [t for t in traces if any("Error" in text for kind, text in t.segments if kind == "tool")]
     assert len(with_errors) >= 5
     for trace in with_errors[:5] + traces[:5]:
-        session = open_session(pool, Problem(id="t", question=trace.question, answer="", setup_code=trace.setup_code))
+        problem = Problem(id="t", question=trace.question, answer="", setup_code=trace.setup_code)
+        (session,) = open_sessions(pool, [problem])
         try:
             pairs = zip(trace.segments, trace.segments[1:], strict=False)
             for (kind, text), (next_kind, observation) in pairs:

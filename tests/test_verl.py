@@ -374,18 +374,7 @@ def test_verl_path_equals_gtpo_trainer_credit(tiny_tokenizer):
     scores, _ = gtpo_reward_tensor(data, tiny_tokenizer, similarity=constant_similarity)
     data.batch["token_level_rewards"] = scores
     out = compute_advantage(data, adv_estimator="gtpo", config=AlgoConfig(gamma=0.9))
-    credit = assign_credit(
-        trainer_records(),
-        algo="gtpo",
-        gamma=0.9,
-        adv_norm="group",
-        scale_by_std=True,
-        format_penalty=0.1,
-        no_call_penalty=0.1,
-        shaping=True,
-        shaping_alpha=0.5,
-        similarity=constant_similarity,
-    )
+    credit = trainer_credit(constant_similarity)
     turn_ids, _ = loop_turn_ids(data.batch["response_mask"])
     expected = turns_to_tokens(credit.turn_advantages, turn_ids)
     torch.testing.assert_close(out.batch["advantages"], expected, atol=1e-5, rtol=0)
@@ -509,6 +498,22 @@ def trainer_records():
     ]
 
 
+def trainer_credit(similarity):
+    """What gtpo's own trainer assigns to ``trainer_records()`` with the settings the verl path is given."""
+    return assign_credit(
+        trainer_records(),
+        algo="gtpo",
+        gamma=0.9,
+        adv_norm="group",
+        scale_by_std=True,
+        format_penalty=0.1,
+        no_call_penalty=0.1,
+        shaping=True,
+        shaping_alpha=0.5,
+        similarity=similarity,
+    )
+
+
 def test_live_path_with_group_shaping_equals_gtpo_trainer_credit(tiny_tokenizer, sandbox_tool):
     """A verl run end to end on CPU, but for the model: trajectories built like a real rollout (the tool runs
     the code and records statuses), scored one at a time by the reward manager, rm_scores placed by the agent
@@ -527,18 +532,7 @@ def test_live_path_with_group_shaping_equals_gtpo_trainer_credit(tiny_tokenizer,
     )
     out = compute_advantage(data, adv_estimator="gtpo", config=AlgoConfig(gamma=0.9))
 
-    credit = assign_credit(
-        trainer_records(),
-        algo="gtpo",
-        gamma=0.9,
-        adv_norm="group",
-        scale_by_std=True,
-        format_penalty=0.1,
-        no_call_penalty=0.1,
-        shaping=True,
-        shaping_alpha=0.5,
-        similarity=tfidf_code_similarity,
-    )
+    credit = trainer_credit(tfidf_code_similarity)
     turn_ids, _ = loop_turn_ids(masks)
     torch.testing.assert_close(
         out.batch["advantages"], turns_to_tokens(credit.turn_advantages, turn_ids), atol=1e-5, rtol=0
@@ -801,18 +795,7 @@ def test_replay_buffer_shapes_sampled_groups_in_transfer_queue(tiny_tokenizer, s
     finally:
         tq.close()
         ray.shutdown()
-    credit = assign_credit(
-        trainer_records(),
-        algo="gtpo",
-        gamma=0.9,
-        adv_norm="group",
-        scale_by_std=True,
-        format_penalty=0.1,
-        no_call_penalty=0.1,
-        shaping=True,
-        shaping_alpha=0.5,
-        similarity=tfidf_code_similarity,
-    )
+    credit = trainer_credit(tfidf_code_similarity)
     rows = [names[key] for key in batch.keys]
     turn_ids, _ = loop_turn_ids(data.batch["response_mask"])
     expected = turns_to_tokens(credit.turn_advantages[rows], turn_ids)

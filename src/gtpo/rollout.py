@@ -225,11 +225,6 @@ def open_sessions(executor: CodeExecutor, problems: Sequence[Problem]) -> list[s
     return sessions
 
 
-def open_session(executor: CodeExecutor, problem: Problem) -> str:
-    """One trajectory's session with its problem's setup run (``open_sessions``)."""
-    return open_sessions(executor, [problem])[0]
-
-
 def _sessions(executor: CodeExecutor, sessions: dict[int, str], trajectories: list[Trajectory], indices) -> list[str]:
     """The trajectories' sandbox sessions, each opened (and set up) at its first code call."""
     new = [i for i in indices if i not in sessions]
