@@ -72,9 +72,12 @@ def evaluate_problems(
     evaluation).
     """
     if batch_problems is None:
-        engine = getattr(sampler, "engine", None) is not None
-        # With a progress callback the engine still gets large chunks (its slots stay busy), so the bar moves.
-        batch_problems = (64 if on_progress else max(len(problems), 1)) if engine else 32
+        if getattr(sampler, "engine", None) is None:
+            batch_problems = 32
+        elif on_progress is not None:  # chunks large enough to keep the engine's slots busy, so the bar moves
+            batch_problems = 64
+        else:
+            batch_problems = max(len(problems), 1)
     trajectories: list[Trajectory] = []
     for start in range(0, len(problems), batch_problems):
         chunk = list(problems[start : start + batch_problems])
@@ -104,7 +107,7 @@ def evaluate_problems(
 def eval_record(report: EvalReport, step: int) -> dict[str, Any]:
     """One evaluation, per problem (rows in problem order, k entries each): correctness, and per trajectory
     turns, model tokens and invalid tool calls. What ``gtpo compare`` pairs runs by; written to
-    ``gtpo.metrics.EVAL_FILE`` by the trainer."""
+    ``gtpo.metrics.EVAL_FILE`` by the run recorder (``gtpo.run.recorder``)."""
     k = report.k
     rows = [report.trajectories[i * k : (i + 1) * k] for i in range(len(report.per_problem))]
     record: dict[str, Any] = {"step": step, "name": report.name, "k": k, "correct": report.per_problem}

@@ -37,9 +37,8 @@ from gtpo.distributed import (
     strip_tokens,
     wrap_model,
 )
-from gtpo.evaluate import EvalReport, eval_record, evaluate_problems
+from gtpo.evaluate import EvalReport, evaluate_problems
 from gtpo.groups import StepGroups, collect_groups
-from gtpo.metrics import EVAL_FILE, append_record
 from gtpo.policy import inference_weights
 from gtpo.problem_stream import ProblemStream
 from gtpo.rewards import overlong_penalty
@@ -321,10 +320,7 @@ class Trainer:
         """Held-out evaluation, problems sharded across ranks and the results gathered on every rank.
         ``progress(n)`` is called as each chunk of n problems finishes."""
         with components.autocast(self.cfg.model.dtype, self.device):
-            report = self._evaluate(progress)
-        if self.ctx.is_main:  # per-problem results, for comparisons paired by problem (gtpo compare)
-            append_record(self.run_dir / EVAL_FILE, eval_record(report, self.step))
-        return report
+            return self._evaluate(progress)
 
     def _evaluate(self, progress: Any = None) -> EvalReport:
         r = self.cfg.rollout

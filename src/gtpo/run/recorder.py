@@ -21,8 +21,8 @@ import torch
 from gtpo.checkpoint import check_run_dir, claim_run_dir, latest_checkpoint
 from gtpo.config import ConfigError, TrainConfig, to_dict
 from gtpo.eval_stats import accuracy_interval
-from gtpo.evaluate import EvalReport
-from gtpo.metrics import EVAL_FILE, METRICS_FILE, MetricLogger, read_metrics
+from gtpo.evaluate import EvalReport, eval_record
+from gtpo.metrics import EVAL_FILE, METRICS_FILE, MetricLogger, append_record, read_metrics
 from gtpo.run import report
 from gtpo.run.console import Console
 from gtpo.run.export import MODEL_DIR
@@ -126,14 +126,16 @@ class RunRecorder:
     def evaluation(
         self, step: int, result: EvalReport, seconds: float, batch: tuple[Sequence[Trajectory], Any] | None
     ) -> dict[str, float]:
-        """The evaluation's metrics with their 95% interval; a few of its trajectories, and one group of the
-        step's training batch with its rewards and advantages, go to samples.jsonl."""
+        """The evaluation's metrics with their 95% interval; its per-problem results go to eval_problems.jsonl
+        (what ``gtpo compare`` pairs runs by); a few of its trajectories, and one group of the step's training
+        batch with its rewards and advantages, go to samples.jsonl."""
         metrics = result.metrics()
         if result.per_problem:
             _, low, high = accuracy_interval(result.per_problem)
             metrics.update({"eval/ci95_low": low, "eval/ci95_high": high})
         metrics["perf/eval_s"] = seconds
         if self.is_main and self.logger is not None:
+            append_record(self.run_dir / EVAL_FILE, eval_record(result, step))
             samples = [report.trajectory_record(step, "heldout", t) for t in report.pick_samples(result.trajectories)]
             if batch is not None and step > 0:
                 trajectories, credit = batch
