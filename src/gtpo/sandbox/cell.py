@@ -164,6 +164,17 @@ def compile_cell(code: str, filename: str) -> tuple[types.CodeType, types.CodeTy
     return body, (compile(last, filename, "eval", dont_inherit=True) if last is not None else None)
 
 
+def exec_cell(code: str, filename: str, namespace: dict[str, Any], stdout: Any) -> None:
+    """Run the cell's statements in ``namespace``; a final bare expression's repr goes to ``stdout``, as in a
+    notebook. Shared with the warm-start traces, which must read exactly what a session shows."""
+    body, last = compile_cell(code, filename)
+    exec(body, namespace)
+    if last is not None:
+        value = eval(last, namespace)
+        if value is not None:
+            stdout.write(repr(value) + "\n")
+
+
 def _scrub_host_paths(text: str) -> str:
     for prefix in sorted({sys.prefix, sys.base_prefix, sys.exec_prefix}, key=len, reverse=True):
         if len(prefix) > 1:
@@ -281,12 +292,7 @@ class CellRunner:
         try:
             try:
                 self._arm(wall_s, cpu_s)
-                body, last = compile_cell(code, f"<cell {self.cells_run}>")
-                exec(body, self.namespace)
-                if last is not None:
-                    value = eval(last, self.namespace)
-                    if value is not None:
-                        stdout.write(repr(value) + "\n")
+                exec_cell(code, f"<cell {self.cells_run}>", self.namespace, stdout)
             finally:
                 self._disarm()
         except CellTimeout as e:

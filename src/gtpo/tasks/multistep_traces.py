@@ -25,7 +25,7 @@ import io
 import random
 from typing import Any
 
-from gtpo.sandbox.cell import compile_cell, short_traceback
+from gtpo.sandbox.cell import exec_cell, short_traceback
 from gtpo.sandbox.session import join_output
 from gtpo.tasks.multistep import KINDS, make_problem
 from gtpo.tasks.traces import Trace, wrong_number
@@ -52,12 +52,7 @@ class Notebook:
         error = ""
         try:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-                body, last = compile_cell(code, f"<cell {self.cells_run}>")
-                exec(body, self.namespace)
-                if last is not None:
-                    value = eval(last, self.namespace)
-                    if value is not None:
-                        out.write(repr(value) + "\n")
+                exec_cell(code, f"<cell {self.cells_run}>", self.namespace, out)
         except Exception as err:  # the "fix" traces fail on purpose
             error = short_traceback(err)
         return join_output(out.getvalue(), error)
