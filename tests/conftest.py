@@ -77,6 +77,15 @@ def tiny_model(tiny_tokenizer):
     return build_model(tiny_tokenizer)
 
 
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tiny_tokenizer, tiny_model):
+    """The random tiny model and its tokenizer saved as a model folder, for code that loads one by path."""
+    path = tmp_path_factory.mktemp("model")
+    tiny_model.save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return str(path)
+
+
 @pytest.fixture(scope="session")
 def shipped_tiny():
     """The shipped tiny model and tokenizer: a policy that calls the tool and earns mixed rewards on arith."""

@@ -234,14 +234,6 @@ def _tiny_config(tmp_path, model_dir, **overrides):
     return from_dict(data)
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_tokenizer, tiny_model):
-    path = tmp_path_factory.mktemp("model")
-    tiny_model.save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return str(path)
-
-
 def test_killed_comparison_continues_where_it_stopped(tmp_path, model_dir):
     from gtpo.trainer import Trainer
 

@@ -67,14 +67,6 @@ class ScriptedTrainer(Trainer):
         return super()._update(batch, advantages, loss_mask)
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_tokenizer, tiny_model):
-    path = tmp_path_factory.mktemp("model")
-    tiny_model.save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return str(path)
-
-
 def _trainer(model_dir, tmp_path, kinds, algo=None, **rollout):
     config = from_dict(
         {
