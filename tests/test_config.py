@@ -39,3 +39,12 @@ def test_shipped_presets_load_and_validate(name):
 def test_missing_preset_lists_shipped_ones():
     with pytest.raises(ConfigError, match=r"qwen2\.5-math-1\.5b"):
         load_preset("no-such-preset")
+
+
+def test_a_folder_named_like_a_shipped_preset_does_not_shadow_it(tmp_path, monkeypatch):
+    """A comparison's output folder ``multistep/`` in the working directory once broke ``--preset multistep``."""
+    (tmp_path / "qwen2.5-math-1.5b").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert load_preset("qwen2.5-math-1.5b").rollout.group_size == 16
+    with pytest.raises(ConfigError, match=r"no such file or shipped preset"):
+        load_preset(str(tmp_path))

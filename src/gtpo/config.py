@@ -274,11 +274,15 @@ def _overlay(obj: Any, data: dict[str, Any], prefix: str) -> Any:
 
 
 def load_preset(name_or_path: str, base: TrainConfig | None = None) -> TrainConfig:
-    """Load a YAML preset: a file path, or the name of a shipped preset (``gtpo/presets/NAME.yaml``)."""
+    """Load a YAML preset: a file path, or the name of a shipped preset (``gtpo/presets/NAME.yaml``).
+
+    Only a *file* shadows a shipped name: ``--preset multistep`` run beside a folder named ``multistep`` (a
+    comparison's output, say) still means the shipped preset.
+    """
     path = Path(name_or_path)
-    if not path.exists():
+    if not path.is_file():
         path = PRESET_DIR / f"{name_or_path}.yaml"
-    if not path.exists():
+    if not path.is_file():
         shipped = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
         raise ConfigError(f"--preset {name_or_path!r}: no such file or shipped preset (shipped: {shipped})")
     data = yaml.safe_load(path.read_text()) or {}
