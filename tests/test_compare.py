@@ -166,6 +166,7 @@ def test_run_summary_by_hand(tmp_path):
     assert run.values["area"] == pytest.approx(((0 + 0.5 + 1) / 3 + (0.5 + 1 + 1) / 3) / 2)
     assert run.values["invalid_rate"] == pytest.approx(1 / 12)  # 1 invalid call in 6 trajectories x 2 turns
     assert run.values["turns"] == 2.0 and run.values["tokens"] == pytest.approx(35.0)
+    assert run.values["recovery"] == 1.0  # its one trajectory with an invalid call (problem a) was correct
     assert run.values["train_accuracy"] == pytest.approx((0.6 + 0.7 + 0.8 + 0.9 + 1.0) / 5)
 
 
@@ -190,10 +191,16 @@ def test_report_statistics_by_hand(tmp_path):
     assert diff["tokens"]["mean"] == pytest.approx(15.0)
     assert diff["tokens"]["hi"] - 15.0 == pytest.approx(T95[2] * 10 / math.sqrt(3), abs=1e-3)
     assert diff["final"]["n"] == 3
+    # recovery: gtpo's one invalid-call trajectory ends correct on seeds 0 and 2, wrong on seed 1 (1, 0, 1);
+    # grpo's three (a0, a1, b0) end correct 1/3, 1/3, 2/3 of the time: differences -2/3, +1/3, -1/3
+    assert data["per_variant"]["gtpo"]["recovery"]["mean"] == pytest.approx(2 / 3)
+    assert data["per_variant"]["grpo"]["recovery"]["mean"] == pytest.approx(4 / 9)
+    assert diff["recovery"]["mean"] == pytest.approx(-2 / 9)
 
     table = (tmp_path / "compare.md").read_text()
     assert "| gtpo | 3 | 0.833 [" in table and "| grpo | 3 | -0.222 [" in table
     assert "avg@2" in table and "toy (3 problems" in table
+    assert "| 1 | 0.500 0.667 | 0.500 0.500 |" in table  # seed 1's curves: gtpo (0, 1, 1), grpo (0, 1, 0.5)
     assert (tmp_path / "compare.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "compare.json").read_text())["seeds"] == [0, 1, 2]
 
@@ -205,6 +212,16 @@ def test_report_leaves_out_unfinished_runs(tmp_path):
     data = write_report(tmp_path, ["gtpo", "grpo"], [0, 1])
     assert list(data["runs"]["gtpo"]) == ["0"] and data["runs"]["grpo"] == {}
     assert data["difference_from_baseline"]["grpo"] == {}
+
+
+def test_one_seed_report_counts_seeds_not_problems(tmp_path):
+    """With one seed the accuracy interval rests on the problems; the table must still say 1 seed paired."""
+    _write_run(tmp_path, "gtpo", 0)
+    _write_run(tmp_path, "grpo", 0)
+    data = write_report(tmp_path, ["gtpo", "grpo"], [0])
+    assert data["difference_from_baseline"]["grpo"]["final"]["n"] == 3  # the three problems
+    differences = (tmp_path / "compare.md").read_text().split("## Difference")[1].split("## Held-out")[0]
+    assert "| grpo | 1 | " in differences
 
 
 # ---- running: skip, resume, refuse, parallel ----------------------------------------------------------

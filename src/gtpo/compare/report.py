@@ -3,7 +3,8 @@
 Reads only what runs write (``metrics.jsonl`` and the per-problem held-out results ``eval_problems.jsonl``),
 so a report can be rebuilt from finished runs at any time; a run without its done marker is left out.
 Per run, at the last held-out evaluation: avg@k, the area under the held-out curve (its mean level over
-training), invalid calls per turn, turns and model tokens per trajectory. Per variant: mean and interval over
+training), invalid calls per turn, how often a trajectory that made an invalid call still ends correct
+(recovery), turns and model tokens per trajectory. Per variant: mean and interval over
 seeds. Against the first variant: the difference paired by seed, and for accuracy and area by problem too.
 """
 
@@ -25,6 +26,7 @@ QUANTITIES = {
     "final": "final held-out avg@k",
     "area": "area under held-out curve",
     "invalid_rate": "invalid calls / turn",
+    "recovery": "correct after an invalid call",
     "turns": "turns / trajectory",
     "tokens": "model tokens / trajectory",
 }
@@ -73,12 +75,14 @@ def summarize_run(records: list[dict[str, Any]], evals: list[dict[str, Any]], wi
     turns = sum(trajectories)
     invalid = sum(x for row in last.get("invalid_calls", []) for x in row)
     tokens = [x for row in last.get("tokens", []) for x in row]
+    recovered = _recovery(last)
     train = [r for r in records if "reward/accuracy" in r]
     tail = train[-window:]
     values: dict[str, float | None] = {
         "final": _mean(accuracies[-1]),
         "area": _mean(per_problem_area),
         "invalid_rate": invalid / turns if turns else None,
+        "recovery": recovered,
         "turns": turns / len(trajectories) if trajectories else None,
         "tokens": _mean(tokens) if tokens else None,
         "train_accuracy": _mean([r["reward/accuracy"] for r in tail]) if tail else None,
@@ -92,6 +96,21 @@ def summarize_run(records: list[dict[str, Any]], evals: list[dict[str, Any]], wi
         problems=list(last.get("problems", [])),
         train=train,
     )
+
+
+def _recovery(record: dict[str, Any]) -> float | None:
+    """Of the trajectories that made at least one invalid call, the fraction that still ended correct: what
+    turn-level credit should teach on a task where a failed call can be repaired in a later turn. None when
+    no trajectory made an invalid call (or the record does not say)."""
+    if "invalid_calls" not in record:
+        return None
+    outcomes = [
+        bool(ok)
+        for oks, calls in zip(record["correct"], record["invalid_calls"], strict=True)
+        for ok, n in zip(oks, calls, strict=True)
+        if n > 0
+    ]
+    return sum(outcomes) / len(outcomes) if outcomes else None
 
 
 def read_run(path: Path) -> RunResult | None:
@@ -166,13 +185,19 @@ def write_report(root: Path, variants: Sequence[str], seeds: Sequence[int], conf
         "per_variant": {},
         "difference_from_baseline": {},
         "runs": {},
+        "curves": {},
+        "paired_seeds": {},
     }
     for variant, runs in results.items():
         data["per_variant"][variant] = {k: v.as_dict() for k, v in variant_statistics(runs, confidence).items()}
         data["runs"][variant] = {str(seed): run.values for seed, run in runs.items()}
+        data["curves"][variant] = {
+            str(seed): {"steps": run.eval_steps, "heldout": run.eval_curve} for seed, run in runs.items()
+        }
         if variant != baseline:
             diffs = difference_statistics(runs, results[baseline], confidence)
             data["difference_from_baseline"][variant] = {k: v.as_dict() for k, v in diffs.items()}
+            data["paired_seeds"][variant] = len(set(runs) & set(results[baseline]))
     (root / "compare.json").write_text(json.dumps(data, indent=2))
     (root / "compare.md").write_text(markdown(data))
     plot(results, root / "compare.png", confidence)
@@ -224,10 +249,36 @@ def markdown(data: dict[str, Any]) -> str:
         "|---" * (len(QUANTITIES) + 2) + "|",
     ]
     for variant, diffs in data["difference_from_baseline"].items():
-        paired = max((d["n"] for d in diffs.values()), default=0) if diffs else 0
+        paired = data["paired_seeds"].get(variant, 0)  # not Interval.n: one seed's interval is over problems
         cells = [_cell(diffs.get(key), key, signed=True) for key in QUANTITIES]
         lines.append(f"| {variant} | {paired} | " + " | ".join(cells) + " |")
+    lines += _per_seed_curves(data, k)
     return "\n".join(lines) + "\n"
+
+
+def _per_seed_curves(data: dict[str, Any], k: Any) -> list[str]:
+    """Held-out avg@k at every evaluation, one row per seed: whether a mean difference holds seed by seed."""
+    curves = data.get("curves", {})
+    variants = [v for v in data["variants"] if curves.get(v)]
+    if not variants:
+        return []
+    steps = sorted({s for v in variants for c in curves[v].values() for s in c["steps"]})
+    lines = [
+        "",
+        f"## Held-out avg@{k} per seed",
+        "",
+        f"Each cell: the values at steps {', '.join(map(str, steps))}.",
+        "",
+        "| seed | " + " | ".join(variants) + " |",
+        "|---" * (len(variants) + 1) + "|",
+    ]
+    for seed in data["seeds"]:
+        cells = []
+        for variant in variants:
+            curve = curves[variant].get(str(seed))
+            cells.append(" ".join(f"{a:.3f}" for a in curve["heldout"]) if curve else "-")
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _seed_range(seeds: Sequence[int]) -> str:
