@@ -9,7 +9,9 @@ needs real updates to have something to save and export, a scripted sampler repl
 """
 
 import json
+import os
 import re
+import signal
 
 import pytest
 import torch
@@ -18,9 +20,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from gtpo.config import ConfigError, from_dict
 from gtpo.eval_cli import EvalConfig, load_model
 from gtpo.generate import ScriptedSampler
-from gtpo.metrics import read_metrics
+from gtpo.metrics import EVAL_FILE, read_metrics
 from gtpo.policy import load_policy
 from gtpo.run.export import save_model_folder
+from gtpo.run.stop import TrainingStopped
 from gtpo.tiny.build import DEFAULT_MODEL_DIR
 from gtpo.trainer import Trainer
 
@@ -189,6 +192,40 @@ def test_resume_after_real_updates_equals_the_uninterrupted_run_bit_for_bit(tmp_
     assert [r["step"] for r in cut_records] == [1, 2]
     assert all(r["adv/abs_mean"] > 0 for r in full_records)  # every step had a learning signal
     assert [_without_timings(r) for r in full_records] == [_without_timings(r) for r in cut_records]
+
+
+def test_an_evaluation_abandoned_by_a_stop_is_done_on_resume(tmp_path, monkeypatch):
+    """SIGTERM during step 1's held-out evaluation: the checkpoint is written without it and the resumed run
+    evaluates step 1 before training on, so its held-out records equal an uninterrupted run's (a comparison
+    once lost an evaluation point this way)."""
+    config = {"steps": 2, "eval_every": 1, "rollout": {"eval_samples": 1}}
+    full = _train(_config(tmp_path / "full", **config))
+    cut = Trainer(_config(tmp_path / "cut", **config))
+    evaluate = cut.evaluate
+
+    def stopped_at_step_1(progress=None):
+        if cut.step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # lands before the first chunk reports progress
+        return evaluate(progress)
+
+    monkeypatch.setattr(cut, "evaluate", stopped_at_step_1)
+    with pytest.raises(TrainingStopped):
+        try:
+            cut.train()
+        finally:
+            cut.close()
+    assert [r["step"] for r in _eval_records(tmp_path / "cut")] == [0]
+    resumed = _train(_config(tmp_path / "cut", **config, resume=True))
+
+    full_evals, cut_evals = _eval_records(tmp_path / "full"), _eval_records(tmp_path / "cut")
+    assert [r["step"] for r in cut_evals] == [0, 1, 2]
+    assert [r["correct"] for r in cut_evals] == [r["correct"] for r in full_evals]
+    for (name, a), b in zip(full.policy.named_parameters(), resumed.policy.parameters(), strict=True):
+        assert torch.equal(a, b), name  # the evaluation on resume left training's course alone
+
+
+def _eval_records(run_dir):
+    return [json.loads(line) for line in (run_dir / EVAL_FILE).read_text().splitlines()]
 
 
 def _void_or_not(tokenizer):

@@ -120,6 +120,9 @@ class Trainer:
         self.finished = False
         """A resumed run already at ``steps``: ``train`` does nothing, and nothing in its folder changes."""
         self._last_batch: tuple[list[Trajectory], Any] | None = None
+        self._evaluation_owed = False
+        """The current step was due a held-out evaluation that a stop abandoned: a resumed run does it first,
+        so a killed-and-resumed run has the same held-out curve as an uninterrupted one."""
         self._stop: StopRequests | None = None
         if config.resume:
             self._resume()
@@ -143,17 +146,20 @@ class Trainer:
         with StopRequests(notice=lambda text: recorder.console.line(text, err=True)) as stop:
             self._stop = stop
             try:
-                if self.step == 0 and cfg.eval_every and self.eval_problems:
+                if (self.step == 0 or self._evaluation_owed) and cfg.eval_every and self.eval_problems:
                     with contextlib.suppress(_EvaluationAbandoned):
-                        recorder.record(0, self._evaluation())
+                        recorder.record(self.step, self._evaluation())
+                        self._evaluation_owed = False
                 recorder.console.open_bar(self.step, cfg.steps)
                 stopping = self._stop_agreed()
                 while self.step < cfg.steps and not stopping:
                     metrics = self.train_step()
                     self.step += 1
                     if cfg.eval_every and self._due(cfg.eval_every) and self.eval_problems:
+                        self._evaluation_owed = True
                         with contextlib.suppress(_EvaluationAbandoned):  # the step's training metrics are kept
                             metrics.update(self._evaluation())
+                            self._evaluation_owed = False
                     recorder.record(self.step, metrics)
                     stopping = self._stop_agreed()
                     if self._due(cfg.save_every) or stopping:
@@ -359,7 +365,7 @@ class Trainer:
 
     def save(self) -> Path | None:
         """Every rank calls this (FSDP gathers shards for it); rank 0 writes."""
-        state = {"stream": self.stream.state_dict()}
+        state = {"stream": self.stream.state_dict(), "evaluation_owed": self._evaluation_owed}
         return save_checkpoint(
             self.run_dir,
             self.step,
@@ -375,6 +381,7 @@ class Trainer:
         assert path is not None  # RunRecorder.check refused --resume without one
         state = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
         self.stream.load_state_dict(state["stream"])
+        self._evaluation_owed = bool(state.get("evaluation_owed", False))  # absent in older checkpoints
         self._sync_sampler()
         self.step = int(state["step"])
         self.finished = self.step >= self.cfg.steps
