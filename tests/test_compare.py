@@ -214,6 +214,18 @@ def test_report_leaves_out_unfinished_runs(tmp_path):
     assert data["difference_from_baseline"]["grpo"] == {}
 
 
+def test_per_seed_curves_keep_their_steps_aligned(tmp_path):
+    """A run evaluated at a step the others were not (or missing one) shows "-" there, not a shifted row."""
+    _write_run(tmp_path, "gtpo", 0)
+    _write_run(tmp_path, "grpo", 0)
+    path = run_dir(tmp_path, "gtpo", 0) / EVAL_FILE
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    middle = {**records[0], "step": 5}
+    path.write_text("".join(json.dumps(r) + "\n" for r in (records[0], middle, records[1])))
+    write_report(tmp_path, ["gtpo", "grpo"], [0])
+    assert "| 0 | 0.500 0.500 0.833 | 0.500 - 0.500 |" in (tmp_path / "compare.md").read_text()
+
+
 def test_one_seed_report_counts_seeds_not_problems(tmp_path):
     """With one seed the accuracy interval rests on the problems; the table must still say 1 seed paired."""
     _write_run(tmp_path, "gtpo", 0)

@@ -267,7 +267,7 @@ def _per_seed_curves(data: dict[str, Any], k: Any) -> list[str]:
         "",
         f"## Held-out avg@{k} per seed",
         "",
-        f"Each cell: the values at steps {', '.join(map(str, steps))}.",
+        f"Each cell: the values at steps {', '.join(map(str, steps))} (-: no evaluation at that step).",
         "",
         "| seed | " + " | ".join(variants) + " |",
         "|---" * (len(variants) + 1) + "|",
@@ -276,7 +276,11 @@ def _per_seed_curves(data: dict[str, Any], k: Any) -> list[str]:
         cells = []
         for variant in variants:
             curve = curves[variant].get(str(seed))
-            cells.append(" ".join(f"{a:.3f}" for a in curve["heldout"]) if curve else "-")
+            if not curve:
+                cells.append("-")
+                continue
+            at = dict(zip(curve["steps"], curve["heldout"], strict=True))
+            cells.append(" ".join(f"{at[s]:.3f}" if s in at else "-" for s in steps))  # "-": not evaluated
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
     return lines
 
