@@ -120,9 +120,10 @@ class Trainer:
         self.finished = False
         """A resumed run already at ``steps``: ``train`` does nothing, and nothing in its folder changes."""
         self._last_batch: tuple[list[Trajectory], Any] | None = None
-        self._evaluation_owed = False
-        """The current step was due a held-out evaluation that a stop abandoned: a resumed run does it first,
-        so a killed-and-resumed run has the same held-out curve as an uninterrupted one."""
+        self._evaluation_owed = True
+        """The current step is due a held-out evaluation not yet done: step 0 of a fresh run, a step that
+        ``eval_every`` names, or one whose evaluation a stop abandoned (kept in the checkpoint, so a resumed run
+        does it first and has the same held-out curve as an uninterrupted one)."""
         self._stop: StopRequests | None = None
         if config.resume:
             self._resume()
@@ -146,20 +147,15 @@ class Trainer:
         with StopRequests(notice=lambda text: recorder.console.line(text, err=True)) as stop:
             self._stop = stop
             try:
-                if (self.step == 0 or self._evaluation_owed) and cfg.eval_every and self.eval_problems:
-                    with contextlib.suppress(_EvaluationAbandoned):
-                        recorder.record(self.step, self._evaluation())
-                        self._evaluation_owed = False
+                if owed := self._owed_evaluation():
+                    recorder.record(self.step, owed)
                 recorder.console.open_bar(self.step, cfg.steps)
                 stopping = self._stop_agreed()
                 while self.step < cfg.steps and not stopping:
                     metrics = self.train_step()
                     self.step += 1
-                    if cfg.eval_every and self._due(cfg.eval_every) and self.eval_problems:
-                        self._evaluation_owed = True
-                        with contextlib.suppress(_EvaluationAbandoned):  # the step's training metrics are kept
-                            metrics.update(self._evaluation())
-                            self._evaluation_owed = False
+                    self._evaluation_owed = bool(cfg.eval_every and self.eval_problems) and self._due(cfg.eval_every)
+                    metrics.update(self._owed_evaluation())  # the step's training metrics are kept either way
                     recorder.record(self.step, metrics)
                     stopping = self._stop_agreed()
                     if self._due(cfg.save_every) or stopping:
@@ -178,6 +174,17 @@ class Trainer:
         """Whether any rank was asked to stop: all ranks leave the loop after the same step."""
         requested = self._stop is not None and self._stop.requested
         return all_reduce_max(float(requested), self.ctx, self.device) > 0
+
+    def _owed_evaluation(self) -> dict[str, float]:
+        """The owed evaluation's metrics; {} when none is owed (or evaluation is off) or a stop abandoned it,
+        which leaves it owed."""
+        if not (self._evaluation_owed and self.cfg.eval_every and self.eval_problems):
+            return {}
+        with contextlib.suppress(_EvaluationAbandoned):
+            metrics = self._evaluation()
+            self._evaluation_owed = False
+            return metrics
+        return {}
 
     def _evaluation(self) -> dict[str, float]:
         """Evaluate now (with a progress bar at step 0); abandoned if a stop is requested (single process)."""
