@@ -186,7 +186,6 @@ def write_report(root: Path, variants: Sequence[str], seeds: Sequence[int], conf
         "difference_from_baseline": {},
         "runs": {},
         "curves": {},
-        "paired_seeds": {},
     }
     for variant, runs in results.items():
         data["per_variant"][variant] = {k: v.as_dict() for k, v in variant_statistics(runs, confidence).items()}
@@ -197,7 +196,6 @@ def write_report(root: Path, variants: Sequence[str], seeds: Sequence[int], conf
         if variant != baseline:
             diffs = difference_statistics(runs, results[baseline], confidence)
             data["difference_from_baseline"][variant] = {k: v.as_dict() for k, v in diffs.items()}
-            data["paired_seeds"][variant] = len(set(runs) & set(results[baseline]))
     (root / "compare.json").write_text(json.dumps(data, indent=2))
     (root / "compare.md").write_text(markdown(data))
     plot(results, root / "compare.png", confidence)
@@ -249,7 +247,8 @@ def markdown(data: dict[str, Any]) -> str:
         "|---" * (len(QUANTITIES) + 2) + "|",
     ]
     for variant, diffs in data["difference_from_baseline"].items():
-        paired = data["paired_seeds"].get(variant, 0)  # not Interval.n: one seed's interval is over problems
+        # the seeds both finished (not Interval.n: with one seed, accuracy's interval is over problems)
+        paired = len(set(data["runs"].get(variant, {})) & set(data["runs"].get(baseline, {})))
         cells = [_cell(diffs.get(key), key, signed=True) for key in QUANTITIES]
         lines.append(f"| {variant} | {paired} | " + " | ".join(cells) + " |")
     lines += _per_seed_curves(data, k)
