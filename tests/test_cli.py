@@ -299,6 +299,43 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path):
     assert process.returncode == 130 and "Ctrl-C again: exiting now" in err and "Traceback" not in err
 
 
+# A run that presses Ctrl-C itself: once after its first step, again at a chosen point of the stop that follows.
+_SECOND_CTRL_C = """
+import os, signal, sys
+from gtpo import cli, trainer
+from gtpo.run import report
+
+def press_ctrl_c():
+    os.kill(os.getpid(), signal.SIGINT)
+
+def then_press(function):
+    def wrapped(*args, **kwargs):
+        result = function(*args, **kwargs)
+        press_ctrl_c()
+        return result
+    return wrapped
+
+trainer.Trainer.train_step = then_press(trainer.Trainer.train_step)
+if sys.argv[1] == "report":
+    report.plot_curves = then_press(report.plot_curves)
+else:
+    trainer.Trainer.close = then_press(trainer.Trainer.close)
+cli.main(sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("moment", ["report", "cleanup"])
+def test_a_second_ctrl_c_while_the_stop_writes_its_report_or_cleans_up_exits_at_once(tmp_path, moment):
+    """The window after the loop (report plots, closing the sandbox) once gave a KeyboardInterrupt traceback."""
+    script = tmp_path / "presses_ctrl_c.py"
+    script.write_text(_SECOND_CTRL_C)
+    argv = [sys.executable, str(script), moment, "train", *QUICK, "--output-dir", str(tmp_path / "run")]
+    process = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert process.returncode == 130 and "Traceback" not in process.stderr, process.stderr
+    assert "Ctrl-C again: exiting now; the last complete checkpoint is kept" in process.stderr
+    assert (tmp_path / "run" / "checkpoints" / "step_0000001" / "model.pt").exists()
+
+
 def test_ctrl_c_during_the_first_evaluation_leaves_no_run_folder(tmp_path):
     out_dir = tmp_path / "runs" / "run"
     process = _start(out_dir, "--eval-every", "10", "--data.eval-limit", "300")

@@ -96,7 +96,7 @@ def train(argv: list[str]) -> None:
         )
         return
     _quiet_transformers()
-    from gtpo.run.stop import TrainingStopped
+    from gtpo.run.stop import TrainingStopped, exit_on_next_signal
     from gtpo.trainer import Trainer
 
     trainer = Trainer(config)  # a Ctrl-C while it loads leaves nothing: the run folder is made last
@@ -106,6 +106,7 @@ def train(argv: list[str]) -> None:
         except KeyboardInterrupt:  # before train() took over Ctrl-C: as a stop before the first step
             raise trainer.recorder.stopped(signal.SIGINT, trainer.step, progressed=False) from None
     except TrainingStopped as stopped:
+        exit_on_next_signal()  # stopping already: another Ctrl-C during the clean-up below exits at once
         if stopped.checkpoint:
             print(f"gtpo train: {stopped}\nto continue: {_resume_hint(argv)}", file=sys.stderr)
         else:

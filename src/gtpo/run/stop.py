@@ -48,10 +48,9 @@ class StopRequests:
         return self.signum is not None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        name = NAMES.get(signum, f"signal {signum}")
         if self.signum is not None:
-            self._notice(f"{name} again: exiting now; the last complete checkpoint is kept")
-            os._exit(128 + signum)
+            _exit_now(signum, self._notice)
+        name = NAMES.get(signum, f"signal {signum}")
         self.signum = signum
         self._notice(
             f"{name}: finishing this step, then writing a checkpoint and stopping ({name} again to exit at once)"
@@ -67,3 +66,20 @@ class StopRequests:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+
+def exit_on_next_signal(notice: Any = None) -> None:
+    """After a stop, while the command reports it and cleans up: a further signal exits at once, as a second
+    one does during training (otherwise Python's default turns it into a traceback).
+
+    Only for a command about to exit: the handlers are never restored, so a library caller (a notebook) must
+    not use it. Main thread only, as any handler."""
+    say = notice or (lambda text: print(text, file=sys.stderr, flush=True))
+    if threading.current_thread() is threading.main_thread():
+        for signum in SIGNALS:
+            signal.signal(signum, lambda received, frame: _exit_now(received, say))
+
+
+def _exit_now(signum: int, notice: Any) -> None:
+    notice(f"{NAMES.get(signum, f'signal {signum}')} again: exiting now; the last complete checkpoint is kept")
+    os._exit(128 + signum)
