@@ -155,8 +155,20 @@ def compare(argv: list[str]) -> None:
     if args.seeds < 1 or args.parallel < 1:
         raise ConfigError("--seeds and --parallel must be at least 1")
     _quiet_transformers()
+    from gtpo.run.stop import NAMES, TrainingStopped, exit_on_next_signal
+
     root = Path(args.config.output_dir)
-    run_comparison(args.config, variants, root, seeds=args.seeds, parallel=args.parallel)
+    try:
+        run_comparison(args.config, variants, root, seeds=args.seeds, parallel=args.parallel)
+    except TrainingStopped as stopped:
+        exit_on_next_signal()
+        again = shlex.join(["gtpo", "compare", *(a for a in argv if a != "--overwrite")])  # keeps the runs
+        print(
+            f"gtpo compare: stopped by {NAMES.get(stopped.signum, stopped.signum)}; finished runs are kept and "
+            f"stopped ones resume from their last checkpoint\nto continue: {again}",
+            file=sys.stderr,
+        )
+        sys.exit(stopped.exit_code)
     print((root / "compare.md").read_text())
     print(f"table: {root / 'compare.md'}, plots: {root / 'compare.png'}")
 

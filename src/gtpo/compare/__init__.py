@@ -5,16 +5,20 @@ same data and model; each (variant, seed) is an ordinary run directory under ``-
 (compare.md, compare.json, compare.png) gives, per variant, the mean and interval over seeds of held-out
 accuracy, area under the held-out curve, invalid-call rate, turns and tokens per trajectory, and each
 variant's difference from the first one, paired by seed and by problem. A killed comparison continues where
-it stopped. Modules: ``runs`` (the grid, resume, parallel runs), ``stats`` (pure statistics), ``report``.
+it stopped, and Ctrl-C stops every run under way at a step boundary with a checkpoint. Modules: ``runs``
+(the grid, resume, parallel runs), ``children`` (child processes, signals), ``stats`` (pure statistics),
+``report``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gtpo.compare.children import ChildRuns
 from gtpo.compare.report import write_report
 from gtpo.compare.runs import (
     DEFAULT_VARIANTS,
@@ -55,10 +59,14 @@ def run_comparison(
     seed_list = seeds_for(base, seeds)
     specs = plan_runs(base, variants, seed_list, root)
     claim_root(root, base, overwrite=base.overwrite)
-    if train_fn is None:
+    if train_fn is not None or parallel == 1:
+        run_grid(specs, train_fn or _train_here, parallel)  # here, Ctrl-C reaches the trainer directly
+    else:
         threads = max(1, (os.cpu_count() or 1) // parallel)
-        train_fn = _train_here if parallel == 1 else lambda config: train_in_subprocess(config, threads)
-    run_grid(specs, train_fn, parallel)
+        children = ChildRuns()
+        with children.forwarding_signals():
+            in_child = functools.partial(train_in_subprocess, threads=threads, children=children)
+            run_grid(specs, in_child, parallel, stop_requested=lambda: children.stop_requested)
     return write_report(root, variants, seed_list)
 
 

@@ -25,7 +25,9 @@ from typing import Any, Literal
 import yaml
 
 from gtpo.checkpoint import latest_checkpoint
+from gtpo.compare.children import ChildRuns
 from gtpo.config import ConfigError, TrainConfig, from_dict, to_dict
+from gtpo.run.stop import TrainingStopped
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "gtpo": {},
@@ -151,12 +153,18 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def run_grid(
-    specs: Sequence[RunSpec], train_fn: TrainFn, parallel: int = 1, log: Callable[[str], None] = print
+    specs: Sequence[RunSpec],
+    train_fn: TrainFn,
+    parallel: int = 1,
+    log: Callable[[str], None] = print,
+    stop_requested: Callable[[], bool] = lambda: False,
 ) -> None:
     """Train every spec not yet done, ``parallel`` at a time; a finished run gets its done marker.
 
     After a failure no new run starts; the ones under way finish, then the first error is raised (rerun to
-    continue: finished runs are skipped, killed ones resume).
+    continue: finished runs are skipped, killed ones resume). A run that stops on Ctrl-C or SIGTERM
+    (``TrainingStopped``, its checkpoint written) or ``stop_requested()`` also ends the grid: no new run
+    starts, the ones under way stop too (they get the same signal), and the first stop is raised.
     """
     if parallel < 1:
         raise ConfigError(f"--parallel must be >= 1, got {parallel}")
@@ -166,15 +174,20 @@ def run_grid(
         log(f"compare: {done} of {len(specs)} runs already done; {len(pending)} to go")
     lock = threading.Lock()
     errors: list[BaseException] = []
+    stops: list[TrainingStopped] = []
 
     def worker() -> None:
         while True:
             with lock:
-                if errors or not pending:
+                if errors or stops or stop_requested() or not pending:
                     return
                 spec = pending.pop(0)
             try:
                 _train_and_mark(spec, train_fn, log)
+            except TrainingStopped as stop:
+                log(f"== {spec.label}: {stop}")
+                with lock:
+                    stops.append(stop)
             except Exception as err:  # record it, let the other runs finish, raise it afterwards
                 with lock:
                     errors.append(err)
@@ -189,6 +202,8 @@ def run_grid(
             thread.join()
     if errors:
         raise errors[0]
+    if stops:
+        raise stops[0]
 
 
 def _train_and_mark(spec: RunSpec, train_fn: TrainFn, log: Callable[[str], None]) -> None:
@@ -202,11 +217,13 @@ def _train_and_mark(spec: RunSpec, train_fn: TrainFn, log: Callable[[str], None]
     log(f"== {spec.label}: done in {wall:.0f} s")
 
 
-def train_in_subprocess(config: TrainConfig, threads: int) -> None:
+def train_in_subprocess(config: TrainConfig, threads: int, children: ChildRuns | None = None) -> None:
     """``gtpo train`` in a child process with ``threads`` compute threads; its output goes to ``train.log``.
 
     The config travels as a YAML preset (YAML, not JSON: PyYAML reads JSON's ``1e-06`` as a string). On Linux
-    the child is killed with its parent, so a killed comparison leaves no run training behind.
+    the child is killed with its parent, so a killed comparison leaves no run training behind. ``children``
+    starts it, so that the parent's Ctrl-C reaches it once (see ``children.py``); a child that stopped on a
+    signal raises ``TrainingStopped``.
     """
     path = Path(config.output_dir)
     path.mkdir(parents=True, exist_ok=True)
@@ -215,7 +232,9 @@ def train_in_subprocess(config: TrainConfig, threads: int) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     command = [sys.executable, "-m", "gtpo", "train", "--preset", str(preset)]
     with (path / LOG_FILE).open("a", encoding="utf-8") as log:
-        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+        code = (children or ChildRuns()).call(
+            command, path, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
+        )
     if code != 0:
         raise RuntimeError(f"{path}: gtpo train exited with status {code}; see {path / LOG_FILE}")
 
