@@ -11,7 +11,6 @@ exactly once per signal: the first makes every child finish its step, checkpoint
 from __future__ import annotations
 
 import contextlib
-import signal
 import subprocess
 import threading
 from collections.abc import Iterator, Sequence
@@ -20,7 +19,7 @@ from types import FrameType
 from typing import Any
 
 from gtpo.checkpoint import checkpoint_step, latest_checkpoint
-from gtpo.run.stop import SIGNALS, TrainingStopped
+from gtpo.run.stop import SIGNALS, TrainingStopped, install_handlers, restore_handlers
 
 
 class ChildRuns:
@@ -55,15 +54,11 @@ class ChildRuns:
     @contextlib.contextmanager
     def forwarding_signals(self) -> Iterator[ChildRuns]:
         """While active (main thread only, where handlers can be set), SIGINT and SIGTERM go to the children."""
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        previous = {signum: signal.signal(signum, self._forward) for signum in SIGNALS}
+        previous = install_handlers(self._forward)
         try:
             yield self
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+            restore_handlers(previous)
 
     def _forward(self, signum: int, frame: FrameType | None) -> None:
         # The main thread only waits for the workers, so it never holds the lock when a signal lands.

@@ -40,7 +40,7 @@ class StopRequests:
     def __init__(self, notice: Any = None) -> None:
         """``notice(text)`` tells the person what happens now (default: print to stderr)."""
         self.signum: int | None = None
-        self._notice = notice or (lambda text: print(text, file=sys.stderr, flush=True))
+        self._notice = notice or _to_stderr
         self._previous: dict[int, Any] = {}
 
     @property
@@ -57,15 +57,25 @@ class StopRequests:
         )
 
     def __enter__(self) -> StopRequests:
-        if threading.current_thread() is threading.main_thread():
-            for signum in SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
+        self._previous = install_handlers(self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
+        restore_handlers(self._previous)
+        self._previous = {}
+
+
+def install_handlers(handler: Any) -> dict[int, Any]:
+    """``handler`` for SIGINT and SIGTERM; returns the handlers it replaced, for ``restore_handlers``. Off the
+    main thread Python cannot set handlers: nothing changes there and the signals keep their defaults."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, handler) for signum in SIGNALS}
+
+
+def restore_handlers(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 def exit_on_next_signal(notice: Any = None) -> None:
@@ -73,11 +83,13 @@ def exit_on_next_signal(notice: Any = None) -> None:
     one does during training (otherwise Python's default turns it into a traceback).
 
     Only for a command about to exit: the handlers are never restored, so a library caller (a notebook) must
-    not use it. Main thread only, as any handler."""
-    say = notice or (lambda text: print(text, file=sys.stderr, flush=True))
-    if threading.current_thread() is threading.main_thread():
-        for signum in SIGNALS:
-            signal.signal(signum, lambda received, frame: _exit_now(received, say))
+    not use it."""
+    say = notice or _to_stderr
+    install_handlers(lambda received, frame: _exit_now(received, say))
+
+
+def _to_stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def _exit_now(signum: int, notice: Any) -> None:
