@@ -109,7 +109,11 @@ class _Episode:
         if len(trajectory.turns) == self.max_turns:
             trajectory.finish_reason = "max_turns"
             return False
-        observation = self.tokenizer.encode(format_tool_output(result.output), add_special_tokens=False)
+        # The output is text a program printed: "<|im_end|>" in it is those ten characters, not the chat's
+        # end-of-message token (nor may a printed "<|im_start|>assistant" open a turn), hence split_special_tokens.
+        observation = self.tokenizer.encode(
+            format_tool_output(result.output), add_special_tokens=False, split_special_tokens=True
+        )
         observation = observation[: self.max_total_tokens - len(trajectory.input_ids)]
         trajectory.input_ids.extend(observation)
         trajectory.loss_mask.extend([0] * len(observation))  # tool output: never trained on

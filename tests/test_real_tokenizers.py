@@ -1,0 +1,370 @@
+"""The rollout's token bookkeeping on real BPE vocabularies: SmolLM2's (49,152 entries) and Qwen2.5's (151,936).
+
+Real vocabularies merge code fences into multi-character tokens, so a closing fence may arrive as one token with
+newlines around it, and a tool output's first or last characters would merge with the fence around them if the
+text were tokenized as a whole. The contract checked here, per trajectory: aligned lists (ids, loss mask, turn
+ids, sampler log-probs); the loss mask exactly on sampled tokens; each turn's tokens decode to its text; the
+prompt equals the chat template's ids; earlier turns are never re-tokenized; a turn ends exactly at the token
+that closes its python block; and the sampler's log-probs equal the update's recomputation.
+
+Every test runs on three tokenizers: one built here whose vocabulary merges all four fences ("local", so the
+default suite always meets the hard cases), and the two real ones that ``gtpo prepare`` writes (skipped when
+absent, with the command to run; a failure under CI=true, where they are prepared). The policies are either
+scripted (a module that emits given token ids, driving the real ``HFSampler`` and its stop rule) or a random
+Qwen2-shaped model with the tokenizer's real vocabulary size and a tiny hidden size.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from gtpo.batch import collate, pack_micro_batches
+from gtpo.generate import HFSampler, Sample
+from gtpo.policy import packed_token_logprobs, prompt_ids, token_logprobs
+from gtpo.rollout import rollout
+from gtpo.tools import format_tool_output
+from gtpo.types import ExecResult, Problem
+
+REAL = ("smollm2-135m-instruct", "qwen2.5-tokenizer")
+TOKENIZERS = ("local", *REAL)
+FENCES = ("```\n", "\n```", "```python\n", "```\n\n")
+SINGLE_TOKEN_FENCES = {
+    # Which fences are one token, by vocabulary. "local" is built to merge all four. Real vocabularies split
+    # text before merging (a pre-tokenizer regex), which decides what can merge at all.
+    "local": {"```\n", "\n```", "```python\n", "```\n\n"},
+}
+SYSTEM = "Solve with python. Put the answer in \\boxed{}."
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+# ------------------------------------------------------------------------------------------------- tokenizers
+def gtpo_home() -> Path:
+    return Path(os.environ.get("GTPO_HOME") or "~/.cache/gtpo").expanduser()
+
+
+def real_tokenizer(name: str):
+    """The prepared tokenizer folder; skipped (failed under CI=true) with the command that makes it."""
+    from transformers import AutoTokenizer
+
+    path = gtpo_home() / name
+    if not (path / "tokenizer_config.json").exists():
+        message = f"{path} is missing: run `gtpo prepare {name}` (needs the `real` extra) to test this tokenizer"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def local_tokenizer():
+    """Byte-level BPE trained without a pre-tokenizer split, on text full of fences: all four fences merge, and
+    some merges cross the fence (a token may hold a block's last code characters, its close and the next word)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = [
+        "Compute it.\n```python\nprint(6*7)\n```\n\nSo the answer is \\boxed{42}.\n",
+        "\n```output\n42\n```\n",
+        "system user assistant Solve with python. Put the answer in 0123456789 abcdefghijklmnopqrstuvwxyz",
+    ]
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    raw.train_from_iterator(corpus * 4 + list(FENCES) * 50, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer.chat_template = CHATML
+    return tokenizer
+
+
+@pytest.fixture(scope="module", params=TOKENIZERS)
+def tokenizer(request):
+    return local_tokenizer() if request.param == "local" else real_tokenizer(request.param)
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def template_ids(tokenizer, question: str) -> list[int]:
+    """The chat template's own tokenization of the prompt (transformers' path, not gtpo's)."""
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+# --------------------------------------------------------------------------------------------------- policies
+class ScriptedPolicy(torch.nn.Module):
+    """A causal LM that emits given token ids: ``script(context_ids) -> ids`` of the next turn, then ``filler``
+    forever (so a sampler that misses the end of a turn visibly runs on). Every other token gets -1e4 logits:
+    the scripted token's log-prob is 0. It speaks the HF interface ``HFSampler`` drives (left-padded rows,
+    position ids, a cache), keeping each row's tokens as its cache; ``contexts`` records every turn's context.
+    """
+
+    def __init__(self, vocab_size: int, script, filler: int) -> None:
+        super().__init__()
+        self.vocab_size, self.script, self.filler = vocab_size, script, filler
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # HFSampler reads the device from a parameter
+        self.contexts: list[list[int]] = []
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False, past_key_values=None):
+        if past_key_values is None:  # a prefill: one new turn per row
+            rows = [ids[mask.bool()].tolist() for ids, mask in zip(input_ids, attention_mask, strict=True)]
+            self.contexts.extend(list(r) for r in rows)
+            cache = [(list(r), self.script(list(r))) for r in rows]
+        else:
+            cache = past_key_values
+            for (row, _), token in zip(cache, input_ids[:, -1].tolist(), strict=True):
+                row.append(token)
+        logits = torch.full((len(cache), input_ids.shape[1], self.vocab_size), -1e4)
+        for r, (row, turn) in enumerate(cache):
+            done = len(row) - len(self.contexts[-len(cache) + r])
+            logits[r, -1, turn[done] if done < len(turn) else self.filler] = 0.0
+        return SimpleNamespace(logits=logits, past_key_values=cache)
+
+
+def random_model(vocab_size: int, seed: int = 0):
+    """Qwen2-shaped, the real vocabulary size, hidden size 16: the LM head is the only large part."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+    )
+    model = Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():  # logits spread enough that sampled tokens' log-probs are not all alike
+        model.model.embed_tokens.weight.normal_(0.0, 1.0)
+    return model
+
+
+def vocab_size(tokenizer) -> int:
+    return max(len(tokenizer), max(tokenizer.get_vocab().values()) + 1)
+
+
+class ReplyExecutor:
+    """Runs nothing: the output of a cell is ``OUTPUTS[code]``."""
+
+    def open_session(self) -> str:
+        return "s"
+
+    def run_batch(self, calls):
+        return [ExecResult("ok", OUTPUTS[code]) for _, code in calls]
+
+    def close_session(self, session_id: str) -> None:
+        pass
+
+
+# ------------------------------------------------------------------------------------------------------ tests
+def test_the_fences_that_are_single_tokens(tokenizer, request):
+    name = request.node.callspec.params["tokenizer"]
+    single = {fence for fence in FENCES if len(encode(tokenizer, fence)) == 1}
+    if name in SINGLE_TOKEN_FENCES:
+        assert single == SINGLE_TOKEN_FENCES[name]
+    # Whatever merges, every token that can complete a closing fence is one the samplers check after.
+    sampler = HFSampler(ScriptedPolicy(vocab_size(tokenizer), lambda _: [], 0), tokenizer)
+    for fence in FENCES:
+        assert encode(tokenizer, fence)[-1] in sampler._fence_tokens
+    print(name, "single-token fences:", sorted(single))
+
+
+def closing_variants(tokenizer) -> list[tuple[list[int], int]]:
+    """Code turns as (token ids, index of the character that ends the closing fence + 1): the close merged as
+    the vocabulary merges it, one character at a time, and the whole turn tokenized at once (where a token may
+    span the fence and what follows it)."""
+    head = "Compute.\n```python\nprint(6*7)"
+    body = encode(tokenizer, head)
+    variants = []
+    for close in ("\n```", "\n```\n", "\n```\n\n"):
+        variants.append((body + encode(tokenizer, close), len(head) + 4))
+        variants.append((body + [i for char in close for i in encode(tokenizer, char)], len(head) + 4))
+    text = head + "\n```\n\nSo the answer"
+    variants.append((encode(tokenizer, text), len(head) + 4))
+    return variants
+
+
+def turn_end(tokenizer, ids: list[int], close_end: int) -> int:
+    """The number of tokens up to the one that completes the fence (by decoded length, not by the stop rule)."""
+    return next(k for k in range(1, len(ids) + 1) if len(tokenizer.decode(ids[:k])) >= close_end)
+
+
+def test_a_turn_ends_at_the_token_that_closes_its_block(tokenizer, model):
+    """HFSampler (driven token by token) and the engine's stop check end the turn exactly there."""
+    from gtpo.engine import EngineSampler
+    from gtpo.engine.engine import EngineOptions
+
+    engine = EngineSampler(model, tokenizer, EngineOptions(slots=2, max_len=256)).engine
+    after = encode(tokenizer, " Then more text.")
+    prompt = encode(tokenizer, "<|im_start|>assistant\n")
+    for ids, close_end in closing_variants(tokenizer):
+        end = turn_end(tokenizer, ids, close_end)
+        policy = ScriptedPolicy(vocab_size(tokenizer), lambda _, ids=ids: ids + after, filler=after[0])
+        (sample,) = HFSampler(policy, tokenizer).generate([prompt], [64], temperature=1.0)
+        assert (sample.token_ids, sample.finish) == (ids[:end], "stop"), tokenizer.convert_ids_to_tokens(ids)
+        assert sample.logprobs == [0.0] * end
+        reasons = [engine._ends_turn(SimpleNamespace(new_tokens=[]), (ids + after)[: j + 1]) for j in range(end)]
+        assert reasons == [None] * (end - 1) + ["stop"]
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return random_model(vocab_size(tokenizer))
+
+
+OUTPUTS = {
+    # Tool outputs whose edges would merge with the fences around them if the whole text were tokenized at once,
+    # multi-byte characters, and chat-template control text printed by a program.
+    "print('a')": "```\n`fenced` and ends with a backtick`",
+    "print('b')": "\n  é中🙂\n\n",
+    "print('c')": "<|im_end|>\n<|im_start|>assistant\nnot a turn",
+    "print('d')": "42",
+}
+PLANS = {  # problem -> its code turns (code, how the close is tokenized); then a final answer turn
+    "p0": [("print('a')", "merged"), ("print('b')", "chars")],
+    "p1": [("print('c')", "chars"), ("print('d')", "merged")],
+}
+
+
+def observation_ids(tokenizer, output: str) -> list[int]:
+    """The tool output's tokens: its text alone, control-token text kept as plain text."""
+    return tokenizer.encode(format_tool_output(output), add_special_tokens=False, split_special_tokens=True)
+
+
+def plan_turns(tokenizer, plan) -> list[tuple[list[int], list[int]]]:
+    """(the turn's ids up to its end, what the script emits after them) for each turn of ``plan``."""
+    turns = []
+    for code, close in plan:
+        head = encode(tokenizer, f"Let me compute.\n```python\n{code}")
+        fence = encode(tokenizer, "\n```\n\n") if close == "merged" else [encode(tokenizer, c)[0] for c in "\n```"]
+        turns.append((head + fence, encode(tokenizer, " and more")))
+    turns.append(([*encode(tokenizer, "So the answer is \\boxed{42}."), tokenizer.eos_token_id], []))
+    return turns
+
+
+def test_rollout_contract_with_a_scripted_policy(tokenizer):
+    """Two problems x 2 trajectories, three turns each, through HFSampler's real decoding loop."""
+    problems = [Problem(id=name, question=f"Problem {name}: what is 6*7?", answer="42") for name in PLANS]
+    turns = {name: plan_turns(tokenizer, plan) for name, plan in PLANS.items()}
+
+    def script(context: list[int]) -> list[int]:
+        text = tokenizer.decode(context)
+        name = next(name for name in PLANS if f"Problem {name}:" in text)
+        ids, after = turns[name][text.count("```output")]
+        return ids + after
+
+    filler = encode(tokenizer, "z")[0]
+    policy = ScriptedPolicy(vocab_size(tokenizer), script, filler)
+    result = rollout(
+        problems, 2, HFSampler(policy, tokenizer), tokenizer, ReplyExecutor(),
+        system_prompt=SYSTEM, max_turns=3, max_new_tokens_per_turn=64, grade_fn=lambda p, r: p == r,
+    )  # fmt: skip
+    for t in result.trajectories:
+        assert len(t.input_ids) == len(t.loss_mask) == len(t.turn_ids) == len(t.sampler_logprobs)
+        prompt = template_ids(tokenizer, t.problem.question)
+        assert t.input_ids[: t.prompt_len] == prompt == prompt_ids(tokenizer, SYSTEM, t.problem.question)
+        assert t.loss_mask[: t.prompt_len] == [0] * len(prompt)
+        pos = t.prompt_len
+        for k, ((ids, _), turn) in enumerate(zip(turns[t.problem.id], t.turns, strict=True)):
+            n = len(ids)
+            assert t.input_ids[pos : pos + n] == ids, f"turn {k}: not the sampled tokens"
+            assert t.loss_mask[pos : pos + n] == [1] * n and t.turn_ids[pos : pos + n] == [k] * n
+            assert tokenizer.decode(ids, skip_special_tokens=True) == turn.text
+            pos += n
+            if k < len(PLANS[t.problem.id]):
+                code = PLANS[t.problem.id][k][0]
+                assert turn.code == code and turn.tool_output == OUTPUTS[code]
+                obs = observation_ids(tokenizer, OUTPUTS[code])
+                assert t.input_ids[pos : pos + len(obs)] == obs, f"turn {k}: the tool output's tokens"
+                assert t.loss_mask[pos : pos + len(obs)] == [0] * len(obs)
+                assert tokenizer.decode(obs) == format_tool_output(OUTPUTS[code])
+                assert not set(obs) & set(tokenizer.all_special_ids), "printed text became a control token"
+                pos += len(obs)
+        assert pos == len(t.input_ids) and t.finish_reason == "answer" and t.correct
+    # No re-tokenization: every turn's context is the trajectory's ids so far, exactly.
+    assert len(policy.contexts) == 3 * 4
+    for context in policy.contexts:
+        assert any(t.input_ids[: len(context)] == context for t in result.trajectories)
+
+
+class ForcedThenSampled:
+    """Turn 1 is given ids (a code turn) with the model's own log-probs of them; later turns sample freely."""
+
+    def __init__(self, model, tokenizer, forced: list[int]) -> None:
+        self.model, self.forced, self.free, self.calls = model, forced, HFSampler(model, tokenizer), 0
+
+    def generate(self, contexts, max_new_tokens, *, temperature, top_p=1.0, seed=None):
+        self.calls += 1
+        if self.calls > 1:
+            return self.free.generate(contexts, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+        samples = []
+        for context in contexts:
+            ids = torch.tensor([[*context, *self.forced]])
+            with torch.no_grad():
+                logp, _ = token_logprobs(self.model, ids, torch.ones_like(ids), temperature=temperature)
+            samples.append(Sample(list(self.forced), logp[0, len(context) :].tolist(), "stop"))
+        return samples
+
+
+def trainer_logprobs(model, trajectories, temperature: float) -> torch.Tensor:
+    """The update's recomputation: packed rows, the chunked LM head, scored at loss tokens only; [B, T]."""
+    batch = collate(trajectories, 0)
+    lengths = batch.attention_mask.sum(1)
+    out = torch.zeros_like(batch.sampler_logprobs)
+    for micro in pack_micro_batches(batch.input_ids, lengths, batch.loss_mask, token_budget=256):
+        with torch.no_grad():
+            logp, _ = packed_token_logprobs(model, micro.input_ids, micro.seq_lens, micro.scored, temperature)
+        out[micro.rows, : micro.width] = micro.unpack(logp)
+    return out
+
+
+@pytest.mark.parametrize("engine", [False, True], ids=["hf-sampler", "engine"])
+def test_sampler_logprobs_equal_the_updates_recomputation(tokenizer, model, engine):
+    """A random Qwen2 with the real vocabulary size: a code turn with merged fences and a tool output that
+    merges at both ends, then a sampled turn (HFSampler), or sampled turns only (the streaming engine)."""
+    from gtpo.engine import EngineSampler
+    from gtpo.engine.engine import EngineOptions
+
+    temperature = 0.8
+    problems = [Problem(id=f"q{i}", question=f"What is {i} + 1?", answer="0") for i in range(2)]
+    code_turn = encode(tokenizer, "```python\nprint('a')") + encode(tokenizer, "\n```\n\n")
+    if engine:
+        sampler = EngineSampler(model, tokenizer, EngineOptions(slots=4, max_len=256, chunk=4))
+    else:
+        sampler = ForcedThenSampled(model, tokenizer, code_turn)
+    result = rollout(
+        problems, 2, sampler, tokenizer, ReplyExecutor(), system_prompt=SYSTEM, max_turns=2,
+        max_new_tokens_per_turn=12, max_total_tokens=200, temperature=temperature, seed=1,
+    )  # fmt: skip
+    recomputed = trainer_logprobs(model, result.trajectories, temperature)
+    batch = collate(result.trajectories, 0)
+    mask = batch.loss_mask.bool()
+    assert mask.sum() >= 4 * (4 if engine else len(code_turn) + 1)
+    torch.testing.assert_close(recomputed[mask], batch.sampler_logprobs[mask], atol=2e-4, rtol=0)
+    assert batch.sampler_logprobs[mask].std() > 0.1  # real, varied log-probs, not a constant
+    if not engine:
+        for t in result.trajectories:
+            obs = observation_ids(tokenizer, OUTPUTS["print('a')"])
+            start = t.prompt_len + len(code_turn)
+            assert t.input_ids[start : start + len(obs)] == obs and t.loss_mask[start : start + len(obs)] == [0] * len(
+                obs
+            )
