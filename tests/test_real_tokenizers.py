@@ -38,6 +38,7 @@ SINGLE_TOKEN_FENCES = {
     # text before merging (a pre-tokenizer regex), which decides what can merge at all.
     "local": {"```\n", "\n```", "```python\n", "```\n\n"},
 }
+SPECIAL_IDS = {"qwen2.5-tokenizer": (151644, 151645), "smollm2-135m-instruct": (1, 2)}  # <|im_start|>, <|im_end|>
 SYSTEM = "Solve with python. Put the answer in \\boxed{}."
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -216,10 +217,12 @@ def test_a_turn_ends_at_the_token_that_closes_its_block(tokenizer, model):
     engine = EngineSampler(model, tokenizer, EngineOptions(slots=2, max_len=256)).engine
     after = encode(tokenizer, " Then more text.")
     prompt = encode(tokenizer, "<|im_start|>assistant\n")
+    policy = ScriptedPolicy(vocab_size(tokenizer), None, filler=after[0])
+    sampler = HFSampler(policy, tokenizer)
     for ids, close_end in closing_variants(tokenizer):
         end = turn_end(tokenizer, ids, close_end)
-        policy = ScriptedPolicy(vocab_size(tokenizer), lambda _, ids=ids: ids + after, filler=after[0])
-        (sample,) = HFSampler(policy, tokenizer).generate([prompt], [64], temperature=1.0)
+        policy.script = lambda _, ids=ids: ids + after
+        (sample,) = sampler.generate([prompt], [64], temperature=1.0)
         assert (sample.token_ids, sample.finish) == (ids[:end], "stop"), tokenizer.convert_ids_to_tokens(ids)
         assert sample.logprobs == [0.0] * end
         reasons = [engine._ends_turn(SimpleNamespace(new_tokens=[]), (ids + after)[: j + 1]) for j in range(end)]
@@ -251,18 +254,22 @@ def observation_ids(tokenizer, output: str) -> list[int]:
 
 
 def plan_turns(tokenizer, plan) -> list[tuple[list[int], list[int]]]:
-    """(the turn's ids up to its end, what the script emits after them) for each turn of ``plan``."""
+    """(the turn's ids up to its end, what the script emits after them) for each turn of ``plan``: a code turn
+    ends with the token that completes its closing fence (what that token holds beyond it stays in the turn)."""
     turns = []
     for code, close in plan:
-        head = encode(tokenizer, f"Let me compute.\n```python\n{code}")
-        fence = encode(tokenizer, "\n```\n\n") if close == "merged" else [encode(tokenizer, c)[0] for c in "\n```"]
-        turns.append((head + fence, encode(tokenizer, " and more")))
+        head = f"Let me compute.\n```python\n{code}"
+        fence = encode(tokenizer, "\n```\n\n") if close == "merged" else [encode(tokenizer, c)[0] for c in "\n```\n"]
+        script = encode(tokenizer, head) + fence + encode(tokenizer, " and more")
+        end = turn_end(tokenizer, script, len(head) + 4)
+        turns.append((script[:end], script[end:]))
     turns.append(([*encode(tokenizer, "So the answer is \\boxed{42}."), tokenizer.eos_token_id], []))
     return turns
 
 
-def test_rollout_contract_with_a_scripted_policy(tokenizer):
+def test_rollout_contract_with_a_scripted_policy(tokenizer, request):
     """Two problems x 2 trajectories, three turns each, through HFSampler's real decoding loop."""
+    name = request.node.callspec.params["tokenizer"]
     problems = [Problem(id=name, question=f"Problem {name}: what is 6*7?", answer="42") for name in PLANS]
     turns = {name: plan_turns(tokenizer, plan) for name, plan in PLANS.items()}
 
@@ -289,6 +296,10 @@ def test_rollout_contract_with_a_scripted_policy(tokenizer):
             assert t.input_ids[pos : pos + n] == ids, f"turn {k}: not the sampled tokens"
             assert t.loss_mask[pos : pos + n] == [1] * n and t.turn_ids[pos : pos + n] == [k] * n
             assert tokenizer.decode(ids, skip_special_tokens=True) == turn.text
+            if k < len(PLANS[t.problem.id]):
+                assert turn.text.startswith(f"Let me compute.\n```python\n{PLANS[t.problem.id][k][0]}\n```")
+            else:
+                assert turn.text == "So the answer is \\boxed{42}."
             pos += n
             if k < len(PLANS[t.problem.id]):
                 code = PLANS[t.problem.id][k][0]
@@ -300,6 +311,11 @@ def test_rollout_contract_with_a_scripted_policy(tokenizer):
                 assert not set(obs) & set(tokenizer.all_special_ids), "printed text became a control token"
                 pos += len(obs)
         assert pos == len(t.input_ids) and t.finish_reason == "answer" and t.correct
+        # Chat-template control tokens: one id each in the prompt (untrained); the sampled end of message trained.
+        start, end = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+        assert SPECIAL_IDS.get(name, (start, end)) == (start, end)
+        assert prompt.count(start) == 3 and prompt.count(end) == 2  # system, user, then the assistant's turn
+        assert t.input_ids[-1] == tokenizer.eos_token_id and t.loss_mask[-1] == 1
     # No re-tokenization: every turn's context is the trajectory's ids so far, exactly.
     assert len(policy.contexts) == 3 * 4
     for context in policy.contexts:
@@ -368,3 +384,22 @@ def test_sampler_logprobs_equal_the_updates_recomputation(tokenizer, model, engi
             assert t.input_ids[start : start + len(obs)] == obs and t.loss_mask[start : start + len(obs)] == [0] * len(
                 obs
             )
+
+
+def test_an_observation_cut_by_the_token_budget_stays_untrained(tokenizer):
+    """The budget may cut a tool output inside a multi-byte character: its kept tokens are the observation's
+    first ones, untrained, and the episode ends there."""
+    (problem,) = [Problem(id="p0", question="Problem p0: what is 6*7?", answer="42")]
+    turn, after = plan_turns(tokenizer, [("print('b')", "merged")])[0]
+    obs = observation_ids(tokenizer, OUTPUTS["print('b')"])
+    prompt = prompt_ids(tokenizer, SYSTEM, problem.question)
+    inside = [k for k in range(1, len(obs)) if tokenizer.decode(obs[:k]).endswith("\ufffd")]  # mid-character
+    keep = inside[0] if inside else len(obs) // 2
+    policy = ScriptedPolicy(vocab_size(tokenizer), lambda _: turn + after, filler=after[0])
+    result = rollout(
+        [problem], 1, HFSampler(policy, tokenizer), tokenizer, ReplyExecutor(), system_prompt=SYSTEM,
+        max_turns=3, max_new_tokens_per_turn=64, max_total_tokens=len(prompt) + len(turn) + keep,
+    )  # fmt: skip
+    (t,) = result.trajectories
+    assert t.input_ids == prompt + turn + obs[:keep] and t.finish_reason == "length"
+    assert t.loss_mask == [0] * len(prompt) + [1] * len(turn) + [0] * keep
