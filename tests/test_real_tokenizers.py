@@ -33,10 +33,25 @@ from gtpo.types import ExecResult, Problem
 REAL = ("smollm2-135m-instruct", "qwen2.5-tokenizer")
 TOKENIZERS = ("local", *REAL)
 FENCES = ("```\n", "\n```", "```python\n", "```\n\n")
-SINGLE_TOKEN_FENCES = {
-    # Which fences are one token, by vocabulary. "local" is built to merge all four. Real vocabularies split
-    # text before merging (a pre-tokenizer regex), which decides what can merge at all.
-    "local": {"```\n", "\n```", "```python\n", "```\n\n"},
+FENCE_TOKENS = {
+    # How each fence is tokenized on its own, token by token. "local" is built to merge all four into single
+    # tokens. The real vocabularies make none of them a single token: they split text before merging (a
+    # pre-tokenizer regex), which decides what can merge. SmolLM2 keeps "```" whole and newlines apart; Qwen2.5
+    # glues newlines to the last backtick ("`\n", "`\n\n": a closing fence's last token holds the newlines
+    # after it) and a code line's last character to its newline (")\n").
+    "local": {"```\n": ["```\n"], "\n```": ["\n```"], "```python\n": ["```python\n"], "```\n\n": ["```\n\n"]},
+    "smollm2-135m-instruct": {
+        "```\n": ["```", "\n"],
+        "\n```": ["\n", "```"],
+        "```python\n": ["```", "python", "\n"],
+        "```\n\n": ["```", "\n\n"],
+    },
+    "qwen2.5-tokenizer": {
+        "```\n": ["``", "`\n"],
+        "\n```": ["\n", "```"],
+        "```python\n": ["```", "python", "\n"],
+        "```\n\n": ["``", "`\n\n"],
+    },
 }
 SPECIAL_IDS = {"qwen2.5-tokenizer": (151644, 151645), "smollm2-135m-instruct": (1, 2)}  # <|im_start|>, <|im_end|>
 SYSTEM = "Solve with python. Put the answer in \\boxed{}."
@@ -57,7 +72,7 @@ def real_tokenizer(name: str):
 
     path = gtpo_home() / name
     if not (path / "tokenizer_config.json").exists():
-        message = f"{path} is missing: run `gtpo prepare {name}` (needs the `real` extra) to test this tokenizer"
+        message = f"{path} is missing: run `gtpo prepare {name}` to test this tokenizer"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
@@ -179,14 +194,13 @@ class ReplyExecutor:
 # ------------------------------------------------------------------------------------------------------ tests
 def test_the_fences_that_are_single_tokens(tokenizer, request):
     name = request.node.callspec.params["tokenizer"]
-    single = {fence for fence in FENCES if len(encode(tokenizer, fence)) == 1}
-    if name in SINGLE_TOKEN_FENCES:
-        assert single == SINGLE_TOKEN_FENCES[name]
+    pieces = {fence: [tokenizer.decode([i]) for i in encode(tokenizer, fence)] for fence in FENCES}
+    assert pieces == FENCE_TOKENS[name]
     # Whatever merges, every token that can complete a closing fence is one the samplers check after.
     sampler = HFSampler(ScriptedPolicy(vocab_size(tokenizer), lambda _: [], 0), tokenizer)
     for fence in FENCES:
-        assert encode(tokenizer, fence)[-1] in sampler._fence_tokens
-    print(name, "single-token fences:", sorted(single))
+        ids = encode(tokenizer, fence)
+        assert ids[turn_end(tokenizer, ids, fence.rindex("`") + 1) - 1] in sampler._fence_tokens
 
 
 def closing_variants(tokenizer) -> list[tuple[list[int], int]]:
