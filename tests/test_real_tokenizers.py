@@ -66,17 +66,21 @@ def gtpo_home() -> Path:
     return Path(os.environ.get("GTPO_HOME") or "~/.cache/gtpo").expanduser()
 
 
-def real_tokenizer(name: str):
-    """The prepared tokenizer folder; skipped (failed under CI=true) with the command that makes it."""
-    from transformers import AutoTokenizer
-
+def prepared(name: str, file: str = "tokenizer_config.json") -> Path:
+    """A folder ``gtpo prepare`` writes; skipped (failed under CI=true) with the command that makes it."""
     path = gtpo_home() / name
-    if not (path / "tokenizer_config.json").exists():
-        message = f"{path} is missing: run `gtpo prepare {name}` to test this tokenizer"
+    if not (path / file).exists():
+        message = f"{path / file} is missing: run `gtpo prepare {name}` to test with it"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    return path
+
+
+def real_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(prepared(name))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -417,3 +421,49 @@ def test_an_observation_cut_by_the_token_budget_stays_untrained(tokenizer):
     (t,) = result.trajectories
     assert t.input_ids == prompt + turn + obs[:keep] and t.finish_reason == "length"
     assert t.loss_mask == [0] * len(prompt) + [1] * len(turn) + [0] * keep
+
+
+@pytest.mark.slow
+def test_the_contract_with_real_smollm2_weights():
+    """SmolLM2-135M-Instruct on arithmetic, real sandbox: a first code turn given (with the model's log-probs of
+    it, so that an observation surely follows), then the model samples (HFSampler). Whatever it writes, the lists
+    align, the prompt is the template's, observations are their text's tokens, a code turn ends at its fence's
+    last backtick, and the update's recomputation matches the sampler's log-probs. About a minute on 2 cores."""
+    from gtpo.policy import load_policy
+    from gtpo.sandbox import SandboxLimits, SandboxPool
+    from gtpo.tasks.arith import heldout_problems
+
+    model, tokenizer = load_policy(str(prepared("smollm2-135m-instruct", "model.safetensors")))
+    system = "Write one ```python code block that prints the result, then give the final answer in \\boxed{}."
+    code = encode(tokenizer, "I will compute it.\n```python\nprint(6 * 7)\n```")
+    with SandboxPool(SandboxLimits(wall_time_s=2.0), max_workers=2) as pool:
+        result = rollout(
+            heldout_problems()[:2], 2, ForcedThenSampled(model.eval(), tokenizer, code), tokenizer, pool,
+            system_prompt=system,
+            max_turns=2, max_new_tokens_per_turn=96, max_total_tokens=512, temperature=1.0, seed=0,
+        )  # fmt: skip
+    for t in result.trajectories:
+        assert len(t.input_ids) == len(t.loss_mask) == len(t.turn_ids) == len(t.sampler_logprobs)
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": t.problem.question}]
+        template = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        assert t.input_ids[: t.prompt_len] == list(template["input_ids"] if hasattr(template, "keys") else template)
+        pos = t.prompt_len
+        for k, turn in enumerate(t.turns):
+            ids = t.input_ids[pos : pos + turn.num_model_tokens]
+            assert t.loss_mask[pos : pos + len(ids)] == [1] * len(ids) and t.turn_ids[pos : pos + len(ids)] == [
+                k
+            ] * len(ids)
+            assert tokenizer.decode(ids, skip_special_tokens=True) == turn.text
+            if turn.exec_status is not None:  # a code turn: it ends with the token holding the fence's last backtick
+                close = turn.text.index("```", turn.text.index("```python") + 9) + 3
+                assert len(tokenizer.decode(ids[:-1], skip_special_tokens=True)) < close <= len(turn.text)
+            pos += len(ids)
+            if turn.exec_status is not None and k + 1 < len(t.turns):
+                obs = observation_ids(tokenizer, turn.tool_output)
+                assert t.input_ids[pos : pos + len(obs)] == obs and t.loss_mask[pos : pos + len(obs)] == [0] * len(obs)
+                pos += len(obs)
+        assert pos == len(t.input_ids) and t.turns[0].tool_output == "42\n" and t.num_turns == 2
+    batch = collate(result.trajectories, 0)
+    mask = batch.loss_mask.bool()
+    recomputed = trainer_logprobs(model, result.trajectories, 1.0)
+    torch.testing.assert_close(recomputed[mask], batch.sampler_logprobs[mask], atol=2e-4, rtol=0)
