@@ -150,10 +150,10 @@ class ScriptedPolicy(torch.nn.Module):
             cache = past_key_values
             for (row, _), token in zip(cache, input_ids[:, -1].tolist(), strict=True):
                 row.append(token)
-        logits = torch.full((len(cache), input_ids.shape[1], self.vocab_size), -1e4)
+        logits = torch.full((len(cache), 1, self.vocab_size), -1e4)  # the last position's: all a sampler reads
         for r, (row, turn) in enumerate(cache):
             done = len(row) - len(self.contexts[-len(cache) + r])
-            logits[r, -1, turn[done] if done < len(turn) else self.filler] = 0.0
+            logits[r, 0, turn[done] if done < len(turn) else self.filler] = 0.0
         return SimpleNamespace(logits=logits, past_key_values=cache)
 
 
