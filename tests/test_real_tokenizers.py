@@ -5,9 +5,10 @@ newlines around it, and a tool output's first or last characters would merge wit
 text were tokenized as a whole. The contract checked here, per trajectory: aligned lists (ids, loss mask, turn
 ids, sampler log-probs); the loss mask exactly on sampled tokens; each turn's tokens decode to its text; the
 prompt equals the chat template's ids; earlier turns are never re-tokenized; a turn ends exactly at the token
-that closes its python block; and the sampler's log-probs equal the update's recomputation.
+that closes its python block; a tool output is tokenized as plain text (a printed "<|im_end|>" is not the chat's
+control token); and the sampler's log-probs equal the update's recomputation.
 
-Every test runs on three tokenizers: one built here whose vocabulary merges all four fences ("local", so the
+Every test but the last (real SmolLM2 weights, slow) runs on three tokenizers: one built here whose vocabulary merges all four fences ("local", so the
 default suite always meets the hard cases), and the two real ones that ``gtpo prepare`` writes (skipped when
 absent, with the command to run; a failure under CI=true, where they are prepared). The policies are either
 scripted (a module that emits given token ids, driving the real ``HFSampler`` and its stop rule) or a random
