@@ -2,8 +2,9 @@
 output, repeat; then grade. Produces ``Trajectory`` records with exact token bookkeeping.
 
 Bookkeeping without re-tokenization drift: model tokens are kept exactly as sampled, and only the inserted
-tool output is tokenized (on its own). So ``input_ids`` is prompt + turn 1 tokens + observation 1 tokens +
-turn 2 tokens + ..., and decoding a turn's tokens gives back that turn's text.
+tool output is tokenized (on its own, as plain text: control-token text a program prints stays text). So
+``input_ids`` is prompt + turn 1 tokens + observation 1 tokens + turn 2 tokens + ..., and decoding a turn's
+tokens gives back that turn's text.
 
 Episode rules (documented choices):
 - a turn with a closed python block runs it, even if it also has a ``\\boxed{}`` (the answer is not final);
