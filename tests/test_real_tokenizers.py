@@ -8,11 +8,11 @@ prompt equals the chat template's ids; earlier turns are never re-tokenized; a t
 that closes its python block; a tool output is tokenized as plain text (a printed "<|im_end|>" is not the chat's
 control token); and the sampler's log-probs equal the update's recomputation.
 
-Every test but the last (real SmolLM2 weights, slow) runs on three tokenizers: one built here whose vocabulary merges all four fences ("local", so the
-default suite always meets the hard cases), and the two real ones that ``gtpo prepare`` writes (skipped when
-absent, with the command to run; a failure under CI=true, where they are prepared). The policies are either
-scripted (a module that emits given token ids, driving the real ``HFSampler`` and its stop rule) or a random
-Qwen2-shaped model with the tokenizer's real vocabulary size and a tiny hidden size.
+Every test but the last (real SmolLM2 weights, slow) runs on three tokenizers: one built here whose vocabulary
+merges all four fences ("local", so the default suite always meets the hard cases), and the two real ones that
+``gtpo prepare`` writes (skipped when absent, with the command to run; a failure under CI=true, where they are
+prepared). The policies are either scripted (a module that emits given token ids, driving the real ``HFSampler``
+and its stop rule) or a random Qwen2-shaped model with the tokenizer's real vocabulary size and a tiny hidden size.
 """
 
 from __future__ import annotations
