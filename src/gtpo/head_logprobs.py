@@ -4,7 +4,8 @@
 (152k for Qwen2.5), so float32 logits of a 16k-token micro-batch would take 10 GB, more than the whole
 activation memory of a 1.5B model. Here the head runs over chunks of rows: the forward pass keeps only one
 log-normalizer per token, and the backward pass recomputes each chunk's logits and turns them at once into
-the gradients of the hidden states and of the weight (two matmuls), so peak memory is one chunk of logits.
+the gradients of the hidden states and of the weight (two matmuls), so peak memory is one chunk of logits (two
+with entropy).
 
 Gradients, per row with p = softmax(z) and incoming gradients g (of log p_t) and e (of the entropy H):
   d log p_t / dz = onehot(t) - p,     dH / dz = -p * (log p + H),
@@ -72,7 +73,8 @@ class _HeadLogprobs(torch.autograd.Function):
             logp[lo:hi] = z.gather(1, targets[lo:hi, None]).squeeze(1) - log_norm[lo:hi]
             if with_entropy:
                 z.sub_(log_norm[lo:hi, None])  # now log p
-                entropy[lo:hi] = -(z.exp() * z).sum(-1)
+                entropy[lo:hi] = -z.exp().mul_(z).sum(-1)  # in place: two chunks of logits alive, not three
+            del z  # before the next chunk's logits exist
         device = hidden.device.type
         ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         ctx.settings = (temperature, with_entropy, rows)
@@ -98,11 +100,16 @@ class _HeadLogprobs(torch.autograd.Function):
             for lo in range(0, hidden.shape[0], rows):
                 hi = min(lo + rows, hidden.shape[0])
                 log_probs = _logits(hidden[lo:hi], weight, bias, temperature).sub_(log_norm[lo:hi, None])
-                probs = log_probs.exp()
-                grad_z = probs * -grad_logp[lo:hi, None]  # g * (onehot - p), the onehot part below
-                if use_entropy:  # + e * (-p * (log p + H))
-                    grad_z -= probs * log_probs.add_(entropy[lo:hi, None]) * grad_entropy[lo:hi, None]
-                grad_z.scatter_add_(1, targets[lo:hi, None], grad_logp[lo:hi, None])
+                # In place, and the chunk freed before the next: one chunk of logits alive (two with entropy),
+                # where out-of-place products and the last chunk's leftovers held up to four (4 GiB at the default
+                # chunk of a 152k vocabulary).
+                if use_entropy:  # g * (onehot - p) + e * (-p * (log p + H)) = -p * (g + e * (log p + H)) + g * onehot
+                    grad_z = log_probs.exp()  # p, then in place the gradient
+                    log_probs.add_(entropy[lo:hi, None]).mul_(grad_entropy[lo:hi, None]).add_(grad_logp[lo:hi, None])
+                    grad_z.mul_(log_probs).neg_()
+                else:  # g * (onehot - p)
+                    grad_z = log_probs.exp_().mul_(-grad_logp[lo:hi, None])
+                grad_z.scatter_add_(1, targets[lo:hi, None], grad_logp[lo:hi, None])  # the onehot part
                 if temperature != 1.0:
                     grad_z.div_(temperature)
                 if need_hidden:
@@ -111,6 +118,7 @@ class _HeadLogprobs(torch.autograd.Function):
                     grad_weight += cast(grad_z).t() @ hidden[lo:hi]
                 if need_bias:
                     grad_bias += grad_z.sum(0)
+                del log_probs, grad_z  # before the next chunk's logits exist
         grad_weight = grad_weight.to(weight.dtype) if need_weight else None
         grad_bias = grad_bias.to(bias.dtype) if need_bias else None
         return grad_hidden, grad_weight, grad_bias, None, None, None, None

@@ -2,8 +2,9 @@
 output, repeat; then grade. Produces ``Trajectory`` records with exact token bookkeeping.
 
 Bookkeeping without re-tokenization drift: model tokens are kept exactly as sampled, and only the inserted
-tool output is tokenized (on its own). So ``input_ids`` is prompt + turn 1 tokens + observation 1 tokens +
-turn 2 tokens + ..., and decoding a turn's tokens gives back that turn's text.
+tool output is tokenized (on its own, as plain text: control-token text a program prints stays text). So
+``input_ids`` is prompt + turn 1 tokens + observation 1 tokens + turn 2 tokens + ..., and decoding a turn's
+tokens gives back that turn's text.
 
 Episode rules (documented choices):
 - a turn with a closed python block runs it, even if it also has a ``\\boxed{}`` (the answer is not final);
@@ -109,7 +110,11 @@ class _Episode:
         if len(trajectory.turns) == self.max_turns:
             trajectory.finish_reason = "max_turns"
             return False
-        observation = self.tokenizer.encode(format_tool_output(result.output), add_special_tokens=False)
+        # The output is text a program printed: "<|im_end|>" in it is those ten characters, not the chat's
+        # end-of-message token (nor may a printed "<|im_start|>assistant" open a turn), hence split_special_tokens.
+        observation = self.tokenizer.encode(
+            format_tool_output(result.output), add_special_tokens=False, split_special_tokens=True
+        )
         observation = observation[: self.max_total_tokens - len(trajectory.input_ids)]
         trajectory.input_ids.extend(observation)
         trajectory.loss_mask.extend([0] * len(observation))  # tool output: never trained on
