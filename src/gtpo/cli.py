@@ -31,7 +31,7 @@ commands:
   demo        print a worked example of GTPO and GRPO credit assignment on one group
   build-tiny  rebuild the shipped tiny model (tokenizer + SFT warm start)
 
-`gtpo COMMAND --help` explains each command's options.
+`gtpo COMMAND --help` explains each command's options; `gtpo --version` prints the version.
 """
 PRESET_HELP = "A YAML preset applied first, then the flags over it: a shipped name ({names}) or a file path."
 COMPARE_DIR = "runs/compare"
@@ -145,7 +145,7 @@ def compare_args(argv: list[str]) -> Any:
 
 
 def compare(argv: list[str]) -> None:
-    from gtpo.compare import run_comparison
+    from gtpo.compare import RunFailed, run_comparison
     from gtpo.config import ConfigError
 
     args = compare_args(argv)
@@ -169,6 +169,9 @@ def compare(argv: list[str]) -> None:
             file=sys.stderr,
         )
         sys.exit(stopped.exit_code)
+    except RunFailed as failed:  # a run crashed: its log has the traceback, this process has nothing to add
+        print(f"gtpo compare: {failed}", file=sys.stderr)
+        sys.exit(1)
     print((root / "compare.md").read_text())
     print(f"table: {root / 'compare.md'}, plots: {root / 'compare.png'}")
 
@@ -225,6 +228,11 @@ def main(argv: list[str] | None = None) -> None:
 def _dispatch(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
+        return
+    if argv[0] in ("-V", "--version"):
+        from gtpo import __version__
+
+        print(f"gtpo {__version__}")
         return
     command, rest = argv[0], argv[1:]
     from gtpo.config import ConfigError

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -258,6 +260,7 @@ def _overlay(obj: Any, data: dict[str, Any], prefix: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(obj)}
+    hints = typing.get_type_hints(type(obj))
     updates = {}
     for key, value in data.items():
         if key not in fields:
@@ -266,11 +269,79 @@ def _overlay(obj: Any, data: dict[str, Any], prefix: str) -> Any:
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             updates[key] = _overlay(current, value, prefix=f"{prefix}{key}.")
-        elif isinstance(current, tuple) and isinstance(value, list):
-            updates[key] = tuple(value)
         else:
-            updates[key] = value
+            updates[key] = _typed(f"{prefix}{key}", value, hints[key])
     return dataclasses.replace(obj, **updates)
+
+
+def _typed(name: str, value: Any, hint: Any) -> Any:
+    """``value`` as the field's declared type, or a ConfigError naming the field and the type it needs.
+
+    A preset is YAML, whose types need not be the dataclass's: a wrong one (``lr: abc``) must fail here with the
+    field's name, not later as a ``TypeError`` deep in validation or training. ``1e-6`` (a string to YAML 1.1)
+    and ``1`` for a float are accepted as the numbers they mean; a list for a tuple becomes the tuple."""
+    converted = _convert(value, hint)
+    if converted is _WRONG:
+        raise ConfigError(
+            f"invalid config field '{name}': expected {_type_name(hint)}, got {value!r}; fix it in the preset"
+        )
+    return converted
+
+
+_WRONG = object()
+
+
+def _convert(value: Any, hint: Any) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arm in args:
+            converted = _convert(value, arm)
+            if converted is not _WRONG:
+                return converted
+        return _WRONG
+    if hint is type(None):
+        return None if value is None else _WRONG
+    if origin is Literal:
+        return value if value in args else _WRONG
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return _WRONG
+        arms = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        if len(arms) != len(value):
+            return _WRONG
+        items = [_convert(v, a) for v, a in zip(value, arms, strict=True)]
+        return _WRONG if any(i is _WRONG for i in items) else tuple(items)
+    if hint is bool:
+        return value if isinstance(value, bool) else _WRONG
+    if hint is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _WRONG
+    if hint is float:
+        if isinstance(value, bool):
+            return _WRONG
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return float(value) if isinstance(value, str) else _WRONG
+        except ValueError:
+            return _WRONG
+    if hint is str:
+        return value if isinstance(value, str) else _WRONG
+    return value
+
+
+def _type_name(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if hint is type(None):
+        return "null"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is tuple:
+        return "a list"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
 
 
 def load_preset(name_or_path: str, base: TrainConfig | None = None) -> TrainConfig:
@@ -285,8 +356,17 @@ def load_preset(name_or_path: str, base: TrainConfig | None = None) -> TrainConf
     if not path.is_file():
         shipped = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
         raise ConfigError(f"--preset {name_or_path!r}: no such file or shipped preset (shipped: {shipped})")
-    data = yaml.safe_load(path.read_text()) or {}
-    return from_dict(data, base)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"--preset {where}: not valid YAML ({problem}); fix the file") from None
+    try:
+        return from_dict(data, base)
+    except ConfigError as err:
+        raise ConfigError(f"--preset {path}: {err}") from None
 
 
 def validate(config: TrainConfig) -> TrainConfig:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from gtpo import components
-from gtpo.checkpoint import CHECKPOINT_DIR, latest_checkpoint
+from gtpo.checkpoint import CHECKPOINT_DIR, latest_checkpoint, read_file
 from gtpo.config import ConfigError, from_dict
 from gtpo.distributed import unwrap_model
 
@@ -93,11 +94,15 @@ def resolve_checkpoint(path: str | Path, flag: str = "") -> Path:
     return path
 
 
-def load_checkpoint_policy(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module, Any, str]:
-    """(policy with the checkpoint's weights, tokenizer, "base@step_N") from a checkpoint of a gtpo run."""
+def load_checkpoint_policy(
+    checkpoint: Path, device: torch.device, flag: str = "--checkpoint"
+) -> tuple[torch.nn.Module, Any, str]:
+    """(policy with the checkpoint's weights, tokenizer, "base@step_N") from a checkpoint of a gtpo run. A
+    damaged model.pt is named, with the newest intact checkpoint to give ``flag`` instead."""
     model_cfg = from_dict(json.loads((checkpoint.parent.parent / "config.json").read_text())).model
+    weights = read_file(checkpoint / "model.pt", partial(torch.load, map_location=device, weights_only=True), flag)
     model, tokenizer = components.build_policy(model_cfg, device)
-    model.load_state_dict(torch.load(checkpoint / "model.pt", map_location=device, weights_only=True))
+    model.load_state_dict(weights)
     return model.eval(), tokenizer, f"{model_cfg.name_or_path}@{checkpoint.name}"
 
 
@@ -109,7 +114,7 @@ def export_checkpoint(source: str | Path, out: str | Path | None = None, lora: L
     if out is None:
         newest = latest_checkpoint(run_dir)
         out = run_dir / (MODEL_DIR if newest == checkpoint else f"{MODEL_DIR}-{checkpoint.name}")
-    model, tokenizer, _ = load_checkpoint_policy(checkpoint, torch.device("cpu"))
+    model, tokenizer, _ = load_checkpoint_policy(checkpoint, torch.device("cpu"), flag="gtpo export")
     written = save_model_folder(model, tokenizer, out, lora=lora)
     assert written is not None
     return written
