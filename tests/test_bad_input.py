@@ -9,6 +9,7 @@ rows that change the process's environment (offline mode) run ``python -m gtpo``
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from gtpo import cli
 
@@ -130,6 +132,10 @@ def _fixed_comparison_is_accepted(tmp: Path) -> None:
     claim_root(tmp / "cmp", fixed, overwrite=False)
 
 
+def _long_question(words: int) -> str:
+    return "What is " + "1 + " * words + "1?"
+
+
 CASES: dict[str, Case] = {
     "preset with a YAML syntax error": Case(
         lambda t, _: _train(t, "--preset", _write(t / "bad.yaml", "rollout:\n  group_size: [4\n")),
@@ -207,6 +213,13 @@ CASES: dict[str, Case] = {
         lambda t, _: ["compare", *QUICK, "--steps", "1", "--seeds", "1", "--output-dir", str(t / "runs" / "cmp")],
         r"^gtpo compare: --data\.eval / --eval-every: a comparison ranks runs by their held-out evaluations; .*"
         r"--eval-every >= 1 \(now 0\)$",
+    ),
+    "every prompt longer than max_total_tokens": Case(
+        lambda t, _: _train(
+            t, "--data.train", _write(t / "long.jsonl", json.dumps({"question": _long_question(800), "answer": 801}))
+        ),
+        r"^gtpo train: rollout\.max_total_tokens: all 1 training prompts are at least 512 tokens long; raise "
+        r"--rollout\.max-total-tokens$",
     ),
 }
 
@@ -296,3 +309,39 @@ def test_version():
     from gtpo import __version__
 
     assert done.returncode == 0 and done.stdout == f"gtpo {__version__}\n" and done.stderr == ""
+
+
+# --- prompts longer than the budget ----------------------------------------------------------------------------
+
+
+def test_split_overlong_prompts_keeps_exactly_the_prompts_shorter_than_the_budget():
+    from gtpo.components import build_policy, system_prompt_for
+    from gtpo.config import DataConfig, ModelConfig
+    from gtpo.policy import prompt_ids
+    from gtpo.trainer import split_overlong_prompts
+    from gtpo.types import Problem
+
+    _, tokenizer = build_policy(ModelConfig(), torch.device("cpu"))
+    system = system_prompt_for(DataConfig())
+    problems = [Problem(id=f"p{n}", question=_long_question(n), answer=str(n + 1)) for n in range(0, 400, 7)]
+    lengths = [len(prompt_ids(tokenizer, system, p.question)) for p in problems]
+    budget = sorted(lengths)[len(lengths) // 2]  # half the prompts reach it
+    fitting, dropped = split_overlong_prompts(problems, tokenizer, system, budget)
+    assert [p.id for p in fitting] == [p.id for p, n in zip(problems, lengths, strict=True) if n < budget]
+    assert dropped == sum(n >= budget for n in lengths) > 0
+
+
+def test_overlong_prompts_are_counted_and_warned_about_once(tmp_path, capsys):
+    rows = [GOOD_ROW, json.dumps({"question": _long_question(800), "answer": 801}) + "\n"]
+    data = _write(tmp_path / "mixed.jsonl", "".join(rows))
+    run = tmp_path / "run"
+    held_out = _write(tmp_path / "ok.jsonl", GOOD_ROW)
+    flags = ["--steps", "2", "--data.train", data, "--data.eval", held_out, "--eval-every", "1"]
+    cli.main(["train", *QUICK, *flags, "--output-dir", str(run)])
+    err = capsys.readouterr().err
+    warning = "warning: 1 of 2 training problems are left out: their prompt"
+    assert err.count(warning) == 1, err
+    assert "rollout.max_total_tokens (512)" in err
+    assert warning.removeprefix("warning: ") in (run / "summary.md").read_text()
+    trained = [r for r in map(json.loads, (run / "samples.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    assert trained and not any("1 + 1 + 1" in json.dumps(r) for r in trained)  # never sampled

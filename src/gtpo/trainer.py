@@ -24,7 +24,7 @@ from gtpo import components
 from gtpo.advantages import turns_to_tokens
 from gtpo.batch import TokenBatch, collate
 from gtpo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from gtpo.config import TrainConfig, validate
+from gtpo.config import ConfigError, TrainConfig, validate
 from gtpo.credit import Credit, assign_credit
 from gtpo.distributed import (
     DistContext,
@@ -39,7 +39,7 @@ from gtpo.distributed import (
 )
 from gtpo.evaluate import EvalReport, evaluate_problems
 from gtpo.groups import StepGroups, collect_groups
-from gtpo.policy import inference_weights
+from gtpo.policy import inference_weights, prompt_ids
 from gtpo.problem_stream import ProblemStream
 from gtpo.rewards import overlong_penalty
 from gtpo.rollout import is_void_trajectory, rollout, rollout_metrics
@@ -55,6 +55,25 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def split_overlong_prompts(
+    problems: list[Any], tokenizer: Any, system_prompt: str, max_total_tokens: int
+) -> tuple[list[Any], int]:
+    """(the problems whose prompt leaves room to generate, how many do not).
+
+    A prompt of ``max_total_tokens`` or more would be sampled as a trajectory cut by the budget before its first
+    token: a length-cut failure that teaches nothing and takes a slot in every group it is drawn for. Only
+    questions that could be that long are tokenized: a token holds at least one byte, so a question of fewer
+    UTF-8 bytes than the budget left after the chat template cannot fill it."""
+    room = max_total_tokens - len(prompt_ids(tokenizer, system_prompt, "")) - 8  # merges at the question's edges
+    fitting = [
+        p
+        for p in problems
+        if len(p.question.encode("utf-8")) < room
+        or len(prompt_ids(tokenizer, system_prompt, p.question)) < max_total_tokens
+    ]
+    return fitting, len(problems) - len(fitting)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -86,11 +105,21 @@ class Trainer:
         components.check_model_source(config.model.name_or_path)
         seed_everything(config.seed)
         # Data before the model: a malformed file fails in seconds, not after a model has loaded.
-        self.stream = ProblemStream(components.load_train_problems(config.data, config.seed), config.seed)
+        train_problems = components.load_train_problems(config.data, config.seed)
         self.eval_problems = components.load_eval_problems(config.data)
         self.system_prompt = components.system_prompt_for(config.data)
         self.device = components.resolve_device(config.device, self.ctx.local_rank)
         policy, self.tokenizer = components.build_policy(config.model, self.device)
+        fitting, self.overlong_prompts = split_overlong_prompts(
+            train_problems, self.tokenizer, self.system_prompt, config.rollout.max_total_tokens
+        )
+        if not fitting:
+            raise ConfigError(
+                f"rollout.max_total_tokens: all {len(train_problems)} training prompts are at least "
+                f"{config.rollout.max_total_tokens} tokens long; raise --rollout.max-total-tokens"
+            )
+        self.stream = ProblemStream(fitting, config.seed)
+        self._train_problems = len(train_problems)
         policy.eval()
         self.policy = policy
         """The plain module: generation, log-probs without gradient, checkpoints."""
@@ -142,6 +171,12 @@ class Trainer:
             recorder.already_finished(self.step)
             return {}
         recorder.start(len(self.eval_problems))
+        if self.overlong_prompts:
+            recorder.warn(
+                f"{self.overlong_prompts} of {self._train_problems} training problems are left out: their prompt (system prompt and question) "
+                f"fills rollout.max_total_tokens ({cfg.rollout.max_total_tokens}) before the model writes a token; "
+                "raise --rollout.max-total-tokens to train on them"
+            )
         start_step = self.step
         last: dict[str, float] = {}
         with StopRequests(notice=lambda text: recorder.console.line(text, err=True)) as stop:
