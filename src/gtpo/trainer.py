@@ -173,9 +173,9 @@ class Trainer:
         recorder.start(len(self.eval_problems))
         if self.overlong_prompts:
             recorder.warn(
-                f"{self.overlong_prompts} of {self._train_problems} training problems are left out: their prompt (system prompt and question) "
-                f"fills rollout.max_total_tokens ({cfg.rollout.max_total_tokens}) before the model writes a token; "
-                "raise --rollout.max-total-tokens to train on them"
+                f"{self.overlong_prompts} of {self._train_problems} training problems are left out: their prompt "
+                f"(system prompt and question) fills rollout.max_total_tokens ({cfg.rollout.max_total_tokens}) "
+                "before the model writes a token; raise --rollout.max-total-tokens to train on them"
             )
         start_step = self.step
         last: dict[str, float] = {}
