@@ -303,3 +303,24 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path, capsys, shipped_tiny
     trainer = _train(_config(tmp_path, steps=1, resume=True))
     assert trainer.finished and "already finished" in capsys.readouterr().out
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
+
+
+def test_the_exported_folder_prompts_as_training_did(tmp_path):
+    """A plain-transformers user who sends only a user message gets the system prompt the policy trained with."""
+    from gtpo import components
+    from gtpo.config import DataConfig, ModelConfig
+    from gtpo.run.export import PROMPT_FILE
+
+    model, tokenizer = components.build_policy(ModelConfig(), torch.device("cpu"))
+    system = components.system_prompt_for(DataConfig()) + ' with "quotes", a \\ and ü'
+    before = tokenizer.chat_template
+    out = save_model_folder(model, tokenizer, tmp_path / "model", system_prompt=system)
+    assert tokenizer.chat_template == before  # the live tokenizer is unchanged
+    loaded = AutoTokenizer.from_pretrained(out)
+    user = [{"role": "user", "content": "What is 2 + 2?"}]
+    trained = [{"role": "system", "content": system}, *user]
+    render = {"add_generation_prompt": True, "tokenize": False}
+    assert loaded.apply_chat_template(user, **render) == tokenizer.apply_chat_template(trained, **render)
+    own = [{"role": "system", "content": "Be brief."}, *user]
+    assert loaded.apply_chat_template(own, **render) == tokenizer.apply_chat_template(own, **render)
+    assert json.loads((out / PROMPT_FILE).read_text())["system_prompt"] == system

@@ -201,7 +201,14 @@ class Trainer:
                 self._stop = None
             if stop.signum is not None:  # the report is written while a second signal still exits at once
                 raise recorder.stopped(stop.signum, self.step, progressed=self.step > start_step)
-        export_final_policy(self.model, self.tokenizer, self.run_dir, cfg.export, write=self.ctx.is_main)
+        export_final_policy(
+            self.model,
+            self.tokenizer,
+            self.run_dir,
+            cfg.export,
+            write=self.ctx.is_main,
+            system_prompt=self.system_prompt,
+        )
         recorder.finish(final=True)
         return last
 
