@@ -324,3 +324,56 @@ def test_the_exported_folder_prompts_as_training_did(tmp_path):
     own = [{"role": "system", "content": "Be brief."}, *user]
     assert loaded.apply_chat_template(own, **render) == tokenizer.apply_chat_template(own, **render)
     assert json.loads((out / PROMPT_FILE).read_text())["system_prompt"] == system
+
+
+def _collect(correct_by_round: list[list[list[bool]]], problems_per_step: int, max_extra: int):
+    """``collect_groups`` with scripted correctness (round -> group -> trajectory) and a batch-centred score:
+    each row's advantage is its correctness minus the mean over the rows scored together (so credit depends on
+    which rows were scored together, as batch normalization does)."""
+    from gtpo.credit import Credit
+    from gtpo.distributed import DistContext
+    from gtpo.groups import collect_groups
+    from gtpo.types import Problem, Trajectory
+
+    group_size = len(correct_by_round[0][0])
+    taken: list[Problem] = []
+
+    def take(n: int) -> list[Problem]:
+        batch = [Problem(id=f"p{len(taken) + i}", question="q", answer="1") for i in range(n)]
+        taken.extend(batch)
+        return batch
+
+    def roll(problems, indices, round_index):
+        rows = [correct_by_round[round_index][j // group_size][j % group_size] for j in indices]
+        trajectories = [Trajectory(problem=p, group_id=-1, correct=c) for p, c in zip(problems, rows, strict=True)]
+        return trajectories, {}
+
+    def score(trajectories, lengths):
+        values = torch.tensor([float(t.correct) for t in trajectories])
+        advantages = (values - values.mean())[:, None]
+        return Credit(advantages, values, values.tolist(), {})
+
+    out = collect_groups(
+        take, roll, score, DistContext(), problems_per_step=problems_per_step, group_size=group_size,
+        max_total_tokens=64, filter_groups=True, max_extra_problems=max_extra,
+    )  # fmt: skip
+    credit = out.credit or score(out.kept, out.kept_lengths)  # as the trainer does
+    return out, credit
+
+
+def test_a_group_dropped_without_refill_leaves_the_kept_rows_credited_among_themselves():
+    # group 0 all right (no signal: dropped), group 1 one right one wrong; no extra problems allowed.
+    out, credit = _collect([[[True, True], [True, False]]], problems_per_step=2, max_extra=0)
+    assert [t.problem.id for t in out.kept] == ["p1", "p1"]
+    # scored among the kept rows only: correctness 1, 0 around their mean 0.5 (with the dropped group's rows
+    # in the batch the mean would be 0.75: 0.25, -0.75)
+    assert credit.turn_advantages[out.local_positions, 0].tolist() == [0.5, -0.5]
+
+
+def test_a_refilled_group_never_shares_an_id_with_a_group_kept_before():
+    # round 0: group 0 differs (kept), group 1 all wrong (dropped); round 1 refills one group that differs.
+    out, _ = _collect([[[True, False], [False, False]], [[False, True]]], problems_per_step=2, max_extra=4)
+    ids = {}
+    for t in out.kept:
+        ids.setdefault(t.group_id, set()).add(t.problem.id)
+    assert sorted(map(sorted, ids.values())) == [["p0"], ["p2"]]  # two groups, one problem each
