@@ -155,6 +155,7 @@ def test_a_run_evaluates_reports_and_leaves_a_model_that_from_pretrained_loads(t
 
 
 def test_lora_policy_exports_merged_or_as_adapter_with_the_same_logits(tmp_path, shipped_tiny):
+    pytest.importorskip("peft")  # an optional extra: gtpo[lora]
     from peft import PeftModel
 
     trainer = Trainer(_config(tmp_path / "run", model={"lora_rank": 4}), sampler=_half_right(shipped_tiny[1]))

@@ -162,6 +162,7 @@ def test_bf16_autocast_second_epoch_sees_the_updated_weights(tiny_model):
 
 def test_lora_kl_reference_is_the_base_model_with_adapters_off(tiny_model):
     """With LoRA no reference copy is loaded: the base model (adapters disabled) is the reference."""
+    pytest.importorskip("peft")  # an optional extra: gtpo[lora]
     from peft import LoraConfig, get_peft_model
 
     batch, advantages, loss_mask = ragged_batch(tiny_model.config.vocab_size)
