@@ -97,7 +97,7 @@ def train(argv: list[str]) -> None:
         return
     _quiet_transformers()
     from gtpo.run.stop import TrainingStopped, exit_on_next_signal
-    from gtpo.trainer import Trainer
+    from gtpo.trainer import Trainer, TrainingDiverged
 
     trainer = Trainer(config)  # a Ctrl-C while it loads leaves nothing: the run folder is made last
     try:
@@ -112,6 +112,9 @@ def train(argv: list[str]) -> None:
         else:
             print(f"gtpo train: {stopped}; the run left no files", file=sys.stderr)
         sys.exit(stopped.exit_code)
+    except TrainingDiverged as diverged:
+        print(f"gtpo train: {diverged}", file=sys.stderr)
+        sys.exit(1)
     finally:
         trainer.close()
 

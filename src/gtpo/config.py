@@ -203,6 +203,9 @@ class OptimConfig:
     update_epochs: int = 1
     """Optimizer steps per rollout batch (one pass over it each). Above 1, old log-probs are computed once
     before them; at 1 they equal the current ones and that extra forward pass is skipped."""
+    nonfinite_stop: int = 3
+    """A step whose loss or gradient is not finite (NaN/inf) is skipped with a warning, its weights unchanged;
+    this many such steps in a row stop the run (exit 1), its last checkpoint intact."""
 
 
 @dataclass
@@ -399,6 +402,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         (config.optim.micro_batch_tokens >= 1, "optim.micro_batch_tokens", "must be >= 1 (e.g. 8192)"),
         (config.optim.micro_batch_size >= 0, "optim.micro_batch_size", "must be >= 0 (0 = no cap)"),
         (config.optim.update_epochs >= 1, "optim.update_epochs", "must be >= 1"),
+        (config.optim.nonfinite_stop >= 1, "optim.nonfinite_stop", "must be >= 1"),
         (config.model.lora_rank >= 0, "model.lora_rank", "must be >= 0"),
     ]
     for ok, name, fix in checks:

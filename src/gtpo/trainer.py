@@ -154,6 +154,8 @@ class Trainer:
         ``eval_every`` names, or one whose evaluation a stop abandoned (kept in the checkpoint, so a resumed run
         does it first and has the same held-out curve as an uninterrupted one)."""
         self._stop: StopRequests | None = None
+        self._nonfinite_streak = 0
+        """Steps in a row whose update was skipped as non-finite (``optim.nonfinite_stop`` end the run)."""
         if config.resume:
             self._resume()
         if not self.finished:
@@ -189,6 +191,7 @@ class Trainer:
                 while self.step < cfg.steps and not stopping:
                     metrics = self.train_step()
                     self.step += 1
+                    self._check_finite(metrics)
                     self._evaluation_owed = bool(cfg.eval_every and self.eval_problems) and self._due(cfg.eval_every)
                     metrics.update(self._owed_evaluation())  # the step's training metrics are kept either way
                     recorder.record(self.step, metrics)
@@ -211,6 +214,27 @@ class Trainer:
         )
         recorder.finish(final=True)
         return last
+
+    def _check_finite(self, metrics: dict[str, float]) -> None:
+        """A skipped non-finite update is warned about; ``optim.nonfinite_stop`` of them in a row end the run."""
+        if not metrics.get("optim/nonfinite_skipped"):
+            self._nonfinite_streak = 0
+            return
+        self._nonfinite_streak += 1
+        limit = self.cfg.optim.nonfinite_stop
+        self.recorder.warn(
+            f"step {self.step}: the loss or gradient was not finite (NaN/inf); the update was skipped and the "
+            f"weights are unchanged ({self._nonfinite_streak} in a row; {limit} stop the run)"
+        )
+        if self._nonfinite_streak >= limit:
+            checkpoint = latest_checkpoint(self.run_dir)
+            kept = f"the last checkpoint ({checkpoint}) is intact" if checkpoint else "no checkpoint was written"
+            self.recorder.record(self.step, metrics)
+            self.recorder.finish(final=False)
+            raise TrainingDiverged(
+                f"stopped at step {self.step}: {limit} steps in a row had a non-finite loss or gradient and were "
+                f"skipped; {kept}. Lower --optim.lr, or check the data and rollout.max_total_tokens"
+            )
 
     def _stop_agreed(self) -> bool:
         """Whether any rank was asked to stop: all ranks leave the loop after the same step."""
@@ -441,6 +465,10 @@ class Trainer:
         self.recorder.close()
         self.sandbox.close()
         barrier(self.ctx)
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many updates in a row were skipped as non-finite; the message says where the run stopped and why."""
 
 
 class _EvaluationAbandoned(Exception):

@@ -1,0 +1,115 @@
+"""Faults injected into real runs of the shipped tiny model: the run survives what breaks around it.
+
+Each test breaks one thing for real (a NaN in the logits of one micro-batch of the update, a sandbox worker
+SIGKILLed mid-rollout, a cell that hangs, the trainer SIGKILLed while it writes a checkpoint, a full disk) and
+checks what a user would: the step finishes or is skipped with a warning and a metric, the weights and the
+previous checkpoint are intact, a resumed run loses and repeats no step. docs/runs.md tabulates them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from gtpo.config import from_dict
+from gtpo.metrics import read_metrics
+from gtpo.trainer import Trainer, TrainingDiverged
+
+
+def _config(out: Path, **top):
+    settings = {
+        "device": "cpu",
+        "progress": False,
+        "export": "none",
+        "eval_every": 0,
+        "save_every": 1,
+        "keep_checkpoints": 5,
+        "output_dir": str(out),
+        "rollout": {
+            "group_size": 2,
+            "problems_per_step": 2,
+            "max_turns": 2,
+            "max_new_tokens_per_turn": 32,
+            "sandbox_workers": 1,
+        },
+        "optim": {"micro_batch_tokens": 1},  # one trajectory per micro-batch: a NaN can hit exactly one
+        **top,
+    }
+    return from_dict(settings)
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+
+class NaNLogits:
+    """A forward hook on the final norm of the policy: the hidden states (and so the logits) of the chosen
+    update passes become NaN. Generation runs without gradient and is left alone."""
+
+    def __init__(self, trainer: Trainer, poison) -> None:
+        self.trainer, self.poison, self.passes = trainer, poison, 0
+        norm = trainer.policy.get_decoder().norm
+        self.handle = norm.register_forward_hook(self)
+
+    def __call__(self, module, inputs, output):
+        if not torch.is_grad_enabled():
+            return None
+        self.passes += 1
+        if self.poison(self.trainer.step, self.passes):
+            return output * float("nan")
+        return None
+
+
+def test_a_nan_in_one_micro_batch_skips_the_step_keeps_the_weights_and_training_goes_on(tmp_path, capsys):
+    trainer = Trainer(_config(tmp_path / "run", steps=3))
+    first_pass_of_step_1 = {}
+
+    def poison(step: int, passes: int) -> bool:  # the first update pass of the first step only
+        first_pass_of_step_1.setdefault(step, passes)
+        return step == 0 and passes == first_pass_of_step_1[0]
+
+    NaNLogits(trainer, poison)
+    before = _weights(trainer.policy)
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["optim/nonfinite_skipped"] for r in records] == [1.0, 0.0, 0.0]
+    assert records[0]["optim/grad_norm"] is None  # NaN, which metrics.jsonl writes as null
+    assert all(math.isfinite(r["optim/grad_norm"]) for r in records[1:])
+    assert records[0]["perf/micro_batches"] >= 2  # the NaN hit one micro-batch of several
+    at_step_1 = torch.load(tmp_path / "run" / "checkpoints" / "step_0000001" / "model.pt", weights_only=True)
+    assert all(torch.equal(at_step_1[name], value) for name, value in before.items())  # not poisoned, not moved
+    after = _weights(trainer.policy)
+    assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
+    assert any(not torch.equal(after[name], value) for name, value in before.items())  # steps 2-3 trained
+    err = capsys.readouterr().err
+    assert err.count("the loss or gradient was not finite") == 1
+    assert "step 1: the loss or gradient was not finite (NaN/inf); the update was skipped" in err
+    assert "not finite" in (tmp_path / "run" / "summary.md").read_text()
+
+
+def test_non_finite_steps_in_a_row_stop_the_run_with_its_checkpoint_intact(tmp_path, capsys):
+    trainer = Trainer(_config(tmp_path / "run", steps=6, optim={"micro_batch_tokens": 1, "nonfinite_stop": 2}))
+    NaNLogits(trainer, lambda step, passes: step >= 1)  # step 1 is clean, every update after it is NaN
+    with pytest.raises(TrainingDiverged, match=r"^stopped at step 3: 2 steps in a row had a non-finite loss") as e:
+        try:
+            trainer.train()
+        finally:
+            trainer.close()
+    assert "step_0000002) is intact" in str(e.value)  # the last one written, after the clean step 1
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["optim/nonfinite_skipped"] for r in records] == [0.0, 1.0, 1.0]
+    checkpoint = tmp_path / "run" / "checkpoints" / "step_0000002" / "model.pt"
+    weights = torch.load(checkpoint, weights_only=True)
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
