@@ -8,12 +8,9 @@ previous checkpoint are intact, a resumed run loses and repeats no step. docs/ru
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -42,8 +39,9 @@ def _config(out: Path, **top):
             "sandbox_workers": 1,
         },
         "optim": {"micro_batch_tokens": 1},  # one trajectory per micro-batch: a NaN can hit exactly one
-        **top,
     }
+    for key, value in top.items():
+        settings[key] = {**settings[key], **value} if isinstance(value, dict) else value
     return from_dict(settings)
 
 
@@ -100,7 +98,7 @@ def test_a_nan_in_one_micro_batch_skips_the_step_keeps_the_weights_and_training_
 
 
 def test_non_finite_steps_in_a_row_stop_the_run_with_its_checkpoint_intact(tmp_path, capsys):
-    trainer = Trainer(_config(tmp_path / "run", steps=6, optim={"micro_batch_tokens": 1, "nonfinite_stop": 2}))
+    trainer = Trainer(_config(tmp_path / "run", steps=6, optim={"nonfinite_stop": 2}))
     NaNLogits(trainer, lambda step, passes: step >= 1)  # step 1 is clean, every update after it is NaN
     with pytest.raises(TrainingDiverged, match=r"^stopped at step 3: 2 steps in a row had a non-finite loss") as e:
         try:
@@ -113,3 +111,118 @@ def test_non_finite_steps_in_a_row_stop_the_run_with_its_checkpoint_intact(tmp_p
     checkpoint = tmp_path / "run" / "checkpoints" / "step_0000002" / "model.pt"
     weights = torch.load(checkpoint, weights_only=True)
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+# --- the sandbox ---------------------------------------------------------------------------------------------
+
+
+def _scripted(tokenizer, first_cells: list[str]):
+    """Turn 0 of the n-th trajectory asked runs ``first_cells[n]`` (then ``print(1)``); turn 1 answers."""
+    from gtpo.generate import ScriptedSampler
+
+    asked = {"n": 0}
+
+    def respond(context: str, turn: int) -> str:
+        if turn == 0:
+            n = asked["n"]
+            asked["n"] += 1
+            code = first_cells[n] if n < len(first_cells) else "print(1)"
+            return f"Let me compute.\n```python\n{code}\n```"
+        return "\\boxed{2}"
+
+    return ScriptedSampler(tokenizer, respond)
+
+
+def _statuses(trainer: Trainer) -> list[str]:
+    trajectories, _ = trainer._last_batch
+    return [t.turns[0].exec_status for t in trajectories]
+
+
+def _pool_refilled(trainer: Trainer, timeout_s: float = 60.0) -> bool:
+    supply = trainer.sandbox._state.supply
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if len(supply._ready) >= supply._target:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _busy_processes(trainer: Trainer) -> list[int]:
+    """Pids of session processes running a cell now (their session's lock is held by the cell)."""
+    sessions = list(trainer.sandbox._state.sessions.values())
+    return [s.process.pid for s in sessions if s.lock.locked() and s.process is not None]
+
+
+def test_a_sandbox_process_sigkilled_mid_rollout_marks_one_trajectory_and_the_pool_recovers(tmp_path):
+    config = _config(
+        tmp_path / "run",
+        steps=2,
+        rollout={"sandbox_workers": 2, "sandbox_timeout_s": 30.0, "max_new_tokens_per_turn": 96},
+    )
+    from gtpo.components import build_policy
+
+    _, tokenizer = build_policy(config.model, torch.device("cpu"))
+    sleeper = "import time\ntime.sleep(20)\nprint('slept')"
+    trainer = Trainer(config, sampler=_scripted(tokenizer, [sleeper]))
+    killed: list[int] = []
+
+    def kill_the_sleeper() -> None:  # the one cell that stays busy: SIGKILL its process from outside
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed:
+            busy = _busy_processes(trainer)
+            time.sleep(0.5)
+            still = [pid for pid in _busy_processes(trainer) if pid in busy]
+            if still:
+                os.kill(still[0], signal.SIGKILL)
+                killed.append(still[0])
+
+    import threading
+
+    killer = threading.Thread(target=kill_the_sleeper, daemon=True)
+    killer.start()
+    try:
+        start = time.monotonic()
+        metrics = trainer.train_step()
+        elapsed = time.monotonic() - start
+        killer.join(timeout=5)
+        assert killed, "no busy sandbox process was found to kill"
+        assert elapsed < 20  # the step did not wait for the sleeper's 20 s
+        assert _statuses(trainer) == ["killed", "ok", "ok", "ok"]  # that trajectory marked, the batch kept
+        trajectories, _ = trainer._last_batch
+        assert trajectories[0].turns[0].invalid_call and "sandbox process died" in trajectories[0].turns[0].tool_output
+        assert math.isfinite(metrics["loss/total"]) and metrics["rollout/invalid_call_rate"] > 0
+        assert _pool_refilled(trainer)
+        trainer.step += 1
+        trainer.train_step()  # the next step runs on the recovered pool
+        assert _statuses(trainer) == ["ok"] * 4
+    finally:
+        trainer.close()
+
+
+def test_a_cell_that_hangs_or_exhausts_memory_ends_its_turn_not_the_step(tmp_path):
+    config = _config(
+        tmp_path / "run",
+        steps=2,
+        rollout={
+            "sandbox_workers": 2,
+            "sandbox_timeout_s": 1.0,
+            "sandbox_memory_mb": 1024,
+            "max_new_tokens_per_turn": 96,
+        },
+    )
+    from gtpo.components import build_policy
+
+    _, tokenizer = build_policy(config.model, torch.device("cpu"))
+    cells = ["while True:\n    pass", "blocks = [bytearray(10**10)]"]
+    trainer = Trainer(config, sampler=_scripted(tokenizer, cells))
+    try:
+        metrics = trainer.train_step()
+        assert _statuses(trainer) == ["timeout", "memory", "ok", "ok"]
+        assert metrics["rollout/timeout_rate"] > 0 and math.isfinite(metrics["loss/total"])
+        assert _pool_refilled(trainer)
+        trainer.step += 1
+        trainer.train_step()
+        assert _statuses(trainer) == ["ok"] * 4
+    finally:
+        trainer.close()
