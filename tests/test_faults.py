@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -226,3 +228,106 @@ def test_a_cell_that_hangs_or_exhausts_memory_ends_its_turn_not_the_step(tmp_pat
         assert _statuses(trainer) == ["ok"] * 4
     finally:
         trainer.close()
+
+
+# --- the trainer killed while it writes a checkpoint -----------------------------------------------------------
+
+KILL_AT = """
+import os, signal, sys
+import torch
+import gtpo.checkpoint as checkpoint
+
+POINT, STEP = sys.argv[1], int(sys.argv[2])
+real_save, real_replace = torch.save, os.replace
+real_write_atomic, real_prune = checkpoint._write_atomic, checkpoint._prune
+
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def save(obj, path, *args, **kwargs):
+    if POINT == "mid-file" and str(path).endswith("optimizer.pt") and f"step_{STEP:07d}" in str(path):
+        with open(path, "wb") as handle:  # half of the file on disk, then the process dies
+            handle.write(b"PK" + b"\\0" * 4096)
+            handle.flush()
+            os.fsync(handle.fileno())
+        die()
+    return real_save(obj, path, *args, **kwargs)
+
+
+def replace(src, dst):
+    if POINT == "before-rename" and str(dst).endswith(f"step_{STEP:07d}"):
+        die()
+    real_replace(src, dst)
+
+
+def write_atomic(path, text):
+    if POINT == "before-pointer" and text == f"step_{STEP:07d}":
+        die()
+    real_write_atomic(path, text)
+
+
+def prune(root, keep):
+    if POINT == "while-pruning" and (root / f"step_{STEP:07d}").exists():
+        die()
+    real_prune(root, keep)
+
+
+torch.save, checkpoint.os.replace = save, replace
+checkpoint._write_atomic, checkpoint._prune = write_atomic, prune
+from gtpo.cli import main
+
+main(sys.argv[3:])
+"""
+TRAIN = ["train", "--device", "cpu", "--no-progress", "--export", "none", "--eval-every", "0", "--save-every", "1"]
+TRAIN += ["--keep-checkpoints", "1", "--rollout.group-size", "2", "--rollout.problems-per-step", "2"]
+TRAIN += ["--rollout.max-turns", "2", "--rollout.max-new-tokens-per-turn", "32", "--rollout.sandbox-workers", "1"]
+
+
+def _gtpo(*argv: str, kill: tuple[str, int] | None = None) -> subprocess.CompletedProcess:
+    if kill is None:
+        command = [sys.executable, "-m", "gtpo", *argv]
+    else:
+        command = [sys.executable, "-c", KILL_AT, kill[0], str(kill[1]), *argv]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("uninterrupted") / "run"
+    done = _gtpo(*TRAIN, "--steps", "3", "--output-dir", str(run))
+    assert done.returncode == 0, done.stderr
+    return run
+
+
+@pytest.mark.parametrize(
+    ("point", "resumes_from"),
+    [
+        ("mid-file", 1),  # step 2's optimizer.pt half written in the temporary folder
+        pytest.param("before-rename", 1, marks=pytest.mark.slow),  # step 2 complete, not yet in place
+        pytest.param("before-pointer", 2, marks=pytest.mark.slow),  # step 2 in place, `latest` still at step 1
+        pytest.param(
+            "while-pruning", 2, marks=pytest.mark.slow
+        ),  # step 2 and the pointer in place, step 1 not yet pruned
+    ],
+)
+def test_a_trainer_killed_while_checkpointing_resumes_without_a_lost_or_repeated_step(
+    tmp_path, uninterrupted, point, resumes_from
+):
+    run = tmp_path / "run"
+    killed = _gtpo(*TRAIN, "--steps", "3", "--output-dir", str(run), kill=(point, 2))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    from gtpo.checkpoint import damage, latest_checkpoint
+
+    previous = latest_checkpoint(run)
+    assert previous is not None and previous.name == f"step_{resumes_from:07d}" and damage(previous) is None
+    resumed = _gtpo(*TRAIN, "--steps", "3", "--output-dir", str(run), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {run} at step {resumes_from} of 3" in resumed.stdout
+    steps = [r["step"] for r in read_metrics(run / "metrics.jsonl")]
+    assert steps == [1, 2, 3]  # none lost, none logged twice
+    final = torch.load(run / "checkpoints" / "step_0000003" / "model.pt", weights_only=True)
+    reference = torch.load(uninterrupted / "checkpoints" / "step_0000003" / "model.pt", weights_only=True)
+    assert all(torch.equal(final[name], value) for name, value in reference.items())  # as if never killed
+    assert not list((run / "checkpoints").glob(".tmp-*"))  # the torn temporary folder was cleared

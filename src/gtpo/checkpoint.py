@@ -227,7 +227,8 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
     tmp = root / f".tmp-step_{step:07d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    for torn in root.glob(".tmp-step_*"):  # left by a process killed while writing: a whole checkpoint's size
+        shutil.rmtree(torn, ignore_errors=True)
     tmp.mkdir()
     torch.save(model_state, tmp / "model.pt")
     torch.save(optim_state, tmp / "optimizer.pt")
