@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -331,3 +332,56 @@ def test_a_trainer_killed_while_checkpointing_resumes_without_a_lost_or_repeated
     reference = torch.load(uninterrupted / "checkpoints" / "step_0000003" / "model.pt", weights_only=True)
     assert all(torch.equal(final[name], value) for name, value in reference.items())  # as if never killed
     assert not list((run / "checkpoints").glob(".tmp-*"))  # the torn temporary folder was cleared
+
+
+# --- a full disk ------------------------------------------------------------------------------------------------
+
+
+FULL_DISK = """
+import resource, signal, sys
+import gtpo.trainer
+
+limit = int(sys.argv[1])
+real_train = gtpo.trainer.Trainer.train
+
+
+def train(self):
+    # Everything has loaded (the sandbox's processes too, which a full disk would not touch): from here on no
+    # file may grow past the limit. Writes then fail with EFBIG as they fail with ENOSPC on a full disk; SIGXFSZ,
+    # which would kill the process instead, is ignored, as a full disk sends none.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+    return real_train(self)
+
+
+gtpo.trainer.Trainer.train = train
+from gtpo.cli import main
+
+main(sys.argv[2:])
+"""
+
+
+@pytest.mark.slow  # three runs of the CLI: about 20 s on an idle machine
+def test_a_full_disk_while_checkpointing_is_one_clear_error_and_the_previous_checkpoint_stays(tmp_path):
+    run = tmp_path / "run"
+    first = _gtpo(*TRAIN, "--keep-checkpoints", "2", "--steps", "1", "--output-dir", str(run))
+    assert first.returncode == 0, first.stderr
+    before = {p.name: p.read_bytes() for p in (run / "checkpoints" / "step_0000001").iterdir()}
+    optimizer_size = len(before["optimizer.pt"])
+    argv = [*TRAIN, "--keep-checkpoints", "2", "--steps", "2", "--output-dir", str(run), "--resume"]
+    limit = str(optimizer_size // 2)  # model.pt fits, optimizer.pt does not
+    full = subprocess.run([sys.executable, "-c", FULL_DISK, limit, *argv], capture_output=True, text=True, timeout=600)
+    assert full.returncode == 1, full.stderr
+    lines = [line for line in full.stderr.splitlines() if line.startswith("gtpo train:")]
+    assert len(lines) == 1 and "Traceback" not in full.stderr, full.stderr
+    assert re.search(
+        r"could not write the checkpoint of step 2 in \S+/checkpoints \(.*\); the previous checkpoint \S+step_0000001 "
+        r"is intact; free space, then continue: gtpo train .*--resume$",
+        lines[0],
+    ), lines[0]
+    checkpoints = run / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir() if p.name != "latest") == ["step_0000001"]  # no half folder
+    assert {p.name: p.read_bytes() for p in (checkpoints / "step_0000001").iterdir()} == before
+    again = subprocess.run([sys.executable, "-m", "gtpo", *argv], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr  # with room again, the run continues from step 1
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2]

@@ -42,6 +42,20 @@ READ_ERRORS = (RuntimeError, EOFError, OSError, ValueError, KeyError, pickle.Unp
 """What reading a truncated or corrupted checkpoint file raises (torch's zip reader, pickle, json)."""
 
 
+class CheckpointWriteError(RuntimeError):
+    """Writing a checkpoint failed (a full disk, a quota, a file-size limit); the previous one is untouched."""
+
+    def __init__(self, step: int, root: Path, cause: BaseException) -> None:
+        reason = (cause.strerror if isinstance(cause, OSError) else None) or str(cause).splitlines()[0]
+        previous = latest_checkpoint(root.parent)
+        kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+        try:
+            free = f", {shutil.disk_usage(root).free / 2**20:.0f} MiB free there"
+        except OSError:
+            free = ""
+        super().__init__(f"could not write the checkpoint of step {step} in {root} ({reason}{free}); {kept}")
+
+
 class DamagedCheckpoint(ConfigError):
     """A checkpoint file cannot be read. The message names it and the newest intact checkpoint to use instead."""
 
@@ -230,12 +244,16 @@ def save_checkpoint(
     for torn in root.glob(".tmp-step_*"):  # left by a process killed while writing: a whole checkpoint's size
         shutil.rmtree(torn, ignore_errors=True)
     tmp.mkdir()
-    torch.save(model_state, tmp / "model.pt")
-    torch.save(optim_state, tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(rng_state(), tmp / "rng.pt")
-    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=2))
-    _fsync_dir_files(tmp)
+    try:
+        torch.save(model_state, tmp / "model.pt")
+        torch.save(optim_state, tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(rng_state(), tmp / "rng.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=2))
+        _fsync_dir_files(tmp)
+    except (OSError, RuntimeError) as err:  # a full disk (torch's zip writer raises RuntimeError for it)
+        shutil.rmtree(tmp, ignore_errors=True)  # no half folder left taking the space
+        raise CheckpointWriteError(step, root, err) from err
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

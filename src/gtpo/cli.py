@@ -13,6 +13,7 @@ quietly.
 # No `from __future__ import annotations`: tyro reads the annotations of the option classes built inside the
 # commands, which name types imported there.
 import dataclasses
+import errno
 import os
 import shlex
 import signal
@@ -35,6 +36,8 @@ commands:
 """
 PRESET_HELP = "A YAML preset applied first, then the flags over it: a shipped name ({names}) or a file path."
 COMPARE_DIR = "runs/compare"
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+"""Write errors that mean "no room": the run stops in one line, its last checkpoint intact."""
 
 
 def _shipped_presets() -> str:
@@ -96,6 +99,7 @@ def train(argv: list[str]) -> None:
         )
         return
     _quiet_transformers()
+    from gtpo.checkpoint import CheckpointWriteError
     from gtpo.run.stop import TrainingStopped, exit_on_next_signal
     from gtpo.trainer import Trainer, TrainingDiverged
 
@@ -114,6 +118,18 @@ def train(argv: list[str]) -> None:
         sys.exit(stopped.exit_code)
     except TrainingDiverged as diverged:
         print(f"gtpo train: {diverged}", file=sys.stderr)
+        sys.exit(1)
+    except CheckpointWriteError as failed:  # a full disk, most often: say what is kept and how to go on
+        print(f"gtpo train: {failed}; free space, then continue: {_resume_hint(argv)}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        print(
+            f"gtpo train: cannot write {err.filename or config.output_dir} ({err.strerror}); the last checkpoint "
+            f"is intact; free space, then continue: {_resume_hint(argv)}",
+            file=sys.stderr,
+        )
         sys.exit(1)
     finally:
         trainer.close()
