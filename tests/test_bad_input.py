@@ -338,7 +338,8 @@ def test_overlong_prompts_are_counted_and_warned_about_once(tmp_path, capsys):
     held_out = _write(tmp_path / "ok.jsonl", GOOD_ROW)
     flags = ["--steps", "2", "--data.train", data, "--data.eval", held_out, "--eval-every", "1"]
     cli.main(["train", *QUICK, *flags, "--output-dir", str(run)])
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert f"gtpo: writing to {run}/ (metrics.jsonl, curves.png, summary.md, samples.jsonl)\n" in out  # no model/
     warning = "warning: 1 of 2 training problems are left out: their prompt"
     assert err.count(warning) == 1, err
     assert "rollout.max_total_tokens (512)" in err
