@@ -118,8 +118,8 @@ class RolloutConfig:
     filter_metric: Literal["accuracy", "score"] = "accuracy"
     """filter_groups: what must differ within a group. "accuracy" (DAPO, SimpleTIR): some right, some wrong.
     "score": the trajectory reward (format penalties and shaping included), which drops only groups with no
-    signal at all; under GTPO format penalties keep almost every group (measured: 193 of 200 in 25 steps of the embedded
-    task), so it seldom filters."""
+    signal at all; under GTPO format penalties keep almost every group (measured: 193 of 200 in 25 steps of the
+    embedded task), so it seldom filters."""
     filter_max_extra_problems: int = 16
     """filter_groups: at most this many extra problems (x group_size trajectories) per step; a step that
     reaches the cap trains on the informative groups it has. 16 = SimpleTIR's 3x oversampling at the default 8."""
