@@ -346,3 +346,15 @@ def test_overlong_prompts_are_counted_and_warned_about_once(tmp_path, capsys):
     assert warning.removeprefix("warning: ") in (run / "summary.md").read_text()
     trained = [r for r in map(json.loads, (run / "samples.jsonl").read_text().splitlines()) if r["kind"] == "train"]
     assert trained and not any("1 + 1 + 1" in json.dumps(r) for r in trained)  # never sampled
+
+
+def test_export_of_a_damaged_checkpoint_names_it_and_the_intact_one(finished_run, tmp_path, capsys):
+    copy = _damaged(finished_run, tmp_path, "model.pt")
+    code, err = _run(["export", str(copy)], None, capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert re.search(
+        r"^gtpo export: \S*step_0000002/model\.pt is damaged \(RuntimeError: .*\); the newest intact checkpoint is "
+        r"(\S*step_0000001): use it \(gtpo export \1\)$",
+        err.rstrip("\n"),
+    ), err
+    assert not (copy / "model").exists()

@@ -72,7 +72,8 @@ class DamagedCheckpoint(ConfigError):
             )
         else:
             fix = f"the newest intact checkpoint is {self.intact}: use it ({flag} {self.intact})"
-        super().__init__(f"{flag}: {self.file} is damaged ({reason}); {fix}")
+        head = "" if flag.startswith("gtpo ") else f"{flag}: "  # a command (gtpo export) has no flag to name
+        super().__init__(f"{head}{self.file} is damaged ({reason}); {fix}")
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:
