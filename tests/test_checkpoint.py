@@ -78,3 +78,41 @@ def test_claim_run_dir_refuses_to_mix_runs_and_overwrite_clears_them(tmp_path):
     assert (tmp_path / "checkpoints" / "step_0000001").exists()
     claim_run_dir(tmp_path, resume=False, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # only the run's own files go
+
+
+def test_latest_is_the_newest_complete_checkpoint_whatever_the_pointer_says(tmp_path):
+    model, opt, sched = _setup(0)
+    for step in (1, 2):
+        save_checkpoint(tmp_path, step, model, opt, sched, {}, keep=3)
+    root = tmp_path / "checkpoints"
+    (root / "latest").write_text("step_0000009")  # a folder deleted since
+    assert latest_checkpoint(tmp_path).name == "step_0000002"
+    half = root / "step_0000003"  # half-written: no trainer_state.json (written last)
+    half.mkdir()
+    (half / "model.pt").write_bytes(b"partial")
+    (root / "latest").write_text(half.name)
+    assert latest_checkpoint(tmp_path).name == "step_0000002"
+    (root / "latest").write_text("step_0000001")  # killed after renaming step 2 into place, before the pointer
+    assert latest_checkpoint(tmp_path).name == "step_0000002"
+    (root / "latest").unlink()
+    assert latest_checkpoint(tmp_path).name == "step_0000002"
+    (root / "step_0000002.damaged").mkdir()  # a folder moved aside is not a checkpoint
+    assert latest_checkpoint(tmp_path).name == "step_0000002"
+
+
+def test_a_damaged_file_is_named_with_the_newest_intact_checkpoint(tmp_path):
+    from gtpo.checkpoint import DamagedCheckpoint, checkpoint_step, damage
+
+    model, opt, sched = _setup(0)
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, model, opt, sched, {}, keep=3)
+    root = tmp_path / "checkpoints"
+    (root / "step_0000002" / "rng.pt").write_bytes(b"PK\x03\x04 not a zip")  # the middle one is damaged too
+    (root / "step_0000003" / "trainer_state.json").write_text('{"step": 3,')
+    assert damage(root / "step_0000001") is None and damage(root / "step_0000002").startswith("rng.pt")
+    with pytest.raises(DamagedCheckpoint, match=r"step_0000003/trainer_state\.json is damaged") as caught:
+        checkpoint_step(tmp_path)
+    assert caught.value.intact == root / "step_0000001"  # step 2 skipped: its rng.pt is unreadable
+    assert "continue from step 1" in str(caught.value)
+    with pytest.raises(DamagedCheckpoint, match=r"step_0000003/trainer_state\.json"):
+        load_checkpoint(root / "step_0000003", *_setup(1))

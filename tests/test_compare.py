@@ -178,7 +178,8 @@ def test_report_statistics_by_hand(tmp_path):
     gtpo = data["per_variant"]["gtpo"]["final"]
     # per seed 5/6, 2/3, 1: mean 5/6, sd 1/6
     assert gtpo["mean"] == pytest.approx(5 / 6)
-    assert gtpo["hi"] - gtpo["mean"] == pytest.approx(T95[2] * (1 / 6) / math.sqrt(3), abs=1e-4)
+    assert gtpo["mean"] - gtpo["lo"] == pytest.approx(T95[2] * (1 / 6) / math.sqrt(3), abs=1e-4)
+    assert gtpo["hi"] == 1.0  # 5/6 + 0.414 is cut at the most a proportion can be
     assert data["per_variant"]["grpo"]["turns"]["mean"] == 3.0
 
     diff = data["difference_from_baseline"]["grpo"]
@@ -377,3 +378,26 @@ def test_subprocess_config_survives_yaml(tmp_path):
     (tmp_path / RUN_CONFIG_FILE).write_text(yaml.safe_dump(to_dict(config)))
     assert load_preset(str(tmp_path / RUN_CONFIG_FILE)) == config
     assert set(VARIANTS) >= {"gtpo", "grpo", "gtpo-gamma1", "gtpo-noshaping", "gtpo-noformat", "gtpo-batchnorm"}
+
+
+def test_intervals_of_proportions_stay_within_their_bounds_and_few_seeds_are_flagged(tmp_path):
+    from gtpo.compare.report import FEW_SEEDS
+    from gtpo.compare.stats import Interval, clipped
+
+    # 2 seeds at accuracy 0.1 and 0.55: mean 0.325, sd 0.318, t(0.975, 1) = 12.706 -> [-2.53, 3.18] unclipped
+    assert clipped(Interval(0.325, -2.53, 3.18, 2), 0.0, 1.0) == Interval(0.325, 0.0, 1.0, 2)
+    assert clipped(Interval(0.5, 0.2, 0.8, 3), 0.0, 1.0) == Interval(0.5, 0.2, 0.8, 3)
+    assert clipped(Interval(0.5, None, None, 1), 0.0, 1.0).lo is None
+    for variant, seed in [key for key in FINAL if key[1] < 2]:  # seeds 0 and 1 of each variant
+        _write_run(tmp_path, variant, seed)
+    data = write_report(tmp_path, ["gtpo", "grpo"], [0, 1])
+    for stats in data["per_variant"].values():
+        for key in ("final", "area", "invalid_rate", "recovery", "train_accuracy"):
+            if stats.get(key) and stats[key]["lo"] is not None:
+                assert 0.0 <= stats[key]["lo"] <= stats[key]["mean"] <= stats[key]["hi"] <= 1.0, (key, stats[key])
+    for key, stat in data["difference_from_baseline"]["grpo"].items():
+        if key in ("final", "area", "invalid_rate", "recovery") and stat["lo"] is not None:
+            assert -1.0 <= stat["lo"] <= stat["hi"] <= 1.0, (key, stat)
+    table = (tmp_path / "compare.md").read_text()
+    assert "**Only 2 seeds: too few to tell most differences apart.** Each half-width is 12.7 standard errors" in table
+    assert FEW_SEEDS == 5

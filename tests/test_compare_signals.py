@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -99,7 +100,9 @@ def test_a_stopped_run_ends_the_grid(tmp_path):
 # ---- the command, end to end ----------------------------------------------------------------------
 
 QUICK = [
-    *("--device", "cpu", "--export", "none", "--eval-every", "0", "--steps", "200", "--seeds", "1"),
+    # a comparison needs held-out evaluations: two problems, at step 0 and at the end
+    *("--device", "cpu", "--export", "none", "--eval-every", "1000", "--data.eval-limit", "2"),
+    *("--steps", "200", "--seeds", "1"),
     *("--rollout.group-size", "2", "--rollout.problems-per-step", "1", "--rollout.max-turns", "2"),
     *("--rollout.max-new-tokens-per-turn", "32", "--rollout.sandbox-workers", "1", "--variants", "gtpo,grpo"),
 ]
@@ -120,7 +123,9 @@ def test_ctrl_c_stops_a_comparison_with_every_run_checkpointed(tmp_path, paralle
     def steps_logged() -> bool:
         assert process.poll() is None, process.communicate()
         logs = glob.glob(str(root / "*" / "seed0" / "metrics.jsonl"))
-        return sum(bool(Path(log).read_text().strip()) for log in logs) >= running
+        complete = [Path(log).read_text().split("\n")[:-1] for log in logs]  # a line being written is not read
+        trained = [any(json.loads(line)["step"] >= 1 for line in lines) for lines in complete]
+        return sum(trained) >= running  # a training step logged (the step-0 evaluation comes first)
 
     _wait_for(steps_logged, timeout=600)
     os.killpg(process.pid, signal.SIGINT)

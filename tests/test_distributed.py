@@ -13,7 +13,7 @@ exported model.
 import copy
 import dataclasses
 import os
-import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,10 +96,18 @@ def _first_moments(trainer):
     return moments
 
 
-def _worker(rank, world, port, model_dir, out, strategy):
+def _join(rank, world, folder):
+    """Join the test's two-rank gloo group through a rendezvous file in the test's own folder: no TCP port to
+    pick, so no other process on a busy machine can take it between the pick and the ranks binding it."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world))
+    rendezvous = f"file://{Path(folder) / 'rendezvous'}"
+    torch.distributed.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
+    return init_distributed("gloo")  # the group above, as the trainer sees it
+
+
+def _worker(rank, world, model_dir, out, strategy):
     """One whole ``train()`` of one step on two ranks, into one run folder (rank 0 writes it)."""
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    ctx = init_distributed("gloo")
+    ctx = _join(rank, world, out)
     config = dataclasses.replace(_config(model_dir, out / "run", strategy), export="merged")
     trainer = ScriptedTrainer(config, ctx=ctx)
     try:
@@ -116,12 +124,6 @@ def _worker(rank, world, port, model_dir, out, strategy):
     torch.distributed.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_sharding_is_round_robin_and_complete():
     shards = [shard_indices(9, DistContext(rank=r, world_size=2)) for r in range(2)]
     assert shards == [[0, 2, 4, 6, 8], [1, 3, 5, 7]]
@@ -136,7 +138,7 @@ def test_two_gloo_ranks_equal_one_process(tmp_path, tiny_tokenizer, tiny_model, 
     assert single_metrics["adv/abs_mean"] > 0 and 0 < single_metrics["reward/accuracy"] < 1
     assert single_metrics["perf/micro_batches"] == 5  # 9 trajectories, at most 2 per micro-batch
 
-    mp.spawn(_worker, args=(2, _free_port(), str(model_dir), tmp_path, strategy), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(model_dir), tmp_path, strategy), nprocs=2, join=True)
     two = torch.load(tmp_path / "two_ranks.pt", weights_only=False)
     assert two["metrics"]["perf/micro_batches"] == 3  # rank 0 packs 5 trajectories; rank 1 runs a filler pass
     for name, moment in _first_moments(single).items():
@@ -157,9 +159,8 @@ def test_two_gloo_ranks_equal_one_process(tmp_path, tiny_tokenizer, tiny_model, 
     assert all(torch.equal(exported[name], value) for name, value in two["state"].items() if name in exported)
 
 
-def _bf16_worker(rank, world, port, out):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    ctx = init_distributed("gloo")
+def _bf16_worker(rank, world, out):
+    ctx = _join(rank, world, out)
     from conftest import build_model, build_tokenizer
 
     from gtpo.distributed import wrap_model
@@ -192,7 +193,7 @@ def test_fsdp_bf16_gathers_bf16_weights_and_keeps_float32_gradients(tmp_path, ti
     reference = copy.deepcopy(tiny_model)
     logp, _ = packed_token_logprobs(reference, ids, lengths, scored)
     logp.sum().backward()
-    mp.spawn(_bf16_worker, args=(2, _free_port(), tmp_path), nprocs=2, join=True)
+    mp.spawn(_bf16_worker, args=(2, tmp_path), nprocs=2, join=True)
     two = torch.load(tmp_path / "bf16.pt", weights_only=False)
     assert two["seen"] == [torch.bfloat16]
     torch.testing.assert_close(two["logp"], logp.detach(), atol=0.05, rtol=0.02)

@@ -215,6 +215,7 @@ def test_weight_sync_changes_what_the_engine_samples(shipped, contexts):
 
 
 def test_lora_policy_is_merged_into_the_engine(shipped, contexts):
+    pytest.importorskip("peft")  # an optional extra: gtpo[lora]
     from peft import LoraConfig, get_peft_model
 
     model, tokenizer = load_policy(str(DEFAULT_MODEL_DIR))

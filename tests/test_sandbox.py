@@ -326,10 +326,25 @@ def test_cpu_limit_and_session_time_budget():
 # --- attacks: memory, processes, threads, crashes ----------------------------------------------------------
 
 
-def test_memory_bomb_reports_memory(pool, session):
-    result = pool.run(session, "blocks = []\nwhile True:\n    blocks.append(bytearray(10**7))")
-    assert result.status == "memory" and f"{LIMITS.memory_mb} MB memory limit" in result.output
-    assert pool.run(session, "del blocks\n1 + 1").output == "2\n"
+@pytest.fixture(scope="module")
+def patient_pool():
+    """LIMITS with a minute of time per cell: a cell that must end on its memory limit gets there however busy
+    the machine is (at 1 s, a bomb on a loaded 2-core machine once ran out of time before it ran out of memory)."""
+    limits = dataclasses.replace(LIMITS, wall_time_s=60.0, cpu_time_s=60.0, session_wall_time_s=180.0)
+    with SandboxPool(limits, max_workers=1) as sandbox_pool:
+        yield sandbox_pool
+
+
+def test_memory_bomb_reports_memory(patient_pool):
+    pool = patient_pool
+    session = pool.open_session()
+    try:
+        result = pool.run(session, "blocks = []\nwhile True:\n    blocks.append(bytearray(10**7))")
+        assert result.status == "memory" and f"{LIMITS.memory_mb} MB memory limit" in result.output
+        assert result.wall_time_s < 60.0  # ended by the memory limit, not the time limit
+        assert pool.run(session, "del blocks\n1 + 1").output == "2\n"
+    finally:
+        pool.close_session(session)
     assert_healthy(pool)
 
 

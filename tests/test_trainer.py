@@ -155,6 +155,7 @@ def test_a_run_evaluates_reports_and_leaves_a_model_that_from_pretrained_loads(t
 
 
 def test_lora_policy_exports_merged_or_as_adapter_with_the_same_logits(tmp_path, shipped_tiny):
+    pytest.importorskip("peft")  # an optional extra: gtpo[lora]
     from peft import PeftModel
 
     trainer = Trainer(_config(tmp_path / "run", model={"lora_rank": 4}), sampler=_half_right(shipped_tiny[1]))
@@ -303,3 +304,77 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path, capsys, shipped_tiny
     trainer = _train(_config(tmp_path, steps=1, resume=True))
     assert trainer.finished and "already finished" in capsys.readouterr().out
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
+
+
+def test_the_exported_folder_prompts_as_training_did(tmp_path):
+    """A plain-transformers user who sends only a user message gets the system prompt the policy trained with."""
+    from gtpo import components
+    from gtpo.config import DataConfig, ModelConfig
+    from gtpo.run.export import PROMPT_FILE
+
+    model, tokenizer = components.build_policy(ModelConfig(), torch.device("cpu"))
+    system = components.system_prompt_for(DataConfig()) + ' with "quotes", a \\ and ü'
+    before = tokenizer.chat_template
+    out = save_model_folder(model, tokenizer, tmp_path / "model", system_prompt=system)
+    assert tokenizer.chat_template == before  # the live tokenizer is unchanged
+    loaded = AutoTokenizer.from_pretrained(out)
+    user = [{"role": "user", "content": "What is 2 + 2?"}]
+    trained = [{"role": "system", "content": system}, *user]
+    render = {"add_generation_prompt": True, "tokenize": False}
+    assert loaded.apply_chat_template(user, **render) == tokenizer.apply_chat_template(trained, **render)
+    own = [{"role": "system", "content": "Be brief."}, *user]
+    assert loaded.apply_chat_template(own, **render) == tokenizer.apply_chat_template(own, **render)
+    assert json.loads((out / PROMPT_FILE).read_text())["system_prompt"] == system
+
+
+def _collect(correct_by_round: list[list[list[bool]]], problems_per_step: int, max_extra: int):
+    """``collect_groups`` with scripted correctness (round -> group -> trajectory) and a batch-centred score:
+    each row's advantage is its correctness minus the mean over the rows scored together (so credit depends on
+    which rows were scored together, as batch normalization does)."""
+    from gtpo.credit import Credit
+    from gtpo.distributed import DistContext
+    from gtpo.groups import collect_groups
+    from gtpo.types import Problem, Trajectory
+
+    group_size = len(correct_by_round[0][0])
+    taken: list[Problem] = []
+
+    def take(n: int) -> list[Problem]:
+        batch = [Problem(id=f"p{len(taken) + i}", question="q", answer="1") for i in range(n)]
+        taken.extend(batch)
+        return batch
+
+    def roll(problems, indices, round_index):
+        rows = [correct_by_round[round_index][j // group_size][j % group_size] for j in indices]
+        trajectories = [Trajectory(problem=p, group_id=-1, correct=c) for p, c in zip(problems, rows, strict=True)]
+        return trajectories, {}
+
+    def score(trajectories, lengths):
+        values = torch.tensor([float(t.correct) for t in trajectories])
+        advantages = (values - values.mean())[:, None]
+        return Credit(advantages, values, values.tolist(), {})
+
+    out = collect_groups(
+        take, roll, score, DistContext(), problems_per_step=problems_per_step, group_size=group_size,
+        max_total_tokens=64, filter_groups=True, max_extra_problems=max_extra,
+    )  # fmt: skip
+    credit = out.credit or score(out.kept, out.kept_lengths)  # as the trainer does
+    return out, credit
+
+
+def test_a_group_dropped_without_refill_leaves_the_kept_rows_credited_among_themselves():
+    # group 0 all right (no signal: dropped), group 1 one right one wrong; no extra problems allowed.
+    out, credit = _collect([[[True, True], [True, False]]], problems_per_step=2, max_extra=0)
+    assert [t.problem.id for t in out.kept] == ["p1", "p1"]
+    # scored among the kept rows only: correctness 1, 0 around their mean 0.5 (with the dropped group's rows
+    # in the batch the mean would be 0.75: 0.25, -0.75)
+    assert credit.turn_advantages[out.local_positions, 0].tolist() == [0.5, -0.5]
+
+
+def test_a_refilled_group_never_shares_an_id_with_a_group_kept_before():
+    # round 0: group 0 differs (kept), group 1 all wrong (dropped); round 1 refills one group that differs.
+    out, _ = _collect([[[True, False], [False, False]], [[False, True]]], problems_per_step=2, max_extra=4)
+    ids = {}
+    for t in out.kept:
+        ids.setdefault(t.group_id, set()).add(t.problem.id)
+    assert sorted(map(sorted, ids.values())) == [["p0"], ["p2"]]  # two groups, one problem each

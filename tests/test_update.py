@@ -162,6 +162,7 @@ def test_bf16_autocast_second_epoch_sees_the_updated_weights(tiny_model):
 
 def test_lora_kl_reference_is_the_base_model_with_adapters_off(tiny_model):
     """With LoRA no reference copy is loaded: the base model (adapters disabled) is the reference."""
+    pytest.importorskip("peft")  # an optional extra: gtpo[lora]
     from peft import LoraConfig, get_peft_model
 
     batch, advantages, loss_mask = ragged_batch(tiny_model.config.vocab_size)
@@ -203,3 +204,20 @@ def test_importance_weights_scale_the_policy_gradient_by_the_capped_ratio(tiny_m
     assert metrics["loss/is_mismatch_max"] == pytest.approx(abs(float(torch.log(torch.tensor(shift)))), abs=1e-4)
     for name, grad in expected.items():
         torch.testing.assert_close(grads[name], grad * factor, rtol=1e-3, atol=1e-6, msg=name)
+
+
+def test_seq_mean_token_mean_leaves_rows_without_loss_tokens_out_of_its_mean(tiny_model):
+    """A row with no loss token (masked as over-long, or a void turn filtered) is not a sequence of the mean.
+
+    Expected value by hand: at one epoch the ratio is 1, so each token's clipped surrogate is -A; the loss is
+    the mean over the rows that have loss tokens of each row's mean of -A (not over all six rows)."""
+    batch, advantages, loss_mask = ragged_batch(tiny_model.config.vocab_size, seed=2)
+    loss_mask[1] = 0.0  # as the trainer's over-long mask or void filter leaves a row
+    loss_mask[4] = 0.0
+    trained = [r for r in range(len(LENGTHS)) if loss_mask[r].sum() > 0]
+    expected = sum(float(-(advantages[r] * loss_mask[r]).sum() / loss_mask[r].sum()) for r in trained) / len(trained)
+    metrics, _ = packed_gradients(
+        tiny_model, batch, advantages, loss_mask, config(), {"loss_agg": "seq-mean-token-mean"}
+    )
+    assert len(trained) == 4
+    assert metrics["loss/total"] == pytest.approx(expected, rel=1e-5)

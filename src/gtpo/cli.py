@@ -13,6 +13,7 @@ quietly.
 # No `from __future__ import annotations`: tyro reads the annotations of the option classes built inside the
 # commands, which name types imported there.
 import dataclasses
+import errno
 import os
 import shlex
 import signal
@@ -31,10 +32,12 @@ commands:
   demo        print a worked example of GTPO and GRPO credit assignment on one group
   build-tiny  rebuild the shipped tiny model (tokenizer + SFT warm start)
 
-`gtpo COMMAND --help` explains each command's options.
+`gtpo COMMAND --help` explains each command's options; `gtpo --version` prints the version.
 """
 PRESET_HELP = "A YAML preset applied first, then the flags over it: a shipped name ({names}) or a file path."
 COMPARE_DIR = "runs/compare"
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+"""Write errors that mean "no room": the run stops in one line, its last checkpoint intact."""
 
 
 def _shipped_presets() -> str:
@@ -96,8 +99,9 @@ def train(argv: list[str]) -> None:
         )
         return
     _quiet_transformers()
+    from gtpo.checkpoint import CheckpointWriteError
     from gtpo.run.stop import TrainingStopped, exit_on_next_signal
-    from gtpo.trainer import Trainer
+    from gtpo.trainer import Trainer, TrainingDiverged
 
     trainer = Trainer(config)  # a Ctrl-C while it loads leaves nothing: the run folder is made last
     try:
@@ -112,6 +116,21 @@ def train(argv: list[str]) -> None:
         else:
             print(f"gtpo train: {stopped}; the run left no files", file=sys.stderr)
         sys.exit(stopped.exit_code)
+    except TrainingDiverged as diverged:
+        print(f"gtpo train: {diverged}", file=sys.stderr)
+        sys.exit(1)
+    except CheckpointWriteError as failed:  # a full disk, most often: say what is kept and how to go on
+        print(f"gtpo train: {failed}; free space, then continue: {_resume_hint(argv)}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        print(
+            f"gtpo train: cannot write {err.filename or config.output_dir} ({err.strerror}); the last checkpoint "
+            f"is intact; free space, then continue: {_resume_hint(argv)}",
+            file=sys.stderr,
+        )
+        sys.exit(1)
     finally:
         trainer.close()
 
@@ -145,7 +164,7 @@ def compare_args(argv: list[str]) -> Any:
 
 
 def compare(argv: list[str]) -> None:
-    from gtpo.compare import run_comparison
+    from gtpo.compare import RunFailed, run_comparison
     from gtpo.config import ConfigError
 
     args = compare_args(argv)
@@ -169,6 +188,9 @@ def compare(argv: list[str]) -> None:
             file=sys.stderr,
         )
         sys.exit(stopped.exit_code)
+    except RunFailed as failed:  # a run crashed: its log has the traceback, this process has nothing to add
+        print(f"gtpo compare: {failed}", file=sys.stderr)
+        sys.exit(1)
     print((root / "compare.md").read_text())
     print(f"table: {root / 'compare.md'}, plots: {root / 'compare.png'}")
 
@@ -225,6 +247,11 @@ def main(argv: list[str] | None = None) -> None:
 def _dispatch(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
+        return
+    if argv[0] in ("-V", "--version"):
+        from gtpo import __version__
+
+        print(f"gtpo {__version__}")
         return
     command, rest = argv[0], argv[1:]
     from gtpo.config import ConfigError

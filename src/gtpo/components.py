@@ -6,7 +6,9 @@ same sampler and sandbox. Nothing here trains.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,13 @@ def check_model_source(name_or_path: str) -> None:
     first = Path(*path.parts[:1]) if path.parts else path
     if name_or_path.startswith((".", "/", "~")) or (len(path.parts) > 1 and first.is_dir()):
         raise ConfigError(f"model.name_or_path {name_or_path!r}: no such folder; {fix}")
+    from gtpo.run.hub import hub_reachable, in_model_cache
+
+    if not hub_reachable() and not in_model_cache(name_or_path):
+        raise ConfigError(
+            f"model.name_or_path {name_or_path!r}: not a local folder, not in the Hugging Face cache, and the Hub "
+            "cannot be reached (offline); download it on a machine with network and pass its folder"
+        )
 
 
 def build_policy(cfg: ModelConfig, device: torch.device) -> tuple[torch.nn.Module, Any]:
@@ -210,7 +219,11 @@ def load_eval_problems(cfg: DataConfig) -> list[Problem]:
     else:
         from gtpo.data import BENCHMARKS, load_benchmark
 
-        problems = load_benchmark(cfg.eval) if cfg.eval in BENCHMARKS else _load(cfg.eval, cfg, "test", "data.eval")
+        if cfg.eval in BENCHMARKS:
+            with _from_hub("data.eval", cfg.eval, BENCHMARKS[cfg.eval].hf_name):
+                problems = load_benchmark(cfg.eval)
+        else:
+            problems = _load(cfg.eval, cfg, "test", "data.eval")
     return problems[: cfg.eval_limit] if cfg.eval_limit else problems
 
 
@@ -223,6 +236,28 @@ def _load(source: str, cfg: DataConfig, split: str, field: str) -> list[Problem]
             "use 'arith' or 'multistep', a .jsonl/.json/.parquet path, or a dataset name"
         )
     try:
-        return load_problems(source, question_field=cfg.question_field, answer_field=cfg.answer_field, split=split)
+        with _from_hub(field, source, source):
+            return load_problems(source, question_field=cfg.question_field, answer_field=cfg.answer_field, split=split)
     except DataError as err:
         raise DataError(f"{field}: {err}") from err
+
+
+@contextlib.contextmanager
+def _from_hub(field: str, name: str, dataset: str) -> Iterator[None]:
+    """Reading ``dataset`` (a local file, or a Hub data set): offline (found out in about a second, see
+    ``gtpo.run.hub``) an uncached Hub data set fails at once, as one line naming ``field`` and the fix."""
+    if Path(dataset).exists():
+        yield
+        return
+    from gtpo.run.hub import hub_reachable
+
+    online = hub_reachable()
+    try:
+        yield
+    except ConnectionError as err:
+        state = "the Hub cannot be reached (offline)" if not online else f"the Hub did not answer ({err})"
+        none = f" or --{field} '' for none" if field == "data.eval" else ""
+        raise ConfigError(
+            f"{field} {name!r}: the data set {dataset} is not in the local cache and {state}; give a local copy "
+            f"(--{field} PATH to a .jsonl/.json/.parquet file){none}"
+        ) from None

@@ -24,7 +24,7 @@ from gtpo import components
 from gtpo.advantages import turns_to_tokens
 from gtpo.batch import TokenBatch, collate
 from gtpo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from gtpo.config import TrainConfig, validate
+from gtpo.config import ConfigError, TrainConfig, validate
 from gtpo.credit import Credit, assign_credit
 from gtpo.distributed import (
     DistContext,
@@ -39,7 +39,7 @@ from gtpo.distributed import (
 )
 from gtpo.evaluate import EvalReport, evaluate_problems
 from gtpo.groups import StepGroups, collect_groups
-from gtpo.policy import inference_weights
+from gtpo.policy import inference_weights, prompt_ids
 from gtpo.problem_stream import ProblemStream
 from gtpo.rewards import overlong_penalty
 from gtpo.rollout import is_void_trajectory, rollout, rollout_metrics
@@ -55,6 +55,25 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def split_overlong_prompts(
+    problems: list[Any], tokenizer: Any, system_prompt: str, max_total_tokens: int
+) -> tuple[list[Any], int]:
+    """(the problems whose prompt leaves room to generate, how many do not).
+
+    A prompt of ``max_total_tokens`` or more would be sampled as a trajectory cut by the budget before its first
+    token: a length-cut failure that teaches nothing and takes a slot in every group it is drawn for. Only
+    questions that could be that long are tokenized: a token holds at least one byte, so a question of fewer
+    UTF-8 bytes than the budget left after the chat template cannot fill it."""
+    room = max_total_tokens - len(prompt_ids(tokenizer, system_prompt, "")) - 8  # merges at the question's edges
+    fitting = [
+        p
+        for p in problems
+        if len(p.question.encode("utf-8")) < room
+        or len(prompt_ids(tokenizer, system_prompt, p.question)) < max_total_tokens
+    ]
+    return fitting, len(problems) - len(fitting)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -86,11 +105,21 @@ class Trainer:
         components.check_model_source(config.model.name_or_path)
         seed_everything(config.seed)
         # Data before the model: a malformed file fails in seconds, not after a model has loaded.
-        self.stream = ProblemStream(components.load_train_problems(config.data, config.seed), config.seed)
+        train_problems = components.load_train_problems(config.data, config.seed)
         self.eval_problems = components.load_eval_problems(config.data)
         self.system_prompt = components.system_prompt_for(config.data)
         self.device = components.resolve_device(config.device, self.ctx.local_rank)
         policy, self.tokenizer = components.build_policy(config.model, self.device)
+        fitting, self.overlong_prompts = split_overlong_prompts(
+            train_problems, self.tokenizer, self.system_prompt, config.rollout.max_total_tokens
+        )
+        if not fitting:
+            raise ConfigError(
+                f"rollout.max_total_tokens: all {len(train_problems)} training prompts are at least "
+                f"{config.rollout.max_total_tokens} tokens long; raise --rollout.max-total-tokens"
+            )
+        self.stream = ProblemStream(fitting, config.seed)
+        self._train_problems = len(train_problems)
         policy.eval()
         self.policy = policy
         """The plain module: generation, log-probs without gradient, checkpoints."""
@@ -125,6 +154,8 @@ class Trainer:
         ``eval_every`` names, or one whose evaluation a stop abandoned (kept in the checkpoint, so a resumed run
         does it first and has the same held-out curve as an uninterrupted one)."""
         self._stop: StopRequests | None = None
+        self._nonfinite_streak = 0
+        """Steps in a row whose update was skipped as non-finite (``optim.nonfinite_stop`` end the run)."""
         if config.resume:
             self._resume()
         if not self.finished:
@@ -142,6 +173,12 @@ class Trainer:
             recorder.already_finished(self.step)
             return {}
         recorder.start(len(self.eval_problems))
+        if self.overlong_prompts:
+            recorder.warn(
+                f"{self.overlong_prompts} of {self._train_problems} training problems are left out: their prompt "
+                f"(system prompt and question) fills rollout.max_total_tokens ({cfg.rollout.max_total_tokens}) "
+                "before the model writes a token; raise --rollout.max-total-tokens to train on them"
+            )
         start_step = self.step
         last: dict[str, float] = {}
         with StopRequests(notice=lambda text: recorder.console.line(text, err=True)) as stop:
@@ -154,6 +191,7 @@ class Trainer:
                 while self.step < cfg.steps and not stopping:
                     metrics = self.train_step()
                     self.step += 1
+                    self._check_finite(metrics)
                     self._evaluation_owed = bool(cfg.eval_every and self.eval_problems) and self._due(cfg.eval_every)
                     metrics.update(self._owed_evaluation())  # the step's training metrics are kept either way
                     recorder.record(self.step, metrics)
@@ -166,9 +204,37 @@ class Trainer:
                 self._stop = None
             if stop.signum is not None:  # the report is written while a second signal still exits at once
                 raise recorder.stopped(stop.signum, self.step, progressed=self.step > start_step)
-        export_final_policy(self.model, self.tokenizer, self.run_dir, cfg.export, write=self.ctx.is_main)
+        export_final_policy(
+            self.model,
+            self.tokenizer,
+            self.run_dir,
+            cfg.export,
+            write=self.ctx.is_main,
+            system_prompt=self.system_prompt,
+        )
         recorder.finish(final=True)
         return last
+
+    def _check_finite(self, metrics: dict[str, float]) -> None:
+        """A skipped non-finite update is warned about; ``optim.nonfinite_stop`` of them in a row end the run."""
+        if not metrics.get("optim/nonfinite_skipped"):
+            self._nonfinite_streak = 0
+            return
+        self._nonfinite_streak += 1
+        limit = self.cfg.optim.nonfinite_stop
+        self.recorder.warn(
+            f"step {self.step}: the loss or gradient was not finite (NaN/inf); the update was skipped and the "
+            f"weights are unchanged ({self._nonfinite_streak} in a row; {limit} stop the run)"
+        )
+        if self._nonfinite_streak >= limit:
+            checkpoint = latest_checkpoint(self.run_dir)
+            kept = f"the last checkpoint ({checkpoint}) is intact" if checkpoint else "no checkpoint was written"
+            self.recorder.record(self.step, metrics)
+            self.recorder.finish(final=False)
+            raise TrainingDiverged(
+                f"stopped at step {self.step}: {limit} steps in a row had a non-finite loss or gradient and were "
+                f"skipped; {kept}. Lower --optim.lr, or check the data and rollout.max_total_tokens"
+            )
 
     def _stop_agreed(self) -> bool:
         """Whether any rank was asked to stop: all ranks leave the loop after the same step."""
@@ -399,6 +465,10 @@ class Trainer:
         self.recorder.close()
         self.sandbox.close()
         barrier(self.ctx)
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many updates in a row were skipped as non-finite; the message says where the run stopped and why."""
 
 
 class _EvaluationAbandoned(Exception):

@@ -18,6 +18,9 @@ the work runs on the hardware and nothing about what is learned (the loss is ``g
 - **mixed precision**: float32 master weights and AdamW state, matmuls under bf16 autocast on GPUs (the casts
   of the weights are cached for the whole optimizer step and dropped after it, so the next step sees the new
   weights), fused AdamW on CUDA;
+- **non-finite steps**: an optimizer step whose gradient norm is not finite is skipped (the weights and AdamW's
+  state stay as they were) and counted in ``optim/nonfinite_skipped``; the trainer stops a run after
+  ``optim.nonfinite_stop`` such steps in a row;
 - **torchrun**: every rank runs the same number of forward/backward passes (a rank with fewer micro-batches
   repeats its first with weight 0), DDP all-reduces on the last one only.
 
@@ -27,6 +30,7 @@ See docs/training_speed.md for the design and its memory arithmetic.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -109,6 +113,7 @@ class PolicyUpdate:
         sums: dict[str, float] = {}
         count, mismatch_max = 0, 0.0
         grad_norm = total_loss = 0.0
+        skipped = 0
         for _ in range(optim.update_epochs):
             for i, (mb, weight) in enumerate(zip(micro, weights, strict=True)):
                 loss, metrics = self._pass(
@@ -131,8 +136,14 @@ class PolicyUpdate:
             params = [p for p in self.model.parameters() if p.requires_grad]
             clip = optim.grad_clip if optim.grad_clip > 0 else float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-            self.optimizer.step()
-            self.scheduler.step()
+            # A non-finite loss or gradient (an overflow, a NaN in one micro-batch's logits) would poison every
+            # weight and AdamW's moments for good: that optimizer step is skipped. The norm is over the reduced
+            # gradients, so every rank takes the same decision.
+            if math.isfinite(grad_norm):
+                self.optimizer.step()
+                self.scheduler.step()
+            else:
+                skipped += 1
             self.optimizer.zero_grad(set_to_none=True)
             # autocast caches its bf16 copies of the weights until its outermost context exits (the trainer's
             # may span the whole step): drop them, or the next epoch would compute with the old weights.
@@ -141,6 +152,7 @@ class PolicyUpdate:
         out["loss/total"] = total_loss / optim.update_epochs
         out["loss/is_mismatch_max"] = all_reduce_max(mismatch_max, self.ctx, self.device)
         out["optim/grad_norm"] = grad_norm
+        out["optim/nonfinite_skipped"] = float(skipped)
         out["perf/micro_batches"] = float(passes)
         return out
 

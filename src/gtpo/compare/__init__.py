@@ -23,6 +23,7 @@ from gtpo.compare.report import write_report
 from gtpo.compare.runs import (
     DEFAULT_VARIANTS,
     VARIANTS,
+    RunFailed,
     TrainFn,
     claim_root,
     plan_runs,
@@ -31,11 +32,12 @@ from gtpo.compare.runs import (
     train_in_subprocess,
     variant_config,
 )
-from gtpo.config import TrainConfig
+from gtpo.config import ConfigError, TrainConfig
 
 __all__ = [
     "DEFAULT_VARIANTS",
     "VARIANTS",
+    "RunFailed",
     "run_comparison",
     "variant_config",
     "write_report",
@@ -56,6 +58,11 @@ def run_comparison(
     with its share of the CPU cores), or here when ``parallel`` is 1.
     """
     root = Path(root)
+    if not base.data.eval or base.eval_every < 1:
+        raise ConfigError(
+            "--data.eval / --eval-every: a comparison ranks runs by their held-out evaluations; give a held-out "
+            f"set (--data.eval, now {base.data.eval!r}) and --eval-every >= 1 (now {base.eval_every})"
+        )
     seed_list = seeds_for(base, seeds)
     specs = plan_runs(base, variants, seed_list, root)
     claim_root(root, base, overwrite=base.overwrite)

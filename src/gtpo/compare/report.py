@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from gtpo.compare.runs import DONE_FILE, run_dir
-from gtpo.compare.stats import Interval, crossed_mean_interval, curve_area, mean_interval, paired_interval
+from gtpo.compare.stats import (
+    Interval,
+    clipped,
+    crossed_mean_interval,
+    curve_area,
+    mean_interval,
+    paired_interval,
+    t_quantile,
+)
 from gtpo.evaluate import read_eval_records
 from gtpo.metrics import EVAL_FILE, METRICS_FILE, read_metrics
 
@@ -42,6 +50,20 @@ PLOTTED = {
     "rollout/invalid_call_rate": "train invalid calls / turn (5-step mean)",
 }
 SMOOTH = 5
+PROPORTIONS = ("final", "area", "invalid_rate", "recovery", "train_accuracy", "eval", *PLOTTED)
+"""Quantities in [0, 1] (their differences in [-1, 1]): intervals are clipped there (``stats.clipped``)."""
+NON_NEGATIVE = ("turns", "tokens", "step_s", "wall_s", "rollout/turns_mean")
+FEW_SEEDS = 5
+"""Below this many seeds the report says that its intervals are too wide to tell most differences apart."""
+
+
+def bounds(key: str, difference: bool = False) -> tuple[float | None, float | None]:
+    """What a quantity (or a difference of two) can take: its interval is clipped to it."""
+    if key in PROPORTIONS:
+        return (-1.0, 1.0) if difference else (0.0, 1.0)
+    if key in NON_NEGATIVE and not difference:
+        return (0.0, None)
+    return (None, None)
 
 
 @dataclass
@@ -129,7 +151,7 @@ def variant_statistics(runs: dict[int, RunResult], confidence: float = 0.95) -> 
     for key in (*QUANTITIES, *EXTRA):
         values = [r.values[key] for r in runs.values() if r.values.get(key) is not None]
         if values:
-            out[key] = mean_interval(values, confidence)
+            out[key] = clipped(mean_interval(values, confidence), *bounds(key))
     return out
 
 
@@ -150,12 +172,13 @@ def difference_statistics(
                 [a - b for a, b in zip(runs[s].per_problem[key], baseline[s].per_problem[key], strict=True)]
                 for s in seeds
             ]
-            out[key] = crossed_mean_interval(table, confidence)
+            out[key] = clipped(crossed_mean_interval(table, confidence), *bounds(key, difference=True))
             continue
         pairs = [(runs[s].values[key], baseline[s].values[key]) for s in seeds]
         pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
         if pairs:
-            out[key] = paired_interval([a for a, _ in pairs], [b for _, b in pairs], confidence)
+            interval = paired_interval([a for a, _ in pairs], [b for _, b in pairs], confidence)
+            out[key] = clipped(interval, *bounds(key, difference=True))
     return out
 
 
@@ -220,8 +243,10 @@ def markdown(data: dict[str, Any]) -> str:
         f"# gtpo compare: {len(data['variants'])} variants x {len(data['seeds'])} seeds ({_seed_range(data['seeds'])})",
         "",
         f"Held-out set: {evaluation.get('name', '-')} ({evaluation.get('problems', '-')} problems, avg@{k}); "
-        f"[lo, hi] are {pct}% intervals over seeds (Student t).",
+        f"[lo, hi] are {pct}% intervals over seeds (Student t), cut at what a quantity can take (proportions "
+        "at 0 and 1, their differences at -1 and 1).",
         "",
+        *_few_seeds_note(len(data["seeds"]), data["confidence"]),
     ]
     columns = {**QUANTITIES, **EXTRA}
     lines.append(
@@ -284,6 +309,25 @@ def _per_seed_curves(data: dict[str, Any], k: Any) -> list[str]:
     return lines
 
 
+def _few_seeds_note(seeds: int, confidence: float) -> list[str]:
+    """A warning above the tables when the seeds are too few for the intervals to tell much apart."""
+    if seeds >= FEW_SEEDS:
+        return []
+    if seeds == 1:
+        return [
+            "**One seed: there is no interval over seeds.** Seed-to-seed spread is unknown, so no difference below "
+            "can be told from a lucky seed; run more (--seeds, at least 5).",
+            "",
+        ]
+    t = t_quantile(confidence, seeds - 1)
+    return [
+        f"**Only {seeds} seeds: too few to tell most differences apart.** Each half-width is {t:.1f} standard "
+        f"errors (about 2 at many seeds), so an interval spans most of what the quantity can take and only a very "
+        "large difference shows; run more seeds (--seeds, at least 5).",
+        "",
+    ]
+
+
 def _seed_range(seeds: Sequence[int]) -> str:
     return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}-{seeds[-1]}"
 
@@ -316,7 +360,7 @@ def plot(results: dict[str, dict[int, RunResult]], path: Path, confidence: float
                 continue
             steps = sorted(set.intersection(*(set(c[0]) for c in curves)))
             by_step = [[dict(zip(*c, strict=True))[s] for c in curves] for s in steps]
-            stats = [mean_interval(values, confidence) for values in by_step]
+            stats = [clipped(mean_interval(values, confidence), *bounds(key)) for values in by_step]
             (line,) = ax.plot(steps, [s.mean for s in stats], label=f"{variant} (n={len(curves)})", linewidth=1.4)
             if len(curves) > 1:
                 lo = [s.lo if s.lo is not None else math.nan for s in stats]

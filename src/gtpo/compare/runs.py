@@ -130,9 +130,9 @@ def claim_root(root: Path, base: TrainConfig, overwrite: bool) -> None:
     plan = root / PLAN_FILE
     settings = shared_settings(base)
     if plan.exists():
-        before = json.loads(plan.read_text())
-        if overwrite:
-            shutil.rmtree(root)
+        before = _read_plan(plan)
+        if overwrite or (before != settings and not _has_progress(root)):
+            shutil.rmtree(root)  # nothing trained under the old settings (a failed start): nothing to protect
         elif before != settings:
             changed = sorted(_differences(before, settings))
             raise ConfigError(
@@ -143,6 +143,20 @@ def claim_root(root: Path, base: TrainConfig, overwrite: bool) -> None:
         raise ConfigError(f"--output-dir {root} exists and is not a gtpo comparison; choose another --output-dir")
     root.mkdir(parents=True, exist_ok=True)
     plan.write_text(json.dumps(settings, indent=2))
+
+
+def _read_plan(plan: Path) -> Any:
+    try:
+        return json.loads(plan.read_text())
+    except (OSError, ValueError):
+        return None  # torn by a kill while it was written: as if other settings
+
+
+def _has_progress(root: Path) -> bool:
+    """Some run of the comparison in ``root`` finished or wrote a checkpoint (work a settings change would mix
+    with other work, or lose)."""
+    runs = [p for p in Path(root).glob("*/seed*") if p.is_dir()]
+    return any((p / DONE_FILE).exists() or latest_checkpoint(p) is not None for p in runs)
 
 
 def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -235,8 +249,24 @@ def train_in_subprocess(config: TrainConfig, threads: int, children: ChildRuns |
         code = (children or ChildRuns()).call(
             command, path, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
         )
+    if code == 2:  # bad input: the child's one line says what and how to fix it, as with --parallel 1
+        raise ConfigError(_child_error(path / LOG_FILE) or f"{path}: bad input; see {path / LOG_FILE}")
     if code != 0:
-        raise RuntimeError(f"{path}: gtpo train exited with status {code}; see {path / LOG_FILE}")
+        raise RunFailed(f"{path}: gtpo train exited with status {code}; see {path / LOG_FILE}")
+
+
+class RunFailed(RuntimeError):
+    """A run of the comparison failed for a reason other than bad input (its log says which)."""
+
+
+def _child_error(log: Path) -> str | None:
+    """The one-line error a child ``gtpo train`` printed last (its bad-input line), without its prefix."""
+    prefix = "gtpo train: "
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    return next((line.removeprefix(prefix) for line in reversed(lines) if line.startswith(prefix)), None)
 
 
 def _die_with_parent() -> None:

@@ -88,6 +88,17 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> Interval
     return Interval(mean, mean - half, mean + half, n)
 
 
+def clipped(interval: Interval, low: float | None, high: float | None) -> Interval:
+    """``interval`` with its ends kept within what the quantity can take (a proportion: [0, 1]; a difference of
+    two: [-1, 1]). Student's t around the mean of a few proportions can reach below 0 or above 1; those ends
+    claim values no run can have, so they are cut at the bound (the mean is within it already)."""
+    if interval.lo is None or interval.hi is None:
+        return interval
+    lo = interval.lo if low is None else max(low, interval.lo)
+    hi = interval.hi if high is None else min(high, interval.hi)
+    return Interval(interval.mean, lo, hi, interval.n)
+
+
 def paired_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> Interval:
     """Interval of mean(a - b) over paired units (seeds: the same seed's run of each variant)."""
     if len(a) != len(b):

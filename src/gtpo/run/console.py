@@ -37,9 +37,11 @@ class Console:
     def warn(self, text: str) -> None:
         self.line(f"warning: {text}", err=True)
 
-    def start(self, description: str, run_dir: str) -> None:
+    def start(self, description: str, run_dir: str, model: bool = True) -> None:
+        """``model``: the run ends by writing its policy to ``model/`` (not under ``--export none``)."""
+        files = ["metrics.jsonl", "curves.png", "summary.md", "samples.jsonl", *(["model/"] if model else [])]
         self.line(f"gtpo: {description}")
-        self.line(f"gtpo: writing to {run_dir}/ (metrics.jsonl, curves.png, summary.md, samples.jsonl, model/)")
+        self.line(f"gtpo: writing to {run_dir}/ ({', '.join(files)})")
 
     def resumed(self, run_dir: str, step: int, total: int, checkpoint: str, redo: tuple[int, int] | None) -> None:
         again = f"; steps {redo[0]}-{redo[1]} were not checkpointed and run again" if redo else ""

@@ -14,19 +14,37 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from gtpo import components
-from gtpo.checkpoint import CHECKPOINT_DIR, latest_checkpoint
+from gtpo.checkpoint import CHECKPOINT_DIR, latest_checkpoint, read_file
 from gtpo.config import ConfigError, from_dict
 from gtpo.distributed import unwrap_model
 
 LoraExport = Literal["merged", "adapter"]
 MODEL_DIR = "model"
 """The final policy's folder inside a run directory."""
+PROMPT_FILE = "gtpo_prompt.json"
+"""Beside the model: the system prompt it was trained with (also the chat template's default)."""
+
+
+def with_default_system_prompt(template: str, system_prompt: str) -> str:
+    """A chat template that puts ``system_prompt`` first when the messages bring no system message.
+
+    The policy learned the tool protocol under that prompt; a user of the plain folder who sends only a user
+    message (``apply_chat_template([{"role": "user", ...}])``) gets the prompt the model was trained with. The
+    prompt goes in as a Jinja string literal (JSON's escapes are Jinja's), before the template's own text."""
+    literal = json.dumps(system_prompt)
+    prefix = (
+        "{%- if not messages or messages[0]['role'] != 'system' -%}"
+        "{%- set messages = [{'role': 'system', 'content': " + literal + "}] + messages -%}"
+        "{%- endif -%}"
+    )
+    return prefix + template
 
 
 def is_lora(model: torch.nn.Module) -> bool:
@@ -34,9 +52,15 @@ def is_lora(model: torch.nn.Module) -> bool:
 
 
 def save_model_folder(
-    model: torch.nn.Module, tokenizer: Any, out: str | Path, lora: LoraExport = "merged", write: bool = True
+    model: torch.nn.Module,
+    tokenizer: Any,
+    out: str | Path,
+    lora: LoraExport = "merged",
+    write: bool = True,
+    system_prompt: str | None = None,
 ) -> Path | None:
-    """Write ``model`` (plain, DDP, FSDP2 or peft-wrapped) and ``tokenizer`` to ``out`` as an HF folder.
+    """Write ``model`` (plain, DDP, FSDP2 or peft-wrapped) and ``tokenizer`` to ``out`` as an HF folder;
+    ``system_prompt`` (the one it was trained with) becomes the chat template's default and ``PROMPT_FILE``.
 
     Under torchrun every rank must call this (FSDP gathers the shards); only ``write=True`` writes. Returns
     the folder on the writing rank.
@@ -61,19 +85,37 @@ def save_model_folder(
     else:
         base = module.get_base_model() if is_lora(module) else module
         base.save_pretrained(str(tmp), state_dict={k: v.contiguous() for k, v in weights.items()})
-    tokenizer.save_pretrained(str(tmp))
+    _save_tokenizer(tokenizer, tmp, system_prompt)
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
 
 
-def export_final_policy(model: torch.nn.Module, tokenizer: Any, run_dir: Path, mode: str, write: bool) -> Path | None:
+def _save_tokenizer(tokenizer: Any, folder: Path, system_prompt: str | None) -> None:
+    """The tokenizer, its chat template defaulting to ``system_prompt``; the live tokenizer is left as it was."""
+    template = getattr(tokenizer, "chat_template", None)
+    if system_prompt is None or not isinstance(template, str):
+        tokenizer.save_pretrained(str(folder))
+        return
+    tokenizer.chat_template = with_default_system_prompt(template, system_prompt)
+    try:
+        tokenizer.save_pretrained(str(folder))
+    finally:
+        tokenizer.chat_template = template
+    how = "the chat template adds it when the messages have no system message; pass your own to replace it"
+    (folder / PROMPT_FILE).write_text(json.dumps({"system_prompt": system_prompt, "note": how}, indent=2) + "\n")
+
+
+def export_final_policy(
+    model: torch.nn.Module, tokenizer: Any, run_dir: Path, mode: str, write: bool, system_prompt: str | None = None
+) -> Path | None:
     """The end of ``gtpo train``: ``RUN/model`` per the ``export`` setting ("merged", "adapter" or "none")."""
     if mode == "none":
         return None
     lora: LoraExport = "adapter" if mode == "adapter" else "merged"
-    return save_model_folder(model, tokenizer, Path(run_dir) / MODEL_DIR, lora=lora, write=write)
+    out = Path(run_dir) / MODEL_DIR
+    return save_model_folder(model, tokenizer, out, lora=lora, write=write, system_prompt=system_prompt)
 
 
 def resolve_checkpoint(path: str | Path, flag: str = "") -> Path:
@@ -93,11 +135,15 @@ def resolve_checkpoint(path: str | Path, flag: str = "") -> Path:
     return path
 
 
-def load_checkpoint_policy(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module, Any, str]:
-    """(policy with the checkpoint's weights, tokenizer, "base@step_N") from a checkpoint of a gtpo run."""
+def load_checkpoint_policy(
+    checkpoint: Path, device: torch.device, flag: str = "--checkpoint"
+) -> tuple[torch.nn.Module, Any, str]:
+    """(policy with the checkpoint's weights, tokenizer, "base@step_N") from a checkpoint of a gtpo run. A
+    damaged model.pt is named, with the newest intact checkpoint to give ``flag`` instead."""
     model_cfg = from_dict(json.loads((checkpoint.parent.parent / "config.json").read_text())).model
+    weights = read_file(checkpoint / "model.pt", partial(torch.load, map_location=device, weights_only=True), flag)
     model, tokenizer = components.build_policy(model_cfg, device)
-    model.load_state_dict(torch.load(checkpoint / "model.pt", map_location=device, weights_only=True))
+    model.load_state_dict(weights)
     return model.eval(), tokenizer, f"{model_cfg.name_or_path}@{checkpoint.name}"
 
 
@@ -109,7 +155,8 @@ def export_checkpoint(source: str | Path, out: str | Path | None = None, lora: L
     if out is None:
         newest = latest_checkpoint(run_dir)
         out = run_dir / (MODEL_DIR if newest == checkpoint else f"{MODEL_DIR}-{checkpoint.name}")
-    model, tokenizer, _ = load_checkpoint_policy(checkpoint, torch.device("cpu"))
-    written = save_model_folder(model, tokenizer, out, lora=lora)
+    model, tokenizer, _ = load_checkpoint_policy(checkpoint, torch.device("cpu"), flag="gtpo export")
+    data = from_dict(json.loads((run_dir / "config.json").read_text())).data
+    written = save_model_folder(model, tokenizer, out, lora=lora, system_prompt=components.system_prompt_for(data))
     assert written is not None
     return written

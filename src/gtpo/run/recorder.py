@@ -103,7 +103,13 @@ class RunRecorder:
             f"{cfg.algo.algo.upper()} on {cfg.model.name_or_path}, data {cfg.data.train}: {cfg.steps} steps of "
             f"{r.problems_per_step} problems x {r.group_size} samples; {evals or 'no held-out evaluation'}",
             str(self.run_dir),
+            model=cfg.export != "none",
         )
+
+    def warn(self, text: str) -> None:
+        """A warning on screen now and in summary.md at the end."""
+        self.console.warn(text)
+        self.notes.append(f"warning: {text}")
 
     def already_finished(self, step: int) -> None:
         self.console.line(
