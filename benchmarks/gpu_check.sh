@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures of gtpo in one run (< 8 minutes on one H200): engine tests on CUDA, generation throughput
+# The GPU figures of gtpo in one run (< 10 minutes on one H200): engine tests on CUDA, generation throughput
 # (engine vs HFSampler vs model.generate vs transformers' continuous batching), the training update (packed,
 # against a plain HF loop, and 64 x 8k tokens for peak memory), and a
 # short end-to-end run. Run from the repository root (see ../shared/GPU.md for the environment):
@@ -14,6 +14,8 @@ DEVICE=${DEVICE:-cuda}
 QUICK=${QUICK:-0}
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
+PEAK=""
+[ "$DEVICE" = cuda ] && PEAK="--peak-tflops ${PEAK_TFLOPS:-790}"  # H200 dense bf16, measured
 status=()
 
 part() {  # part NAME SECONDS COMMAND...: run with a time limit, keep its log, note its exit status
@@ -35,13 +37,14 @@ fi
 
 $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name())" | tee "$OUT/versions.txt"
 
-[ "$DEVICE" = cuda ] && part engine_tests 150 $PY -m pytest -q -p no:cacheprovider -o addopts="" -m gpu tests/test_engine.py
-part generation 300 $PY benchmarks/generation.py --arch "$ARCH" --device "$DEVICE" --rows $ROWS \
+# Most wanted first (the engine's and the update's GPU figures); the limits add up to under 10 minutes.
+part generation 180 $PY benchmarks/generation.py --arch "$ARCH" --device "$DEVICE" --rows $ROWS \
   --prompt $PROMPT --new $NEW --json "$OUT/generation.json"
-part transformers_cb 120 $PY benchmarks/generation.py --arch "$ARCH" --device "$DEVICE" --rows ${ROWS##* } \
+part update 200 $PY benchmarks/model_throughput.py --arch "$ARCH" --device "$DEVICE" $UPDATE_ARGS $PEAK
+[ "$DEVICE" = cuda ] && part engine_tests 90 $PY -m pytest -q -p no:cacheprovider -o addopts="" -m gpu tests/test_engine.py
+part transformers_cb 60 $PY benchmarks/generation.py --arch "$ARCH" --device "$DEVICE" --rows ${ROWS##* } \
   --prompt $PROMPT --new $NEW --repeats 1 --backends engine --transformers-cb --json "$OUT/generation_cb.json"
-part update 200 $PY benchmarks/model_throughput.py --arch "$ARCH" --device "$DEVICE" $UPDATE_ARGS
-part train_tiny 150 $PY -m gtpo train --device "$DEVICE" --steps $TRAIN_STEPS --eval-every 0 \
+part train_tiny 60 $PY -m gtpo train --device "$DEVICE" --steps $TRAIN_STEPS --eval-every 0 \
   --output-dir "$OUT/train_tiny" --overwrite --no-progress
 
 echo

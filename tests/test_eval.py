@@ -72,3 +72,37 @@ def test_bad_input_names_the_flag(tmp_path):
         run(EvalConfig(benchmarks=("mmlu",), output_dir=str(tmp_path)))
     with pytest.raises(ConfigError, match="--temperature"):
         run(EvalConfig(k=4, temperature=0.0, output_dir=str(tmp_path)))
+
+
+def test_any_model_folder_scores_with_default_flags(tmp_path, capsys):
+    """A plain copy of the shipped model's folder: no flag but the data. The sampler must be built with the caps in
+    use (a default rollout config's 512-token engine could not hold a 512-token turn after the prompt)."""
+    import shutil
+
+    from gtpo.tiny.build import DEFAULT_MODEL_DIR
+
+    folder = tmp_path / "my-model"
+    shutil.copytree(DEFAULT_MODEL_DIR, folder)
+    main(["--model", str(folder), "--limit", "3", "--device", "cpu", "--output-dir", str(tmp_path / "out")])
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert rows[0]["benchmark"] == "arith-heldout" and rows[0]["problems"] == 3
+    # The generic caps, held to the model's 1,024 positions, reach the trajectories.
+    records = [json.loads(line) for line in (tmp_path / "out" / "trajectories_arith-heldout.jsonl").open()]
+    assert len(records) == 3
+    assert "max_total_tokens 1024" in capsys.readouterr().out
+
+
+def test_checkpoint_samples_with_its_runs_caps_on_gtpo_engine(tmp_path):
+    """A preset run's settings (vLLM backend, 8,192-token trajectories) reach the evaluation's sampler; vLLM gives
+    way to the engine, which samples the checkpoint's trained weights."""
+    from gtpo.eval_cli import resolve_settings
+
+    step = tmp_path / "run" / "checkpoints" / "step_0000002"
+    step.mkdir(parents=True)
+    (step / "model.pt").write_bytes(b"")
+    rollout = {"backend": "vllm", "max_total_tokens": 8192, "max_new_tokens_per_turn": 1024, "max_turns": 5}
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"rollout": rollout}))
+    cfg, sampling, note = resolve_settings(EvalConfig(checkpoint=str(step)))
+    assert (cfg.max_total_tokens, cfg.max_new_tokens_per_turn, cfg.max_turns) == (8192, 1024, 5)
+    assert (sampling.backend, sampling.max_total_tokens, sampling.max_new_tokens_per_turn) == ("engine", 8192, 1024)
+    assert "the settings of run" in note

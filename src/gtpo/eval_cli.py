@@ -100,12 +100,15 @@ def load_model(cfg: EvalConfig, device: torch.device) -> tuple[torch.nn.Module, 
     return load_checkpoint_policy(resolve_checkpoint(cfg.checkpoint), device)
 
 
-def resolve_settings(cfg: EvalConfig) -> tuple[EvalConfig, str]:
+def resolve_settings(cfg: EvalConfig) -> tuple[EvalConfig, RolloutConfig, str]:
     """Fill the unset sampling settings as the model was trained to sample, and say where they came from.
 
     A checkpoint's run samples as its config says; the shipped tiny model as the embedded default trains it
     (temperature 1.0, 96 tokens a turn: greedy decoding or 512-token turns are not what it learned). A model
-    gtpo did not train gets greedy decoding (k = 1) or temperature 1.0 (k > 1) and generous caps."""
+    gtpo did not train gets greedy decoding (k = 1) or temperature 1.0 (k > 1) and generous caps.
+
+    Also returns the rollout settings the sampler and the sandbox are built from: the run's (or the defaults)
+    with this evaluation's caps, so that the engine's context length fits the turns it is asked for."""
     if cfg.checkpoint is not None:
         run_config = resolve_checkpoint(cfg.checkpoint, "--checkpoint").parent.parent / "config.json"
         rollout = RolloutConfig(**_known(json.loads(run_config.read_text()).get("rollout", {})))
@@ -123,7 +126,38 @@ def resolve_settings(cfg: EvalConfig) -> tuple[EvalConfig, str]:
     filled.update({name: value for name, value in limits.items() if getattr(cfg, name) is None})
     resolved = dataclasses.replace(cfg, **filled)
     shown = ", ".join(f"{name} {value:g}" for name, value in filled.items())
-    return resolved, f"{shown} ({source}; set them with flags)" if filled else ""
+    return (
+        resolved,
+        _sampling_settings(rollout or RolloutConfig(), resolved),
+        (f"{shown} ({source}; set them with flags)" if filled else ""),
+    )
+
+
+def _sampling_settings(base: RolloutConfig, cfg: EvalConfig) -> RolloutConfig:
+    """``base`` with this evaluation's caps. The vLLM backend gives way to gtpo's engine: it would sample the
+    weights of the model folder, not the checkpoint's trained ones that ``load_model`` put into the policy."""
+    backend = "engine" if base.backend == "vllm" else base.backend
+    return dataclasses.replace(
+        base,
+        backend=backend,
+        max_turns=cfg.max_turns,
+        max_new_tokens_per_turn=cfg.max_new_tokens_per_turn,
+        max_total_tokens=cfg.max_total_tokens,
+    )
+
+
+def _within_positions(
+    cfg: EvalConfig, sampling: RolloutConfig, model: torch.nn.Module
+) -> tuple[EvalConfig, RolloutConfig]:
+    """A default token cap no longer than the positions the model was built for (the shipped tiny model has
+    1,024; a generic 4,096 would run its rotary positions past anything it saw). A cap the user set is kept."""
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if not positions or cfg.max_total_tokens <= positions:
+        return cfg, sampling
+    print(f"gtpo eval: max_total_tokens {positions} (the model's max_position_embeddings; set it with a flag)")
+    per_turn = min(cfg.max_new_tokens_per_turn, positions)
+    cfg = dataclasses.replace(cfg, max_total_tokens=positions, max_new_tokens_per_turn=per_turn)
+    return cfg, dataclasses.replace(sampling, max_total_tokens=positions, max_new_tokens_per_turn=per_turn)
 
 
 def _known(rollout: dict) -> dict:
@@ -158,7 +192,8 @@ def _local_file(data_dir: str | None, name: str) -> str | None:
 
 
 def run(cfg: EvalConfig) -> list[dict]:
-    cfg, note = resolve_settings(cfg)
+    asked_total = cfg.max_total_tokens
+    cfg, sampling, note = resolve_settings(cfg)
     if note:
         print(f"gtpo eval: {note}")
     assert cfg.temperature is not None and cfg.max_turns is not None
@@ -168,11 +203,13 @@ def run(cfg: EvalConfig) -> list[dict]:
     device = components.resolve_device(cfg.device)
     sets = load_sets(cfg)
     model, tokenizer, _ = load_model(cfg, device)
-    sampler = components.build_sampler(RolloutConfig(), model, tokenizer, cfg.model)
+    if asked_total is None:
+        cfg, sampling = _within_positions(cfg, sampling, model)
+    sampler = components.build_sampler(sampling, model, tokenizer, cfg.model)
     if cfg.no_tools:
         executor, turns, system = NoToolExecutor(), 1, cfg.system_prompt or NO_TOOL_PROMPT
     else:
-        executor, turns = components.build_sandbox(RolloutConfig()), cfg.max_turns
+        executor, turns = components.build_sandbox(sampling), cfg.max_turns
         system = cfg.system_prompt or components.system_prompt_for(DataConfig(train=_task_of(cfg)))
     reports: list[EvalReport] = []
     try:
