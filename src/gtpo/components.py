@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from gtpo.config import ConfigError, DataConfig, ModelConfig, RolloutConfig
+from gtpo.tasks import rgym
 from gtpo.types import Problem
 
 GENERIC_SYSTEM_PROMPT = (
@@ -208,6 +209,12 @@ def system_prompt_for(cfg: DataConfig) -> str:
 def load_train_problems(cfg: DataConfig, seed: int) -> list[Problem]:
     if cfg.train in EMBEDDED_TASKS:
         return importlib.import_module(EMBEDDED_TASKS[cfg.train]).train_problems(seed=seed)
+    if rgym.is_source(cfg.train):
+        problems = rgym.load(cfg.train, "data.train", seed, rgym.TRAIN_SIZE)
+        if rgym.is_source(cfg.eval):  # no held-out question in the training stream
+            held = {p.question for p in load_eval_problems(cfg)}
+            problems = [p for p in problems if p.question not in held]
+        return problems
     return _load(cfg.train, cfg, cfg.split, "data.train")
 
 
@@ -217,6 +224,8 @@ def load_eval_problems(cfg: DataConfig) -> list[Problem]:
     task = cfg.eval.removesuffix("-heldout")
     if cfg.eval.endswith("-heldout") and task in EMBEDDED_TASKS:
         problems = importlib.import_module(EMBEDDED_TASKS[task]).heldout_problems()
+    elif rgym.is_source(cfg.eval):
+        problems = rgym.load(cfg.eval, "data.eval", rgym.HELDOUT_SEED, rgym.HELDOUT_SIZE)
     else:
         from gtpo.data import BENCHMARKS, load_benchmark
 
@@ -230,7 +239,7 @@ def _load(source: str, cfg: DataConfig, split: str, field: str) -> list[Problem]
     if not Path(source).exists() and "/" not in source:
         raise ConfigError(
             f"{field} {source!r} is neither an existing file nor an HF dataset name (owner/name); "
-            "use 'arith' or 'multistep', a .jsonl/.json/.parquet path, or a dataset name"
+            "use 'arith' or 'multistep', a .jsonl/.json/.parquet path, a dataset name, or reasoning-gym:NAME"
         )
     try:
         return load_problems(source, question_field=cfg.question_field, answer_field=cfg.answer_field, split=split)
