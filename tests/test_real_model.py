@@ -37,7 +37,7 @@ def test_smollm2_prepare_train_eval_export(tmp_path):
     run = tmp_path / "run"
     quick = ["--data.eval-limit", "2", "--rollout.max-new-tokens-per-turn", "64", "--rollout.max-turns", "2"]
     _gtpo("train", "--preset", "smollm2-135m", "--steps", "2", "--eval-every", "0", "--save-every", "2",
-          "--output-dir", str(run), "--progress", "False", *quick)  # fmt: skip
+          "--output-dir", str(run), "--no-progress", *quick)  # fmt: skip
     steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     trained = [row for row in steps if "loss" in row]
     assert [row["step"] for row in trained][-1] == 2
