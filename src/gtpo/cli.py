@@ -1,4 +1,4 @@
-"""The ``gtpo`` command: train, compare, eval, export, demo, build-tiny.
+"""The ``gtpo`` command: train, compare, eval, export, demo, build-tiny, prepare.
 
 ``gtpo train --help`` documents every config field (from the dataclass docstrings in ``gtpo.config``).
 A preset file is applied first (``--preset NAME_OR_PATH``), then the flags. This module parses and
@@ -31,6 +31,7 @@ commands:
   export      write a run's policy (or any checkpoint's) as a Hugging Face model folder
   demo        print a worked example of GTPO and GRPO credit assignment on one group
   build-tiny  rebuild the shipped tiny model (tokenizer + SFT warm start)
+  prepare     build real pretrained parts (SmolLM2-135M-Instruct, the Qwen2.5 tokenizer) as HF folders, once
 
 `gtpo COMMAND --help` explains each command's options; `gtpo --version` prints the version.
 """
@@ -258,6 +259,7 @@ def _dispatch(argv: list[str]) -> None:
 
     commands = {"train": train, "compare": compare, "export": export, "eval": _eval, "demo": _demo}
     commands["build-tiny"] = _build_tiny
+    commands["prepare"] = _prepare
     if command not in commands:
         print(f"gtpo: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)
@@ -292,3 +294,9 @@ def _build_tiny(argv: list[str]) -> None:
     from gtpo.tiny.build import main as build_main
 
     build_main(argv)
+
+
+def _prepare(argv: list[str]) -> None:
+    from gtpo.prepare import main as prepare_main
+
+    prepare_main(argv)

