@@ -112,6 +112,10 @@ class VLLMSampler:
                 gpu_memory_utilization=gpu_memory_utilization,
                 max_model_len=max_model_len,
                 enable_prefix_caching=True,
+                # A seeded request whose prompt is prefilled in chunks has its draws rewound through
+                # Generator.set_offset, which CPU generators lack (vLLM 0.32 then fails on a big batch).
+                # Whole-prompt prefills avoid that path; the sampled tokens do not depend on it.
+                enable_chunked_prefill=False,
                 logprobs_mode="processed_logprobs",
                 enforce_eager=enforce_eager,
                 seed=seed,
