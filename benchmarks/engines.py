@@ -298,15 +298,15 @@ def print_table(results: dict[str, dict[str, dict[str, Any]]], args: argparse.Na
             f"\n{name}: raw {shape['rows']} rows x {shape['new']} new (prompt {args.prompt}); "
             f"rollouts {shape['problems']} x {shape['group']}"
         )
-        print(f"{'backend':10s}" + "".join(f"{title:>16s}" for _, title, _ in columns) + "   vs vLLM (raw, rollout)")
+        titles = "".join(f"{title:>16s}" for _, title, _ in columns)
+        print(f"{'backend':10s}{titles}   vs vLLM (raw tok/s, rollout tok/s, traj/s)")
         base = by_backend.get("vllm")
         for backend, r in by_backend.items():
             cells = "".join(f"{fmt.format(r[key]):>16s}" for key, _, fmt in columns)
             ratio = ""
             if base:
-                raw = r["raw_tokens_per_s"] / base["raw_tokens_per_s"]
-                roll = r["rollout_tokens_per_s"] / base["rollout_tokens_per_s"]
-                ratio = f"   {raw:.2f}x, {roll:.2f}x"
+                keys = ("raw_tokens_per_s", "rollout_tokens_per_s", "rollout_trajectories_per_s")
+                ratio = "   " + ", ".join(f"{r[k] / base[k]:.2f}x" for k in keys)
             print(f"{backend:10s}{cells}{ratio}")
 
 
