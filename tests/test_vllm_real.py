@@ -126,6 +126,31 @@ def test_logprobs_match_trainer_before_and_after_syncs(setup):
         trajectories = _rollout(sampler, tokenizer, seed=10 + update, problems=2)
         worst = max(worst, _assert_logprobs_match(model, trajectories))
     print(f"{name}: max |sampler - trainer| log-prob over 4 rollouts and 3 syncs: {worst:.2e}")
+    assert _engine_tensors_equal_trainers(sampler, model) >= 1 + 2 * model.config.num_hidden_layers
+
+
+def _engine_tensors_equal_trainers(sampler, model) -> int:
+    """Compare, after the syncs, every tensor vLLM keeps in the checkpoint's layout with the trainer's (fused
+    q/k/v and gate/up as concatenations; embedding rows past the vocabulary are vLLM's padding). vLLM's CPU
+    build repacks linear weights into its kernels' format (left empty here): the log-probs check those.
+    Returns how many tensors were compared."""
+    trainer = model.state_dict()
+    engine = sampler.llm.apply_model(
+        lambda m: {n: p.detach().clone() for n, p in m.named_parameters() if p.numel() > 0}
+    )[0]
+    fused = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+    compared = 0
+    for name, got in engine.items():
+        parts = [name]
+        for fused_name, originals in fused.items():
+            if f".{fused_name}." in name:
+                parts = [name.replace(fused_name, original) for original in originals]
+        if not all(part in trainer for part in parts):
+            continue
+        want = torch.cat([trainer[part] for part in parts])
+        assert torch.equal(got[: want.shape[0]], want), f"{name} differs from the trainer's after the syncs"
+        compared += 1
+    return compared
 
 
 def test_greedy_turn_equals_hf_greedy(setup):
