@@ -229,13 +229,18 @@ def run_backend(backend: str, name: str, args: argparse.Namespace) -> dict[str, 
                         "tokens_per_s": sum(sum(tr.loss_mask) for tr in trajectories) / wall,
                         "trajectories_per_s": len(trajectories) / wall,
                         "accuracy": sum(tr.correct for tr in trajectories) / len(trajectories),
+                        "turns": sum(tr.num_turns for tr in trajectories) / len(trajectories),
                     }
                 )
+    extra = {}
+    if backend == "vllm":  # how often a turn was resubmitted after a fence that closed no block
+        extra["vllm_calls"] = sampler.rounds
     return {
         "first_call_s": first_call,
         "raw_tokens_per_s": statistics.median(raw_speeds),
         **{f"rollout_{k}": statistics.median(r[k] for r in runs) for k in runs[0]},
         "torch_threads": torch.get_num_threads(),
+        **extra,
     }
 
 
