@@ -14,7 +14,8 @@ Three figures per backend and model:
   Tokens/s counts the tokens returned. The engine ends a row at EOS or a closed python block (its contract),
   vLLM at EOS, ``generate`` never (``min_new_tokens``), so no backend is credited for tokens it did not make.
 - rollouts: whole multi-turn rollouts of the embedded task with the real sandbox and the default trainer's
-  limits (``RolloutConfig()``): ``--problems`` x ``--group`` trajectories. The engine streams (its default
+  limits (``RolloutConfig()``): ``--problems`` x ``--group`` trajectories (SmolLM2 with the real-model
+  presets' generic system prompt). The engine streams (its default
   schedule on CPU); vLLM goes turn by turn through ``VLLMSampler`` (stops at fence tokens, resubmits turns
   that did not close); ``generate`` goes turn by turn through ``model.generate`` with a stopping criterion
   applying the same turn rule (``GenerateSampler`` below). Generated tokens/s and trajectories/s.
@@ -129,6 +130,7 @@ def run_backend(backend: str, name: str, args: argparse.Namespace) -> dict[str, 
     """Measure one backend on one model in this process; returns the figures."""
     import torch
 
+    from gtpo.components import GENERIC_SYSTEM_PROMPT
     from gtpo.config import RolloutConfig
     from gtpo.rollout import rollout
     from gtpo.sandbox import SandboxPool
@@ -214,7 +216,7 @@ def run_backend(backend: str, name: str, args: argparse.Namespace) -> dict[str, 
                 sampler,
                 tokenizer,
                 pool,
-                system_prompt=SYSTEM_PROMPT,
+                system_prompt=SYSTEM_PROMPT if name == "tiny" else GENERIC_SYSTEM_PROMPT,
                 max_turns=limits.max_turns,
                 max_new_tokens_per_turn=limits.max_new_tokens_per_turn,
                 max_total_tokens=limits.max_total_tokens,
