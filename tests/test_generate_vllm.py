@@ -1,8 +1,12 @@
-"""The vLLM backend's adapter, against a stand-in of the vllm API (vLLM itself needs a GPU; not in CI).
+"""The vLLM backend's adapter against a stand-in of the vllm API (the real vLLM: tests/test_vllm_real.py).
 
-What is checked here is our side of the contract: prompts go in as token ids, sampled ids come back
-untouched, finish reasons follow the closed-block rule, seeds differ per row, a missing vllm gives a clear
-error, and weight sync hands the engine plain HF names (LoRA merged).
+The stand-in behaves as vLLM does with ``stop_token_ids``: it emits a pre-written reply's tokens up to and
+including the first stop token (or its token budget), and a resubmitted prompt continues the same reply.
+Checked here: prompts go in as token ids (a resubmitted turn as context + its tokens so far), sampled ids
+come back untouched, turns end by the shared rule (``gtpo.generate.turn_end``) even when the closing fence
+is followed by more text, log-probs are kept token for token, seeds differ per row and round, an unsupported
+or missing vllm gives one clear line, and weight sync drives vLLM's start/update/finish protocol with plain
+HF names (LoRA merged).
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from gtpo.generate_vllm import STOP_STRINGS, VLLMSampler
+from gtpo.generate import fence_token_ids
+from gtpo.generate_vllm import VLLMSampler, check_vllm_version, engine_dtype
 from gtpo.policy import inference_weights
 
 
@@ -32,32 +37,56 @@ class FakeCompletion:
 
 @dataclass
 class FakeLLM:
-    """Replies with pre-written texts, recording what it was asked."""
+    """Continues each context with its pre-written reply (``eos`` appends the EOS token), as vLLM would."""
 
     tokenizer: object
-    replies: list[tuple[str, str]]
+    replies: dict[tuple[int, ...], tuple[str, bool]]
     calls: list = field(default_factory=list)
-    loaded: list = field(default_factory=list)
+    protocol: list = field(default_factory=list)
 
     def get_tokenizer(self):
         return self.tokenizer
 
+    def _reply(self, prompt):
+        for context, (text, eos) in self.replies.items():
+            if tuple(prompt[: len(context)]) == context:
+                ids = self.tokenizer.encode(text, add_special_tokens=False)
+                return ids + [self.tokenizer.eos_token_id] * eos, prompt[len(context) :]
+        raise AssertionError(f"unexpected prompt {prompt}")
+
     def generate(self, prompts, params, use_tqdm=False):
         self.calls.append((prompts, params))
         outs = []
-        for text, reason in self.replies[: len(prompts)]:
-            ids = self.tokenizer.encode(text, add_special_tokens=False)
-            if reason == "eos":
-                ids.append(self.tokenizer.eos_token_id)
-            lps = [{t: FakeLogprob(-0.5)} for t in ids]
-            finish = "stop" if reason != "len" else "length"
+        for prompt, p in zip(prompts, params, strict=True):
+            reply, done = self._reply(prompt["prompt_token_ids"])
+            assert reply[: len(done)] == done, "a resubmitted prompt must extend the context by the sampled tokens"
+            ids, finish = [], "length"
+            for token in reply[len(done) :][: p.max_tokens]:
+                ids.append(token)
+                if token in p.stop_token_ids:
+                    finish = "stop"
+                    break
+            lps = [{t: FakeLogprob(-0.01 * (len(done) + k + 1))} for k, t in enumerate(ids)]
             outs.append(types.SimpleNamespace(outputs=[FakeCompletion(ids, lps, finish)]))
         return outs
+
+    def start_weight_update(self):
+        self.protocol.append("start")
+
+    def update_weights(self, request):
+        self.protocol.append(("update", dict(request["update_info"]["weights"])))
+
+    def finish_weight_update(self, weight_version=None):
+        self.protocol.append(("finish", weight_version))
+
+    def reset_prefix_cache(self):
+        self.protocol.append("reset")
 
 
 @pytest.fixture
 def fake_vllm(monkeypatch):
     module = types.ModuleType("vllm")
+    module.__version__ = "0.32.0"
     module.SamplingParams = lambda **kw: types.SimpleNamespace(**kw)
     module.LLM = None
     monkeypatch.setitem(sys.modules, "vllm", module)
@@ -66,68 +95,100 @@ def fake_vllm(monkeypatch):
 
 def test_missing_vllm_names_the_fix(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError
-    with pytest.raises(ImportError, match=r"gtpo\[vllm\].*--rollout.backend hf"):
+    with pytest.raises(ImportError, match=r"gtpo\[vllm\].*install-vllm-cpu.sh.*--rollout.backend hf"):
         VLLMSampler("some/model")
 
 
-def test_samples_keep_ids_and_finish_reasons(fake_vllm, tiny_tokenizer):
-    replies = [
-        ("Let me compute.\n```python\nprint(1)\n```\n", "stop"),
-        ("\\boxed{7}", "eos"),
-        ("1234", "len"),
-    ]
-    llm = FakeLLM(tiny_tokenizer, replies)
-    sampler = VLLMSampler("unused", llm=llm)
-    contexts = [[5, 6, 7], [8, 9], [10]]
-    samples = sampler.generate(contexts, [64, 64, 64], temperature=1.0, seed=3)
-
-    prompts, params = llm.calls[0]
-    assert [p["prompt_token_ids"] for p in prompts] == contexts
-    assert [p.seed for p in params] == [3, 4, 5]
-    assert all(p.stop == list(STOP_STRINGS) and p.include_stop_str_in_output for p in params)
-    assert [s.finish for s in samples] == ["stop", "eos", "length"]
-    assert samples[0].token_ids == tiny_tokenizer.encode(replies[0][0], add_special_tokens=False)
-    assert samples[1].token_ids[-1] == tiny_tokenizer.eos_token_id
-    assert samples[0].logprobs == [-0.5] * len(samples[0].token_ids)
+def test_unsupported_vllm_names_both_versions(fake_vllm):
+    fake_vllm.__version__ = "0.10.1"
+    with pytest.raises(ImportError, match=r"supports vLLM 0\.32\.x, but vllm 0\.10\.1 is installed: pip install"):
+        VLLMSampler("some/model")
+    check_vllm_version("0.32.0")
+    check_vllm_version("0.32.1+cpu")
+    with pytest.raises(ImportError):
+        check_vllm_version("0.320.0")
 
 
-def test_stray_fence_is_not_a_tool_call(fake_vllm, tiny_tokenizer):
-    """A fence that closes no python block stops vLLM but must not be run as code."""
-    llm = FakeLLM(tiny_tokenizer, [("some text ```\n", "stop")])
-    (sample,) = VLLMSampler("unused", llm=llm).generate([[5]], [64], temperature=1.0)
-    assert sample.finish == "eos"
+def test_engine_dtype_is_the_trainers_compute_dtype(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert engine_dtype("auto", cpu) == "float32"  # the old backend forced bfloat16 here
+    assert engine_dtype("float32", cpu) == "float32"
+    assert engine_dtype("bfloat16", cpu) == "bfloat16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert engine_dtype("auto", cuda) == "bfloat16"  # float32 weights under bf16 autocast
+    assert engine_dtype("float32", cuda) == "float32"
 
 
-def test_opening_fence_does_not_match_stop_strings():
-    assert not any(stop in "Now:\n```python\nx = 1\n" for stop in STOP_STRINGS)
-    assert any(stop in "```python\nx = 1\n```\n" for stop in STOP_STRINGS)
+def _sampler(tokenizer, replies):
+    llm = FakeLLM(tokenizer, {tuple(c): r for c, r in replies.items()})
+    return VLLMSampler("unused", llm=llm), llm
 
 
-def test_sync_weights_reaches_engine_model(fake_vllm, tiny_tokenizer, tiny_model):
-    class EngineModel:
-        def __init__(self):
-            self.weights = None
-
-        def load_weights(self, weights):
-            self.weights = dict(weights)
-
-    engine_model = EngineModel()
-    llm = FakeLLM(tiny_tokenizer, [])
-    llm.llm_engine = types.SimpleNamespace(
-        model_executor=types.SimpleNamespace(
-            driver_worker=types.SimpleNamespace(
-                worker=types.SimpleNamespace(model_runner=types.SimpleNamespace(model=engine_model))
-            )
-        )
+def test_turn_stops_where_the_block_closes(fake_vllm, tiny_tokenizer):
+    """vLLM stops at every fence token; the turn goes on past the opening fence and ends at the closing one,
+    even when text follows the close on the same line (a stop string on a fence + newline missed that)."""
+    tok = tiny_tokenizer
+    sampler, llm = _sampler(
+        tok,
+        {
+            (5, 6, 7): ("Let me compute.\n```python\nprint(1)\n```\nmore", False),
+            (8, 9): ("```python\nprint(2)\n```python\n```python\n", False),
+            (10,): ("\\boxed{7}", True),
+            (11,): ("1234 + 5678 = 6912", False),
+        },
     )
-    VLLMSampler("unused", llm=llm).sync_weights(inference_weights(tiny_model).items())
-    assert set(engine_model.weights) == set(tiny_model.state_dict())
+    contexts = [[5, 6, 7], [8, 9], [10], [11]]
+    samples = sampler.generate(contexts, [64, 64, 64, 5], temperature=1.0, seed=3)
+
+    enc = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
+    assert samples[0].token_ids == enc("Let me compute.\n```python\nprint(1)\n```")
+    assert samples[1].token_ids == enc("```python\nprint(2)\n```")
+    assert samples[2].token_ids == [*enc("\\boxed{7}"), tok.eos_token_id]
+    assert samples[3].token_ids == enc("1234 + 5678 = 6912")[:5]
+    assert [s.finish for s in samples] == ["stop", "stop", "eos", "length"]
+    # log-probs kept token for token across the resubmissions (the stand-in's are -0.01 * position)
+    for s in samples:
+        assert s.logprobs == pytest.approx([-0.01 * (k + 1) for k in range(len(s.token_ids))])
+
+    first_prompts, first_params = llm.calls[0]
+    assert [p["prompt_token_ids"] for p in first_prompts] == contexts
+    fences = fence_token_ids(tok)
+    assert all(set(p.stop_token_ids) >= fences | {tok.eos_token_id} for p in first_params)
+    assert all(p.logprobs == 0 and p.detokenize is False for p in first_params)
+    assert len({p.seed for p in first_params}) == 4
+    # the second round resubmits only the unfinished turns, as context + sampled ids (no re-tokenized text)
+    second_prompts, second_params = llm.calls[1]
+    opened = enc("Let me compute.\n```")
+    assert second_prompts[0]["prompt_token_ids"] == [5, 6, 7, *opened]
+    assert second_params[0].max_tokens == 64 - len(opened)
+    assert second_params[0].seed not in {p.seed for p in first_params}
 
 
-def test_sync_without_reachable_engine_explains(fake_vllm, tiny_tokenizer, tiny_model):
-    sampler = VLLMSampler("unused", llm=FakeLLM(tiny_tokenizer, []))
-    with pytest.raises(RuntimeError, match="VLLM_ENABLE_V1_MULTIPROCESSING=0"):
-        sampler.sync_weights(inference_weights(tiny_model).items())
+def test_stray_fence_does_not_end_the_turn(fake_vllm, tiny_tokenizer):
+    """A fence that closes no python block is not a tool call: the turn goes on to its EOS, as in HFSampler."""
+    sampler, _ = _sampler(tiny_tokenizer, {(5,): ("some ``` text", True)})
+    (sample,) = sampler.generate([[5]], [64], temperature=1.0)
+    assert sample.finish == "eos"
+    assert sample.token_ids[-1] == tiny_tokenizer.eos_token_id
+    assert tiny_tokenizer.decode(sample.token_ids, skip_special_tokens=True) == "some ``` text"
+
+
+def test_zero_budget_rows_are_not_sent(fake_vllm, tiny_tokenizer):
+    sampler, llm = _sampler(tiny_tokenizer, {(5,): ("x", True), (6,): ("y", True)})
+    samples = sampler.generate([[5], [6]], [0, 8], temperature=1.0)
+    assert samples[0].token_ids == [] and samples[0].finish == "length"
+    assert [p["prompt_token_ids"] for p in llm.calls[0][0]] == [[6]]
+
+
+def test_sync_weights_uses_the_weight_transfer_protocol(fake_vllm, tiny_tokenizer, tiny_model):
+    sampler, llm = _sampler(tiny_tokenizer, {})
+    sampler.sync_weights(inference_weights(tiny_model).items())
+    sampler.sync_weights(inference_weights(tiny_model).items())
+    assert [step if isinstance(step, str) else step[0] for step in llm.protocol] == [
+        "start", "update", "finish", "reset"
+    ] * 2  # fmt: skip
+    assert set(llm.protocol[1][1]) == set(tiny_model.state_dict())
+    assert [step[1] for step in llm.protocol if step[0] == "finish"] == ["1", "2"]
 
 
 def test_lora_weights_are_merged_under_base_names(tiny_tokenizer):

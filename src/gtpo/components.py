@@ -159,13 +159,19 @@ def build_reference(cfg: ModelConfig, device: torch.device) -> torch.nn.Module |
     return ref
 
 
-def build_sampler(cfg: RolloutConfig, model: torch.nn.Module, tokenizer: Any, name_or_path: str) -> Any:
-    """The configured generation backend over ``model`` (the engine and vLLM keep their own weight copy)."""
+def build_sampler(
+    cfg: RolloutConfig, model: torch.nn.Module, tokenizer: Any, name_or_path: str, model_dtype: str = "auto"
+) -> Any:
+    """The configured generation backend over ``model`` (the engine and vLLM keep their own weight copy).
+    ``model_dtype`` is the config's ``model.dtype``: vLLM computes in the dtype the trainer computes in."""
     if cfg.backend == "vllm":
-        from gtpo.generate_vllm import VLLMSampler
+        from gtpo.generate_vllm import VLLMSampler, engine_dtype
 
         return VLLMSampler(
-            model_path(name_or_path), gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, tokenizer=tokenizer
+            model_path(name_or_path),
+            dtype=engine_dtype(model_dtype, next(model.parameters()).device),
+            gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+            tokenizer=tokenizer,
         )
     if cfg.backend == "hf":
         from gtpo.generate import HFSampler

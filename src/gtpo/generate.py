@@ -55,10 +55,7 @@ class HFSampler:
         # transformers >= 5.2x renamed `past_key_values` to `cache`; accept both.
         forward = getattr(model, "forward", model)
         self._cache_arg = "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
-        # Only tokens that can close a code fence trigger the (decoding) stop check.
-        self._fence_tokens = {
-            i for tok, i in tokenizer.get_vocab().items() if "`" in tokenizer.convert_tokens_to_string([tok])
-        }
+        self._fence_tokens = fence_token_ids(tokenizer)
 
     @torch.no_grad()
     def generate(
@@ -103,12 +100,9 @@ class HFSampler:
                 sample = samples[row]
                 sample.token_ids.append(token)
                 sample.logprobs.append(float(logps[row]))
-                if token in self.eos_ids:
-                    sample.finish, done[row] = "eos", True
-                elif token in self._fence_tokens and has_closed_code_block(
-                    self.tokenizer.decode(sample.token_ids, skip_special_tokens=True)
-                ):
-                    sample.finish, done[row] = "stop", True
+                finish = turn_end(sample.token_ids, self.tokenizer, self.eos_ids, self._fence_tokens)
+                if finish is not None:
+                    sample.finish, done[row] = finish, True
                 elif len(sample.token_ids) >= max_new_tokens[row]:
                     done[row] = True
             if all(done):
@@ -124,6 +118,27 @@ class HFSampler:
             cache, logits = _cache_of(out), out.logits[:, -1].float()
             next_pos = next_pos + 1
         return samples
+
+
+def fence_token_ids(tokenizer: Any) -> set[int]:
+    """Tokens whose text holds a backtick: only these can close a code block, so only they need the (decoding)
+    closed-block check of ``turn_end``."""
+    return {i for tok, i in tokenizer.get_vocab().items() if "`" in tokenizer.convert_tokens_to_string([tok])}
+
+
+def turn_end(token_ids: Sequence[int], tokenizer: Any, eos_ids: set[int], fence_ids: set[int]) -> SampleFinish | None:
+    """Whether a turn whose sampled tokens so far are ``token_ids`` ends at its last token, and why.
+
+    The one turn-stop rule of every backend: an EOS token ends it ("eos"); a token that can close a fence ends it
+    when the decoded turn then holds a closed python block ("stop": the rollout runs the code). The token cap
+    ("length") is the caller's to check. Decoding only at fence tokens keeps the check off the common path.
+    """
+    last = token_ids[-1]
+    if last in eos_ids:
+        return "eos"
+    if last in fence_ids and has_closed_code_block(tokenizer.decode(list(token_ids), skip_special_tokens=True)):
+        return "stop"
+    return None
 
 
 def _cache_of(output: Any) -> Any:

@@ -138,7 +138,7 @@ class Trainer:
             ref_model=self.ref_model,
         )
         self.sampler = sampler or components.build_sampler(
-            config.rollout, self.policy, self.tokenizer, config.model.name_or_path
+            config.rollout, self.policy, self.tokenizer, config.model.name_or_path, config.model.dtype
         )
         self.sandbox = executor or components.build_sandbox(config.rollout)
         uses_shaping = config.algo.shaping and config.algo.algo == "gtpo"

@@ -29,8 +29,7 @@ from gtpo.engine.attention import AttentionPlan, set_plan
 from gtpo.engine.decode import DecodeState, GraphCache, decode_step
 from gtpo.engine.sampling import counter_uniform, sample_tokens
 from gtpo.engine.weights import build_inference_copy, load_weights
-from gtpo.generate import Sample, SampleFinish, _eos_ids
-from gtpo.tools import has_closed_code_block
+from gtpo.generate import Sample, SampleFinish, _eos_ids, fence_token_ids, turn_end
 
 
 @dataclass
@@ -110,9 +109,7 @@ class GenerationEngine:
         self.graphs = GraphCache(self.state.mutable) if on_cuda and options.cuda_graphs else None
         static = options.static_shapes
         self.static_shapes = self.graphs is not None if static is None else static
-        self.fence_tokens = {
-            i for tok, i in tokenizer.get_vocab().items() if "`" in tokenizer.convert_tokens_to_string([tok])
-        }
+        self.fence_tokens = fence_token_ids(tokenizer)
         self._special = np.array(sorted(self.fence_tokens | self.eos_ids), dtype=np.int64)
         self._free = list(range(options.slots))
         self._waiting: deque[_Request] = deque()
@@ -355,13 +352,7 @@ class GenerationEngine:
 
     def _ends_turn(self, request: _Request, upto: list[int]) -> SampleFinish | None:
         """Why the turn ends at the last token of ``upto`` (the turn's next tokens), or None."""
-        if upto[-1] in self.eos_ids:
-            return "eos"
-        if upto[-1] in self.fence_tokens and has_closed_code_block(
-            self.tokenizer.decode(request.new_tokens + upto, skip_special_tokens=True)
-        ):
-            return "stop"
-        return None
+        return turn_end(request.new_tokens + upto, self.tokenizer, self.eos_ids, self.fence_tokens)
 
     def _static_step(self, rows: int, span: int, use_top_p: bool) -> None:
         """One decode step of slots 0..rows-1: a CUDA-graph replay, or eager if graphs are off or failed."""
