@@ -260,7 +260,7 @@ class GenerationEngine:
         self.plan.write_pos = torch.where(write_slot == self.spare_slot, 0, positions).view(-1)
         self.plan.mask = (self.state.span[None, None, :span] <= positions[:, :, None]).unsqueeze(1)
         self.plan.kv_len = span
-        self.plan.read_slots = torch.tensor([r.slot for r, _ in batch], dtype=torch.long, device=dev)
+        self.plan.read_slots = _slots_index([r.slot for r, _ in batch], dev)
         logits = self.model(input_ids=ids, position_ids=positions, use_cache=False, logits_to_keep=1).logits[:, -1]
         settings = self._settings([r for r, _ in batch], dev)
         end_pos = torch.tensor(ends, dtype=torch.long, device=dev)
@@ -320,7 +320,7 @@ class GenerationEngine:
                 self._static_step(rows, span, use_top_p)
             self.stats["decode_steps"] += opts.chunk
         else:  # eager: decode the live slots only, and stop early once none is left (syncs cost nothing here)
-            live = torch.tensor(sorted(self._running), dtype=torch.long, device=self.device)
+            live = _slots_index(sorted(self._running), self.device)
             span = min(_round_up(furthest + 1, 32), opts.max_len)
             state.out_valid[live] = False
             for _ in range(opts.chunk):
@@ -410,6 +410,13 @@ def zeroed_caches(count: int, shape: tuple[int, ...], dtype: torch.dtype, device
     numel = count * int(np.prod(shape))
     raw = torch.from_numpy(np.zeros(numel * dtype.itemsize, dtype=np.uint8))
     return list(raw.view(dtype).view(count, *shape).unbind(0))
+
+
+def _slots_index(slots: list[int], device: torch.device) -> slice | torch.Tensor:
+    """``slots`` as a slice when they are consecutive and ascending (views, no gathers), else an index tensor."""
+    if slots == list(range(slots[0], slots[0] + len(slots))):
+        return slice(slots[0], slots[0] + len(slots))
+    return torch.tensor(slots, dtype=torch.long, device=device)
 
 
 def _round_up(value: int, multiple: int) -> int:
