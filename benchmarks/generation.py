@@ -11,12 +11,18 @@ Backends (each samples at temperature 1 from the same random prompts, ``--new`` 
   ``model.generate_batch`` (paged attention, its own CUDA graphs) on a bf16 copy of the model, timed after a
   warm-up call.
 
+"First call" is each backend's first call at the measured shape in a fresh process, the engine's start-up
+(its copy of the model, its KV cache) included; the first backend named also pays the process's one-time
+kernel set-up, so compare first calls with the order of ``--backends`` reversed too.
+
 Tokens/s counts the tokens each backend returned (a sampler that stops a row early is not credited for tokens
 it did not make). On a GPU the line "ceiling" is what the memory bandwidth allows at that batch: each decode
 step reads all weights once and every row's keys/values.
 
     python benchmarks/generation.py --arch qwen2.5-1.5b --rows 64 256            # one GPU
     python benchmarks/generation.py --device cpu --rows 64 --new 64               # the shipped tiny model
+    python benchmarks/generation.py --device cpu --model ~/.cache/gtpo/smollm2-135m-instruct \
+        --rows 32 --prompt 48 --new 64 --backends engine,generate                # a real model folder
 """
 
 from __future__ import annotations
@@ -49,12 +55,13 @@ def make_backends(model, tokenizer, device, rows: int, max_len: int, names: list
     """name -> function(prompts, new_tokens, seed) returning the number of generated tokens."""
     backends = {}
     if "engine" in names:
-        engine = EngineSampler(model, tokenizer, EngineOptions(slots=rows, max_len=max_len, chunk=16))
+        built: list[EngineSampler] = []  # built by the first call, which so counts the engine's start-up
 
         def run_engine(prompts, new, seed):
-            return sum(
-                len(s.token_ids) for s in engine.generate(prompts, [new] * len(prompts), temperature=1.0, seed=seed)
-            )
+            if not built:
+                built.append(EngineSampler(model, tokenizer, EngineOptions(slots=rows, max_len=max_len, chunk=16)))
+            samples = built[0].generate(prompts, [new] * len(prompts), temperature=1.0, seed=seed)
+            return sum(len(s.token_ids) for s in samples)
 
         backends["engine"] = run_engine
     if "hf" in names:
@@ -172,6 +179,7 @@ def ceiling(model, rows: int, context: int, device: torch.device) -> float | Non
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default=None, help="random-weight shape")
+    parser.add_argument("--model", type=Path, default=None, help="a model folder (default: the shipped tiny model)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--rows", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--prompt", type=int, default=256, help="prompt tokens per row")
@@ -187,9 +195,11 @@ def main() -> None:
         model, tokenizer = random_model(args.arch, device), tiny_tokenizer()
         label = args.arch
     else:
-        model, tokenizer = load_policy(str(DEFAULT_MODEL_DIR), device=device)
-        label = "shipped tiny model"
-    vocab_low = 3  # ids 0..2 are the tiny tokenizer's specials; random prompts avoid them
+        folder = args.model.expanduser() if args.model else DEFAULT_MODEL_DIR
+        model, tokenizer = load_policy(str(folder), device=device)
+        model.eval()
+        label = str(args.model) if args.model else "shipped tiny model"
+    vocab_low = max(tokenizer.all_special_ids, default=2) + 1  # random prompts avoid the special tokens
     print(f"generation benchmark: {label} on {device}, prompts {args.prompt} tokens, {args.new} new tokens/row")
     results = []
     for rows in args.rows:

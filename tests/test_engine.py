@@ -8,6 +8,7 @@ turn-by-turn one on the same model and the same tool outputs.
 from __future__ import annotations
 
 import random
+import re
 import time
 
 import pytest
@@ -212,6 +213,53 @@ def test_weight_sync_changes_what_the_engine_samples(shipped, contexts):
     assert [s.token_ids for s in after] != [s.token_ids for s in before]
     with pytest.raises(ValueError, match="lack"):
         sampler.sync_weights([("model.norm.weight", torch.ones(128))][:0])
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_inference_copy_is_the_policy_bit_for_bit_without_a_random_init(monkeypatch, tied):
+    from transformers import PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
+
+    from gtpo.engine.weights import build_inference_copy
+    from gtpo.policy import inference_weights
+
+    config = Qwen2Config(
+        vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=tied, rope_parameters={"rope_theta": 500.0, "rope_type": "default"},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    policy = Qwen2ForCausalLM(config).eval()
+    inits = []
+    monkeypatch.setattr(PreTrainedModel, "_init_weights", lambda self, module: inits.append(module))
+    copy = build_inference_copy(policy, inference_weights(policy), torch.float32, torch.device("cpu"))
+    assert inits == []  # every weight is loaded from the policy: a random init first would be wasted work
+    want = dict(policy.named_parameters(remove_duplicate=False)) | dict(policy.named_buffers())
+    got = dict(copy.named_parameters(remove_duplicate=False)) | dict(copy.named_buffers())
+    assert sorted(got) == sorted(want)
+    for name, tensor in want.items():
+        assert got[name].dtype == tensor.dtype and torch.equal(got[name], tensor), name
+    assert (copy.lm_head.weight is copy.model.embed_tokens.weight) == tied
+    half = build_inference_copy(policy, inference_weights(policy), torch.bfloat16, torch.device("cpu"))
+    assert half.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+    assert torch.equal(half.model.rotary_emb.inv_freq, policy.model.rotary_emb.inv_freq)  # stays float32
+
+
+def test_inference_copy_refuses_a_missing_weight_or_buffer(shipped):
+    from gtpo.engine.weights import build_inference_copy
+    from gtpo.policy import inference_weights
+
+    model, _ = shipped
+    weights = inference_weights(model)
+    del weights["model.layers.1.mlp.up_proj.weight"]
+    with pytest.raises(ValueError, match=re.escape("lack model.layers.1.mlp.up_proj.weight")):
+        build_inference_copy(model, weights, torch.float32, torch.device("cpu"))
+
+    class NoBuffers(torch.nn.Module):  # a policy whose rotary frequencies cannot be found
+        def __init__(self):
+            super().__init__()
+            self.config, self.inner = model.config, torch.nn.Linear(1, 1)
+
+    with pytest.raises(ValueError, match=re.escape("no buffer 'model.rotary_emb.inv_freq'")):
+        build_inference_copy(NoBuffers(), inference_weights(model), torch.float32, torch.device("cpu"))
 
 
 def test_lora_policy_is_merged_into_the_engine(shipped, contexts):

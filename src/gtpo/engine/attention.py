@@ -30,7 +30,8 @@ class AttentionPlan:
 
     The call's input is [R, n] tokens (R rows, n tokens each). ``write_slot``/``write_pos`` [R * n] give each
     token's cache slot and position (padding writes to the cache's spare slot). Rows read either slots
-    0..R-1 in order (``read_slots`` None: the decode step, no gather) or the slots in ``read_slots`` [R].
+    0..R-1 in order (``read_slots`` None: the decode step, no gather), or a run of consecutive slots
+    (``read_slots`` a slice: a view of the cache, no copy), or the slots in ``read_slots`` [R] (a gather).
     ``mask`` [R, 1, n, kv_len] is True where a query may attend to a cache position (position <= its own).
     """
 
@@ -40,7 +41,7 @@ class AttentionPlan:
     write_pos: torch.Tensor
     mask: torch.Tensor
     kv_len: int
-    read_slots: torch.Tensor | None = None
+    read_slots: torch.Tensor | slice | None = None
 
 
 def slot_cache_attention(
@@ -78,8 +79,11 @@ def slot_cache_attention(
         return out.reshape(rows, 1, q_heads, dim), None
     if plan.read_slots is None:
         keys, values = k_cache[:rows, :, :span], v_cache[:rows, :, :span]
-    else:
+    elif isinstance(plan.read_slots, slice):  # a view: attention reads the cache in place (same result as a copy)
         keys, values = k_cache[plan.read_slots, :, :span], v_cache[plan.read_slots, :, :span]
+    else:  # index_select copies span positions per slot, ~3x faster on a CPU than advanced indexing
+        keys = k_cache[:, :, :span].index_select(0, plan.read_slots)
+        values = v_cache[:, :, :span].index_select(0, plan.read_slots)
     if query.is_cuda and q_heads != kv_heads:
         # With a mask, CUDA's fused kernels do not take grouped heads (enable_gqa falls back to the math
         # kernel, which materializes every score); repeated heads keep the memory-efficient kernel.

@@ -53,14 +53,15 @@ def decode_step(
     plan: AttentionPlan,
     state: DecodeState,
     spare_slot: int,
-    rows: int | torch.Tensor,
+    rows: int | slice | torch.Tensor,
     kv_len: int,
     use_top_p: bool,
 ) -> None:
     """Advance the chosen slots by one token; a dead one among them computes but writes nothing read later.
 
     ``rows``: an int R for slots 0..R-1 (a fixed shape for CUDA graphs; attention reads the cache in place),
-    or the slot indices to decode (eager: only live slots cost compute; attention gathers their caches).
+    or the slots to decode (eager: only live slots cost compute): a slice when they are consecutive
+    (attention reads a view of their caches), else their indices (attention gathers their caches).
     """
     sel = slice(0, rows) if isinstance(rows, int) else rows
     slots = state.row_ids[sel]

@@ -42,17 +42,49 @@ def check_supported(config: Any) -> None:
 def build_inference_copy(
     policy: torch.nn.Module, weights: dict[str, torch.Tensor], dtype: torch.dtype, device: torch.device
 ) -> torch.nn.Module:
-    """A fresh model of the policy's architecture with the engine's attention, in ``dtype``, eval mode."""
+    """A fresh model of the policy's architecture with the engine's attention, in ``dtype``, eval mode.
+
+    The model is built on the meta device and then given uninitialized storage: a random init of every
+    weight would be overwritten by ``load_weights`` at once, and it is most of the start-up time on a CPU
+    (4 s of a 135M model's; the copy itself takes a tenth of that). Buffers that are not weights (rotary
+    frequencies) are copied from the policy, so nothing of the copy is left uninitialized.
+    """
     from transformers import AutoModelForCausalLM
 
     register()
-    config = copy.deepcopy(base_model(policy).config)
+    source = base_model(policy)
+    config = copy.deepcopy(source.config)
     check_supported(config)
-    with torch.device(device):  # allocate on the device at once (a 1.5B model's CPU init takes seconds)
+    with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=ATTENTION_NAME)
+    model.to_empty(device=device)
+    model.tie_weights()  # to_empty gives tied parameters separate storage; tie them again
     model.eval().requires_grad_(False)
     load_weights(model, weights.items())
+    load_buffers(model, source)
+    left = [
+        f"{name}.{attr}"
+        for name, module in model.named_modules()
+        for attr, value in vars(module).items()
+        if isinstance(value, torch.Tensor) and value.is_meta
+    ]
+    if left:
+        raise ValueError(f"engine weights: {', '.join(left[:3])} of the engine's model has no storage")
     return model
+
+
+@torch.no_grad()
+def load_buffers(model: torch.nn.Module, source: torch.nn.Module) -> None:
+    """Copy every buffer of ``model`` from ``source``'s buffer of the same name (a missing one is an error).
+
+    Buffers keep their own dtype (rotary frequencies stay float32 in a bfloat16 copy, as ``from_config``
+    makes them).
+    """
+    given = dict(source.named_buffers())
+    for name, buffer in model.named_buffers():
+        if name not in given:
+            raise ValueError(f"engine weights: the policy has no buffer {name!r} to copy into the engine's model")
+        buffer.copy_(given[name].to(device=buffer.device, dtype=buffer.dtype))
 
 
 @torch.no_grad()
