@@ -26,6 +26,7 @@ LAYERS = {
     "sandbox": 2,
     "grading": 2,
     "data": 2,
+    "prepare": 2,  # real parts as model folders, built from package-registry files
     "policy": 2,
     "generate": 2,
     "generate_vllm": 2,

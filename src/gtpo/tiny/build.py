@@ -91,6 +91,7 @@ def supervised_warm_start(
     seed: int,
     pad_id: int,
     lr: float = 3e-3,
+    batch_size: int = 32,
 ) -> float:
     """Plain masked next-token training (one-cycle schedule peaking at ``lr``); returns the mean loss of the
     last 50 steps."""
@@ -100,7 +101,7 @@ def supervised_warm_start(
     model.train()
     recent: list[float] = []
     for _ in range(steps):
-        batch = rng.sample(examples, 32)
+        batch = rng.sample(examples, batch_size)
         width = max(len(ids) for ids, _ in batch)
         ids = torch.full((len(batch), width), pad_id)
         labels = torch.full((len(batch), width), -100)
@@ -159,28 +160,49 @@ def measure(
     }
 
 
-def build(out: Path, steps: int, seed: int, traces: int, measure_n: int = 96, task: str = "arith") -> dict[str, Any]:
+def build(
+    out: Path,
+    steps: int,
+    seed: int,
+    traces: int,
+    measure_n: int = 96,
+    task: str = "arith",
+    init_from: str | None = None,
+    lr: float | None = None,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Warm-start a model on ``task``'s traces and save it to ``out``. ``init_from`` (a model folder or a prepared
+    name such as ``smollm2-135m-instruct``) replaces the recipe's start: a pretrained model and its own
+    tokenizer learn the task's protocol from the same traces the shipped model learns it from."""
     recipe = RECIPES[task]
     module = importlib.import_module(recipe.task)
     torch.manual_seed(seed)
     if not module.HELDOUT_PATH.exists():
         module.write_heldout()
     trace_list = importlib.import_module(recipe.traces).make_traces(traces, seed)
-    if recipe.init_from is not None:
+    start_from = init_from or (str(recipe.init_from) if recipe.init_from is not None else None)
+    lr = lr if lr is not None else recipe.lr
+    if start_from is not None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(recipe.init_from)
-        model = AutoModelForCausalLM.from_pretrained(recipe.init_from)
+        from gtpo.components import model_path
+
+        folder = model_path(start_from)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
     else:
         tokenizer = build_tokenizer(corpus(trace_list, module.SYSTEM_PROMPT))
         model = new_model(tokenizer, seed=seed)
     examples = [tokenize_trace(tokenizer, t, module.SYSTEM_PROMPT) for t in trace_list]
     start = time.perf_counter()
-    loss = supervised_warm_start(model, examples, steps, seed, tokenizer.pad_token_id, lr=recipe.lr)
+    loss = supervised_warm_start(model, examples, steps, seed, tokenizer.pad_token_id, lr=lr, batch_size=batch_size)
     info: dict[str, Any] = {
         "task": task,
-        "init_from": recipe.init_from.name if recipe.init_from is not None else None,
-        "lr": recipe.lr,
+        "init_from": Path(start_from).name if start_from is not None else None,
+        "lr": lr,
+        "batch_size": batch_size,
         "steps": steps,
         "seed": seed,
         "traces": traces,
@@ -203,14 +225,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=None, help="supervised steps, batch 32 (default: the recipe's)")
     parser.add_argument("--traces", type=int, default=None, help="number of generated traces (default: the recipe's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--init-from", default=None, help="warm-start this model folder or prepared name (default: the recipe's)"
+    )
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
+    parser.add_argument("--batch", type=int, default=32, help="traces per supervised step")
+    parser.add_argument("--measure", type=int, default=96, help="held-out problems measured after the warm start")
     args = parser.parse_args(argv)
+    if args.init_from and args.out is None:
+        parser.error("--init-from needs --out (without it the shipped model would be overwritten)")
     recipe = RECIPES[args.task]
     info = build(
         args.out or recipe.out,
         args.steps or recipe.steps,
         args.seed,
         args.traces or recipe.num_traces,
+        measure_n=args.measure,
         task=args.task,
+        init_from=args.init_from,
+        lr=args.lr,
+        batch_size=args.batch,
     )
     print(json.dumps(info, indent=2))
 
