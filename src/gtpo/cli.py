@@ -250,9 +250,9 @@ def _dispatch(argv: list[str]) -> None:
         print(USAGE)
         return
     if argv[0] in ("-V", "--version"):
-        from gtpo import __version__
+        from importlib.metadata import version
 
-        print(f"gtpo {__version__}")
+        print(f"gtpo {version('gtpo')}")
         return
     command, rest = argv[0], argv[1:]
     from gtpo.config import ConfigError

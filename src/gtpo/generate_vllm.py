@@ -76,9 +76,8 @@ def engine_dtype(model_dtype: str, device: torch.device) -> str:
     ``model_dtype`` is ``model.dtype`` of the config: "auto" is float32 weights computing in bf16 under
     autocast on a bf16 GPU, float32 elsewhere; explicit dtypes are used as they are.
     """
-    from gtpo.components import computes_in_bf16
-
-    if computes_in_bf16(model_dtype, device):
+    # The rule of gtpo.components.computes_in_bf16, restated here: that module sits above this one.
+    if model_dtype == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
         return "bfloat16"
     return {"auto": "float32"}.get(model_dtype, model_dtype)
 
