@@ -69,15 +69,10 @@ class GenerateSampler:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
 
-        from gtpo.generate import Sample, turn_end
+        from gtpo.generate import Sample, left_padded, turn_end
 
-        rows, width = len(contexts), max(len(c) for c in contexts)
-        pad = self.tokenizer.pad_token_id or 0
-        ids = torch.full((rows, width), pad, dtype=torch.long)
-        mask = torch.zeros((rows, width), dtype=torch.long)
-        for r, context in enumerate(contexts):
-            ids[r, width - len(context) :] = torch.tensor(list(context))
-            mask[r, width - len(context) :] = 1
+        rows, pad = len(contexts), self.tokenizer.pad_token_id or 0
+        ids, mask = left_padded(contexts, pad)
         new: list[list[int]] = [[] for _ in contexts]
         finish = ["length"] * rows
         done = [cap <= 0 for cap in max_new_tokens]

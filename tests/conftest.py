@@ -94,3 +94,25 @@ def shipped_tiny():
 
     model, tokenizer = load_policy(str(DEFAULT_MODEL_DIR))
     return model.eval(), tokenizer
+
+
+QUICK_TRAIN_FLAGS = [
+    "--device",
+    "cpu",
+    "--no-progress",
+    "--export",
+    "none",
+    "--eval-every",
+    "0",
+    "--rollout.group-size",
+    "2",
+    "--rollout.problems-per-step",
+    "1",
+    "--rollout.max-turns",
+    "2",
+    "--rollout.max-new-tokens-per-turn",
+    "32",
+    "--rollout.sandbox-workers",
+    "1",
+]
+"""`gtpo train` flags for a run of the shipped tiny model that takes seconds a step."""

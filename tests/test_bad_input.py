@@ -22,29 +22,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import QUICK_TRAIN_FLAGS as QUICK
 
 from gtpo import cli
 
-QUICK = [
-    "--device",
-    "cpu",
-    "--no-progress",
-    "--export",
-    "none",
-    "--eval-every",
-    "0",
-    "--rollout.group-size",
-    "2",
-    "--rollout.problems-per-step",
-    "1",
-    "--rollout.max-turns",
-    "2",
-    "--rollout.max-new-tokens-per-turn",
-    "32",
-    "--rollout.sandbox-workers",
-    "1",
-]
-"""A run of the shipped tiny model that takes seconds a step."""
 GOOD_ROW = '{"question": "What is 2 + 2?", "answer": 4}\n'
 BAD_ROW = '{"question": "x", "answer": }\n'
 OFFLINE = {"HF_HUB_OFFLINE": "1"}

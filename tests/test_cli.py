@@ -20,30 +20,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import QUICK_TRAIN_FLAGS as QUICK
 
 from gtpo import cli
 from gtpo.metrics import read_metrics
-
-QUICK = [
-    "--device",
-    "cpu",
-    "--no-progress",
-    "--export",
-    "none",
-    "--eval-every",
-    "0",
-    "--rollout.group-size",
-    "2",
-    "--rollout.problems-per-step",
-    "1",
-    "--rollout.max-turns",
-    "2",
-    "--rollout.max-new-tokens-per-turn",
-    "32",
-    "--rollout.sandbox-workers",
-    "1",
-]
-"""A run of the shipped tiny model that takes seconds a step."""
 
 
 def _gtpo(argv: list[str], capsys) -> tuple[int, str, str]:

@@ -40,6 +40,18 @@ class Sampler(Protocol):
     ) -> list[Sample]: ...
 
 
+def left_padded(contexts: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of ``contexts`` padded on the left to the longest, so every row's next token is
+    generated at the same column."""
+    width = max(len(c) for c in contexts)
+    ids = torch.full((len(contexts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(contexts), width), dtype=torch.long)
+    for row, context in enumerate(contexts):
+        ids[row, width - len(context) :] = torch.tensor(list(context))
+        mask[row, width - len(context) :] = 1
+    return ids, mask
+
+
 class HFSampler:
     """Batched sampling with a transformers causal LM and its KV cache (CPU or GPU).
 
@@ -71,13 +83,7 @@ class HFSampler:
             return []
         device = next(self.model.parameters()).device
         batch = len(contexts)
-        width = max(len(c) for c in contexts)
-        pad = self.tokenizer.pad_token_id or 0
-        ids = torch.full((batch, width), pad, dtype=torch.long)
-        mask = torch.zeros((batch, width), dtype=torch.long)
-        for row, context in enumerate(contexts):
-            ids[row, width - len(context) :] = torch.tensor(list(context))
-            mask[row, width - len(context) :] = 1
+        ids, mask = left_padded(contexts, self.tokenizer.pad_token_id or 0)
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         generator = None
