@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gtpo.checkpoint import damage, latest_checkpoint
 from gtpo.config import from_dict
 from gtpo.metrics import read_metrics
 from gtpo.trainer import Trainer, TrainingDiverged
@@ -319,8 +320,6 @@ def test_a_trainer_killed_while_checkpointing_resumes_without_a_lost_or_repeated
     run = tmp_path / "run"
     killed = _gtpo(*TRAIN, "--steps", "3", "--output-dir", str(run), kill=(point, 2))
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    from gtpo.checkpoint import damage, latest_checkpoint
-
     previous = latest_checkpoint(run)
     assert previous is not None and previous.name == f"step_{resumes_from:07d}" and damage(previous) is None
     resumed = _gtpo(*TRAIN, "--steps", "3", "--output-dir", str(run), "--resume")
@@ -385,3 +384,98 @@ def test_a_full_disk_while_checkpointing_is_one_clear_error_and_the_previous_che
     again = subprocess.run([sys.executable, "-m", "gtpo", *argv], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr  # with room again, the run continues from step 1
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2]
+
+
+# --- a rank killed under torchrun ------------------------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _rank_pid(launcher: int, rank: int) -> int | None:
+    for pid in _children(launcher):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env:
+            return pid
+    return None
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "gtpo"]
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+LOST_PEER = (
+    r"^gtpo train: rank 0 of 2: another rank died or stopped answering during step \d+ \((?P<reason>.*)\); the "
+    r"newest checkpoint is \S+step_\d{7}; to continue from it, relaunch the same torchrun command with --resume$"
+)
+
+
+def _launch_until_step_2(run: Path, *flags: str) -> tuple[subprocess.Popen, int]:
+    """Two ranks training 5 steps; returns once step 2 is checkpointed, with rank 1's process id."""
+    argv = [*TRAIN, "--keep-checkpoints", "2", "--steps", "5", "--output-dir", str(run), *flags]
+    launcher = subprocess.Popen(
+        [*TORCHRUN, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ONE_THREAD
+    )
+    deadline = time.monotonic() + 300
+    while not (run / "checkpoints" / "step_0000002").exists():
+        assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()
+        time.sleep(0.1)
+    victim = _rank_pid(launcher.pid, 1)
+    assert victim is not None
+    return launcher, victim
+
+
+@pytest.mark.slow  # two torchrun launches of two ranks: about 40 s on an idle machine
+def test_a_rank_killed_under_torchrun_stops_the_others_at_once_and_the_run_resumes(tmp_path):
+    run = tmp_path / "run"
+    launcher, victim = _launch_until_step_2(run)
+    try:
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.monotonic()
+        _, stderr = launcher.communicate(timeout=120)
+        stopped_in = time.monotonic() - killed_at
+    finally:
+        launcher.kill()
+    assert launcher.returncode != 0
+    assert stopped_in < 60, stopped_in  # rank 0 does not wait out a collective timeout (30 minutes by default)
+    # torchrun's SIGTERM only asks rank 0 to finish its step; the step's next collective finds the peer gone
+    ours = [line for line in stderr.splitlines() if line.startswith("gtpo train:")]
+    assert len(ours) == 1 and "[rank0]: Traceback" not in stderr, stderr
+    assert re.match(LOST_PEER, ours[0]), ours
+    kept = latest_checkpoint(run)
+    assert kept is not None and damage(kept) is None and int(kept.name[5:]) >= 2
+    argv = [*TRAIN, "--keep-checkpoints", "2", "--steps", "5", "--output-dir", str(run), "--resume"]
+    resumed = subprocess.run([*TORCHRUN, *argv], capture_output=True, text=True, timeout=600, env=ONE_THREAD)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {run} at step {int(kept.name[5:])} of 5" in resumed.stdout
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3, 4, 5]  # none lost, none twice
+
+
+@pytest.mark.slow  # one torchrun launch of two ranks: about 20 s on an idle machine
+def test_a_rank_that_hangs_under_torchrun_is_given_up_on_after_dist_timeout_s(tmp_path):
+    launcher, victim = _launch_until_step_2(tmp_path / "run", "--dist-timeout-s", "5")
+    try:
+        os.kill(victim, signal.SIGSTOP)  # alive, holding its connections, answering nothing
+        stopped_at = time.monotonic()
+        assert launcher.stderr is not None
+        for line in launcher.stderr:
+            if line.startswith("gtpo train:"):
+                break
+        waited = time.monotonic() - stopped_at
+    finally:
+        os.kill(victim, signal.SIGKILL)
+        launcher.kill()
+        launcher.communicate()
+    assert re.match(LOST_PEER, line.rstrip("\n")), line
+    assert "Timed out" in re.match(LOST_PEER, line.rstrip("\n"))["reason"]
+    assert waited < 60, waited  # the 5 s timeout, not torch's 30-minute default

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from gtpo.generate import fence_token_ids
+from gtpo.generate import EngineFailed, fence_token_ids
 from gtpo.generate_vllm import VLLMSampler, check_vllm_version, engine_dtype
 from gtpo.policy import inference_weights
 
@@ -189,6 +189,23 @@ def test_sync_weights_uses_the_weight_transfer_protocol(fake_vllm, tiny_tokenize
     ] * 2  # fmt: skip
     assert set(llm.protocol[1][1]) == set(tiny_model.state_dict())
     assert [step[1] for step in llm.protocol if step[0] == "finish"] == ["1", "2"]
+
+
+def test_an_engine_failure_is_one_engine_failed_naming_what_it_was_doing(fake_vllm, tiny_tokenizer, tiny_model):
+    sampler, llm = _sampler(tiny_tokenizer, {(5,): ("x", True)})
+
+    def dead(*args, **kwargs):
+        raise RuntimeError("EngineCore encountered an issue.\nSee stack trace (above) for the root cause.")
+
+    llm.generate = llm.update_weights = dead
+    with pytest.raises(
+        EngineFailed,
+        match=r"^the vLLM engine failed while generating a turn \(RuntimeError: "
+        r"EngineCore encountered an issue. See stack trace \(above\) for the root cause.\)$",
+    ):
+        sampler.generate([[5]], [8], temperature=1.0)
+    with pytest.raises(EngineFailed, match=r"^the vLLM engine failed while loading the updated weights"):
+        sampler.sync_weights(inference_weights(tiny_model).items())
 
 
 def test_lora_weights_are_merged_under_base_names(tiny_tokenizer):

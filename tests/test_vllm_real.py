@@ -180,3 +180,58 @@ def test_greedy_turn_equals_hf_greedy(setup):
     assert [s.finish for s in ours] == [s.finish for s in ref]
     for a, b in zip(ours, ref, strict=True):
         torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=ATOL, rtol=0)
+
+
+ENGINE_DIES = """
+import sys
+from pathlib import Path
+
+import vllm.v1.executor.uniproc_executor as uniproc
+
+RUN = Path(sys.argv[1])
+real_execute = uniproc.UniProcExecutor.execute_model
+
+
+def execute_model(self, *args, **kwargs):  # the engine's model runner fails once step 1 is checkpointed
+    if (RUN / "checkpoints" / "step_0000001").exists():
+        raise RuntimeError("injected: the engine's worker died")
+    return real_execute(self, *args, **kwargs)
+
+
+uniproc.UniProcExecutor.execute_model = execute_model
+from gtpo.cli import main
+
+main(sys.argv[2:])
+"""
+
+
+def test_the_engine_dying_mid_run_is_one_line_naming_it_and_the_checkpoint_resumes(tmp_path):
+    """A real ``gtpo train --rollout.backend vllm`` whose vLLM engine fails in step 2's rollout."""
+    import subprocess
+    import sys
+
+    from gtpo.checkpoint import damage, latest_checkpoint
+    from gtpo.metrics import read_metrics
+
+    run = tmp_path / "run"
+    argv = ["train", "--rollout.backend", "vllm", "--device", "cpu", "--no-progress", "--export", "none"]
+    argv += ["--eval-every", "0", "--save-every", "1", "--rollout.group-size", "2", "--rollout.problems-per-step", "2"]
+    argv += ["--rollout.max-turns", "2", "--rollout.max-new-tokens-per-turn", "32", "--steps", "3"]
+    argv += ["--output-dir", str(run)]
+    dies = subprocess.run(
+        [sys.executable, "-c", ENGINE_DIES, str(run), *argv], capture_output=True, text=True, timeout=600
+    )
+    assert dies.returncode == 1, dies.stderr
+    ours = [line for line in dies.stderr.splitlines() if line.startswith("gtpo train:")]
+    assert len(ours) == 1 and "Traceback" not in dies.stderr, dies.stderr
+    assert ours[0].startswith(
+        "gtpo train: step 2: the vLLM engine failed while generating a turn (RuntimeError: injected: the engine's "
+        f"worker died); the newest checkpoint is {run}/checkpoints/step_0000001; to continue from it: gtpo train "
+    ) and ours[0].endswith("--resume"), ours[0]
+    kept = latest_checkpoint(run)
+    assert kept is not None and kept.name == "step_0000001" and damage(kept) is None
+    resumed = subprocess.run(
+        [sys.executable, "-m", "gtpo", *argv, "--resume"], capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3]

@@ -101,6 +101,7 @@ def train(argv: list[str]) -> None:
         return
     _quiet_transformers()
     from gtpo.checkpoint import CheckpointWriteError
+    from gtpo.generate import EngineFailed
     from gtpo.run.stop import TrainingStopped, exit_on_next_signal
     from gtpo.trainer import Trainer, TrainingDiverged
 
@@ -132,8 +133,39 @@ def train(argv: list[str]) -> None:
             file=sys.stderr,
         )
         sys.exit(1)
+    except EngineFailed as failed:
+        print(f"gtpo train: step {trainer.step + 1}: {failed}; {_kept(trainer)}: {_resume_hint(argv)}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as err:
+        from gtpo.distributed import peer_failure
+
+        if not (trainer.ctx.enabled and peer_failure(err)):
+            raise
+        print(f"gtpo train: {_lost_peer(trainer, err)}", file=sys.stderr)
+        sys.exit(1)
     finally:
         trainer.close()
+
+
+def _kept(trainer: Any) -> str:
+    from gtpo.checkpoint import latest_checkpoint
+
+    kept = latest_checkpoint(trainer.run_dir)
+    return (
+        f"the newest checkpoint is {kept}; to continue from it"
+        if kept
+        else "no checkpoint was written yet; to start over"
+    )
+
+
+def _lost_peer(trainer: Any, err: BaseException) -> str:
+    """One line for a rank whose peers died or hung: what happened, what is kept, how to go on."""
+    reason = " ".join(str(err).split())
+    reason = reason.split("] ", 1)[-1].split(". ")[0][:160]  # gloo: "[source location] what. Advice."
+    return (
+        f"rank {trainer.ctx.rank} of {trainer.ctx.world_size}: another rank died or stopped answering during step "
+        f"{trainer.step + 1} ({reason}); {_kept(trainer)}, relaunch the same torchrun command with --resume"
+    )
 
 
 def compare_args(argv: list[str]) -> Any:

@@ -242,6 +242,10 @@ class TrainConfig:
     """"auto" (cuda if available), "cpu", "cuda", "cuda:1", ... Under torchrun: each rank's local GPU."""
     strategy: Literal["ddp", "fsdp"] = "ddp"
     """Data parallelism under torchrun: DDP (all weights on every rank) or FSDP2 (sharded; large models)."""
+    dist_timeout_s: float = 1800.0
+    """Under torchrun: how long a rank waits in a collective (gathering turn records, reducing gradients) for
+    the others before it stops with an error. A rank that dies is noticed at once; this bounds one that hangs.
+    Keep it above the longest gap between ranks' rollouts."""
     progress: bool = True
     """Show progress bars (the step-0 evaluation, then the steps); evaluation lines and the summary print
     either way."""
@@ -378,6 +382,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     """Check values a type cannot express; raise ConfigError naming the field and the fix."""
     checks = [
         (config.steps >= 1, "steps", "must be >= 1"),
+        (config.dist_timeout_s > 0, "dist_timeout_s", "must be > 0 seconds"),
         (config.rollout.group_size >= 2, "rollout.group_size", "must be >= 2 (advantages are relative)"),
         (config.rollout.problems_per_step >= 1, "rollout.problems_per_step", "must be >= 1"),
         (config.rollout.max_turns >= 1, "rollout.max_turns", "must be >= 1"),

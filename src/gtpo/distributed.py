@@ -17,6 +17,7 @@ import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Literal, TypeVar
 
 import torch
@@ -44,10 +45,12 @@ class DistContext:
         return self.world_size > 1
 
 
-def init_distributed(backend: str | None = None) -> DistContext:
+def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> DistContext:
     """Join the process group that ``torchrun`` describes in the environment; single process otherwise.
 
-    ``backend``: None picks nccl when CUDA is available, gloo otherwise (CPU tests use gloo).
+    ``backend``: None picks nccl when CUDA is available, gloo otherwise (CPU tests use gloo). ``timeout_s``
+    bounds how long a rank waits in a collective for the others: a rank that dies is noticed at once (its
+    connections close), one that hangs only when this runs out.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
@@ -58,7 +61,7 @@ def init_distributed(backend: str | None = None) -> DistContext:
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank)
 
 
@@ -132,6 +135,17 @@ def wrap_model(
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     """The plain module under a DDP wrapper (FSDP2 modifies in place, so it is its own module)."""
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def peer_failure(err: BaseException) -> bool:
+    """Whether ``err`` says another rank died or stopped answering, rather than a bug on this rank.
+
+    NCCL raises ``torch.distributed.DistError`` subclasses; gloo raises a plain RuntimeError whose message
+    names its transport ("[.../gloo/transport/tcp/pair.cc] Connection closed by peer", or "Timed out").
+    """
+    if isinstance(err, dist.DistError):
+        return True
+    return isinstance(err, RuntimeError) and "gloo/transport" in str(err)
 
 
 def barrier(ctx: DistContext) -> None:

@@ -28,6 +28,11 @@ class Sample:
     finish: SampleFinish
 
 
+class EngineFailed(RuntimeError):
+    """An out-of-process or third-party generation engine (vLLM) failed: the run cannot go on with it, and the
+    error says so in one line instead of the engine's traceback."""
+
+
 class Sampler(Protocol):
     def generate(
         self,

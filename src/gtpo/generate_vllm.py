@@ -28,13 +28,14 @@ the default suite, against a stand-in of its API.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from gtpo.generate import Sample, SampleFinish, _eos_ids, fence_token_ids, turn_end
+from gtpo.generate import EngineFailed, Sample, SampleFinish, _eos_ids, fence_token_ids, turn_end
 
 SUPPORTED_VLLM = ("0.32",)
 """vLLM releases (major.minor) whose API this backend was tested against: the weight-transfer protocol and
@@ -150,7 +151,8 @@ class VLLMSampler:
                 self._params(int(max_new_tokens[r]) - len(samples[r].token_ids), temperature, top_p, seed, r, round_)
                 for r in live
             ]
-            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+            with _engine_call("generating a turn"):
+                outputs = self.llm.generate(prompts, params, use_tqdm=False)
             self.rounds += 1
             live = [
                 r
@@ -203,10 +205,22 @@ class VLLMSampler:
         """Load the policy's current weights into the engine (names as in the HF model's state dict)."""
         weights = [(name, tensor.detach()) for name, tensor in named_tensors]
         self.weight_version += 1
-        self.llm.start_weight_update()
-        self.llm.update_weights({"update_info": {"weights": weights}})
-        self.llm.finish_weight_update(weight_version=str(self.weight_version))
-        self.llm.reset_prefix_cache()  # cached prefixes hold keys and values of the old weights
+        with _engine_call("loading the updated weights"):
+            self.llm.start_weight_update()
+            self.llm.update_weights({"update_info": {"weights": weights}})
+            self.llm.finish_weight_update(weight_version=str(self.weight_version))
+            self.llm.reset_prefix_cache()  # cached prefixes hold keys and values of the old weights
+
+
+@contextmanager
+def _engine_call(doing: str) -> Iterator[None]:
+    """A failure inside vLLM (its engine core or a worker died, it ran out of memory) as one ``EngineFailed``
+    naming what the engine was doing; once its engine core has failed, vLLM cannot serve further calls."""
+    try:
+        yield
+    except Exception as err:
+        reason = " ".join(str(err).split())[:200] or "no message"
+        raise EngineFailed(f"the vLLM engine failed while {doing} ({type(err).__name__}: {reason})") from err
 
 
 def _sampled_logprob(step: Any, token: int) -> float:

@@ -33,6 +33,7 @@ from gtpo.distributed import (
     barrier,
     gather_objects,
     init_distributed,
+    peer_failure,
     shard_indices,
     strip_tokens,
     wrap_model,
@@ -98,7 +99,7 @@ class Trainer:
         Everything that can fail on bad input (run directory, model path, data files) is checked before the
         run directory is created or an earlier run deleted, so a failed start leaves nothing behind."""
         self.cfg = validate(config)
-        self.ctx = ctx or init_distributed()
+        self.ctx = ctx or init_distributed(timeout_s=config.dist_timeout_s)
         self.run_dir = Path(config.output_dir)
         self.recorder = RunRecorder(self.cfg, self.ctx.is_main)
         self.recorder.check()  # before anything slow: the folder (earlier run, writable, checkpoint to resume)
@@ -464,7 +465,11 @@ class Trainer:
     def close(self) -> None:
         self.recorder.close()
         self.sandbox.close()
-        barrier(self.ctx)
+        try:
+            barrier(self.ctx)
+        except Exception as err:  # a rank is gone: the error that ended the run has been reported already
+            if not peer_failure(err):
+                raise
 
 
 class TrainingDiverged(RuntimeError):
