@@ -48,7 +48,7 @@ DEFAULTS = {  # per model: raw-decode shape (rows, new tokens) and rollout size 
 def model_dir(name: str) -> str | None:
     """The folder of a benchmark model, or None when it is not there (SmolLM2 must be prepared first)."""
     if name == "tiny":
-        from gtpo.tiny.build import DEFAULT_MODEL_DIR
+        from gtpo.tiny import DEFAULT_MODEL_DIR
 
         return str(DEFAULT_MODEL_DIR)
     return str(SMOLLM2_DIR) if (SMOLLM2_DIR / "config.json").is_file() else None
@@ -57,10 +57,10 @@ def model_dir(name: str) -> str | None:
 # ------------------------------------------------------------------------------------ model.generate sampler
 class GenerateSampler:
     """The ``Sampler`` interface over transformers' ``model.generate``: left-padded batch, sampling, and a
-    stopping criterion that ends each row by ``gtpo.generate.turn_end`` or its own token cap."""
+    stopping criterion that ends each row by ``gtpo.generation.hf.turn_end`` or its own token cap."""
 
     def __init__(self, model: Any, tokenizer: Any) -> None:
-        from gtpo.generate import _eos_ids, fence_token_ids
+        from gtpo.generation.hf import _eos_ids, fence_token_ids
 
         self.model, self.tokenizer = model, tokenizer
         self.eos_ids, self.fence_ids = _eos_ids(tokenizer), fence_token_ids(tokenizer)
@@ -69,7 +69,7 @@ class GenerateSampler:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
 
-        from gtpo.generate import Sample, left_padded, turn_end
+        from gtpo.generation.hf import Sample, left_padded, turn_end
 
         rows, pad = len(contexts), self.tokenizer.pad_token_id or 0
         ids, mask = left_padded(contexts, pad)
@@ -125,10 +125,10 @@ def run_backend(backend: str, name: str, args: argparse.Namespace) -> dict[str, 
     """Measure one backend on one model in this process; returns the figures."""
     import torch
 
-    from gtpo.components import GENERIC_SYSTEM_PROMPT
     from gtpo.config import RolloutConfig
-    from gtpo.rollout import rollout
+    from gtpo.rollout.episode import rollout
     from gtpo.sandbox import SandboxPool
+    from gtpo.tasks import GENERIC_SYSTEM_PROMPT
     from gtpo.tasks.arith import SYSTEM_PROMPT, heldout_problems
 
     path = model_dir(name)
@@ -137,8 +137,8 @@ def run_backend(backend: str, name: str, args: argparse.Namespace) -> dict[str, 
     if backend == "vllm":
         from transformers import AutoTokenizer
 
-        from gtpo.generate import _eos_ids
-        from gtpo.generate_vllm import VLLMSampler
+        from gtpo.generation.hf import _eos_ids
+        from gtpo.generation.vllm import VLLMSampler
 
         tokenizer = AutoTokenizer.from_pretrained(path)
         sampler: Any = VLLMSampler(
@@ -157,12 +157,12 @@ def run_backend(backend: str, name: str, args: argparse.Namespace) -> dict[str, 
             return sum(len(o.outputs[0].token_ids) for o in outs)
 
     else:
-        from gtpo.policy import load_policy
+        from gtpo.model.policy import load_policy
 
         model, tokenizer = load_policy(path)
         model.eval()
         if backend == "engine":
-            from gtpo.engine import EngineOptions, EngineSampler
+            from gtpo.generation.engine import EngineOptions, EngineSampler
 
             rows = max(shape["rows"], shape["problems"] * shape["group"])
             sampler = EngineSampler(model, tokenizer, EngineOptions(slots=rows, max_len=1024, chunk=2))

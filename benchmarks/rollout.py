@@ -22,13 +22,13 @@ import time
 import torch
 
 from gtpo.config import RolloutConfig
-from gtpo.engine import EngineOptions, EngineSampler
-from gtpo.generate import HFSampler
-from gtpo.policy import load_policy
-from gtpo.rollout import rollout, rollout_metrics
+from gtpo.generation.engine import EngineOptions, EngineSampler
+from gtpo.generation.hf import HFSampler
+from gtpo.model.policy import load_policy
+from gtpo.rollout.episode import rollout, rollout_metrics
 from gtpo.sandbox import SandboxPool
 from gtpo.tasks.arith import SYSTEM_PROMPT, heldout_problems
-from gtpo.tiny.build import DEFAULT_MODEL_DIR
+from gtpo.tiny import DEFAULT_MODEL_DIR
 
 
 def one_rollout(sampler, tokenizer, problems, group: int, pool, seed: int, schedule: str) -> dict[str, float]:

@@ -7,7 +7,7 @@ Run: ``python benchmarks/train_step.py [--steps 3] [--update-repeats 5] [--trl]`
 2. GTPO overhead: the credit assignment (rewards, shaping, returns, advantages) of GTPO and of GRPO on the
    *same* trajectories, repeated, as a share of the measured step time. This isolates what GTPO adds; whole
    steps differ between the two runs anyway because the policies sample different trajectories.
-3. Update: on the same rollout batches of the embedded default, the trainer's update (``gtpo.update``: packed
+3. Update: on the same rollout batches of the embedded default, the trainer's update (``gtpo.training.update``: packed
    micro-batches, chunked head, no old-log-prob pass at one epoch, no entropy) against the padded update it
    replaced (``padded_update`` below, as the trainer ran it up to commit 3ef4f66), interleaved and repeated.
 4. ``--trl``: TRL's GRPOTrainer on the same tiny model, same prompts x group size and completion budget,
@@ -24,14 +24,14 @@ import time
 
 import torch
 
-from gtpo.batch import TokenBatch
 from gtpo.config import TrainConfig
-from gtpo.credit import assign_credit
-from gtpo.losses import clipped_policy_loss
-from gtpo.policy import token_logprobs
-from gtpo.similarity import tfidf_code_similarity
+from gtpo.method.credit import assign_credit
+from gtpo.method.losses import clipped_policy_loss
+from gtpo.method.similarity import tfidf_code_similarity
+from gtpo.model.policy import token_logprobs
 from gtpo.trainer import Trainer
-from gtpo.update import _denominator
+from gtpo.training.batch import TokenBatch
+from gtpo.training.update import _denominator
 
 
 def credit_settings(algo: str) -> dict:
@@ -130,9 +130,9 @@ def trl_step_time(base: TrainConfig, steps: int) -> float:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from gtpo.components import model_path
-    from gtpo.grading import grade
-    from gtpo.policy import load_policy
+    from gtpo.data.grading import grade
+    from gtpo.model.policy import load_policy
+    from gtpo.model.source import model_path
     from gtpo.tasks.arith import SYSTEM_PROMPT, train_problems
     from gtpo.tools import extract_boxed
 

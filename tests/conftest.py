@@ -89,8 +89,8 @@ def model_dir(tmp_path_factory, tiny_tokenizer, tiny_model):
 @pytest.fixture(scope="session")
 def shipped_tiny():
     """The shipped tiny model and tokenizer: a policy that calls the tool and earns mixed rewards on arith."""
-    from gtpo.policy import load_policy
-    from gtpo.tiny.build import DEFAULT_MODEL_DIR
+    from gtpo.model.policy import load_policy
+    from gtpo.tiny import DEFAULT_MODEL_DIR
 
     model, tokenizer = load_policy(str(DEFAULT_MODEL_DIR))
     return model.eval(), tokenizer

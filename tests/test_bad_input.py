@@ -254,7 +254,7 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_intact_one_as_the_line_say
     shutil.rmtree(bad)
     code, err = _run(argv, None, capsys)
     assert code == 0, err
-    from gtpo.metrics import read_metrics
+    from gtpo.run.metrics import read_metrics
 
     steps = [r["step"] for r in read_metrics(copy / "metrics.jsonl") if "loss/policy" in r or "reward/mean" in r]
     assert steps == [1, 2, 3]  # step 2 trained again from step 1's checkpoint, logged once
@@ -296,9 +296,10 @@ def test_version():
 
 
 def test_split_overlong_prompts_keeps_exactly_the_prompts_shorter_than_the_budget():
-    from gtpo.components import build_policy, system_prompt_for
+    from gtpo.components import build_policy
     from gtpo.config import DataConfig, ModelConfig
-    from gtpo.policy import prompt_ids
+    from gtpo.model.policy import prompt_ids
+    from gtpo.tasks import system_prompt_for
     from gtpo.trainer import split_overlong_prompts
     from gtpo.types import Problem
 

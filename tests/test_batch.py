@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gtpo.batch import pack_micro_batches
+from gtpo.training.batch import pack_micro_batches
 
 
 def padded(lengths, trained_from=2):

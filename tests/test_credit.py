@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from gtpo.advantages import gtpo_advantages
-from gtpo.credit import assign_credit
-from gtpo.similarity import tfidf_code_similarity
+from gtpo.method.advantages import gtpo_advantages
+from gtpo.method.credit import assign_credit
+from gtpo.method.similarity import tfidf_code_similarity
 from gtpo.types import Problem, Trajectory, Turn
 
 PROBLEM = Problem(id="p", question="q", answer="1")

@@ -22,9 +22,9 @@ from transformers import AutoModelForCausalLM
 
 from gtpo.config import from_dict
 from gtpo.distributed import DistContext, init_distributed, shard_indices
-from gtpo.generate import ScriptedSampler
-from gtpo.metrics import read_metrics
-from gtpo.rollout import rollout
+from gtpo.generation.hf import ScriptedSampler
+from gtpo.rollout.episode import rollout
+from gtpo.run.metrics import read_metrics
 from gtpo.trainer import Trainer
 
 GROUP = 3
@@ -164,7 +164,7 @@ def _bf16_worker(rank, world, out):
     from conftest import build_model, build_tokenizer
 
     from gtpo.distributed import wrap_model
-    from gtpo.policy import packed_attention_active, packed_token_logprobs
+    from gtpo.model.policy import packed_attention_active, packed_token_logprobs
 
     model = build_model(build_tokenizer())
     wrapped = wrap_model(model, ctx, "fsdp", bf16=True)
@@ -187,7 +187,7 @@ def _packed_example():
 
 def test_fsdp_bf16_gathers_bf16_weights_and_keeps_float32_gradients(tmp_path, tiny_model):
     """Both ranks score the same tokens, so the reduced gradient equals one process's (within bf16 rounding)."""
-    from gtpo.policy import packed_token_logprobs
+    from gtpo.model.policy import packed_token_logprobs
 
     ids, lengths, scored = _packed_example()
     reference = copy.deepcopy(tiny_model)

@@ -14,13 +14,13 @@ import time
 import pytest
 import torch
 
-from gtpo.engine import EngineOptions, EngineSampler, GenerationEngine
-from gtpo.engine.sampling import counter_uniform, sample_tokens
-from gtpo.generate import HFSampler
-from gtpo.policy import load_policy, prompt_ids, token_logprobs
-from gtpo.rollout import rollout
+from gtpo.generation.engine import EngineOptions, EngineSampler, GenerationEngine
+from gtpo.generation.engine.sampling import counter_uniform, sample_tokens
+from gtpo.generation.hf import HFSampler
+from gtpo.model.policy import load_policy, prompt_ids, token_logprobs
+from gtpo.rollout.episode import rollout
 from gtpo.tasks.arith import SYSTEM_PROMPT, heldout_problems
-from gtpo.tiny.build import DEFAULT_MODEL_DIR
+from gtpo.tiny import DEFAULT_MODEL_DIR
 from gtpo.tools import format_tool_output, has_closed_code_block
 from gtpo.types import ExecResult
 
@@ -197,7 +197,7 @@ def test_requests_that_cannot_fit_are_refused(shipped, contexts):
 
 
 def test_weight_sync_changes_what_the_engine_samples(shipped, contexts):
-    from gtpo.policy import inference_weights
+    from gtpo.model.policy import inference_weights
 
     _, tokenizer = shipped
     sampler = _engine(shipped)
@@ -219,8 +219,8 @@ def test_weight_sync_changes_what_the_engine_samples(shipped, contexts):
 def test_inference_copy_is_the_policy_bit_for_bit_without_a_random_init(monkeypatch, tied):
     from transformers import PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 
-    from gtpo.engine.weights import build_inference_copy
-    from gtpo.policy import inference_weights
+    from gtpo.generation.engine.weights import build_inference_copy
+    from gtpo.model.policy import inference_weights
 
     config = Qwen2Config(
         vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -244,8 +244,8 @@ def test_inference_copy_is_the_policy_bit_for_bit_without_a_random_init(monkeypa
 
 
 def test_inference_copy_refuses_a_missing_weight_or_buffer(shipped):
-    from gtpo.engine.weights import build_inference_copy
-    from gtpo.policy import inference_weights
+    from gtpo.generation.engine.weights import build_inference_copy
+    from gtpo.model.policy import inference_weights
 
     model, _ = shipped
     weights = inference_weights(model)
@@ -380,7 +380,7 @@ def test_cuda_graphs_equal_eager_on_gpu(shipped, contexts):
 def test_backend_choice_and_settings_are_checked(shipped):
     from gtpo.components import build_sampler
     from gtpo.config import ConfigError, RolloutConfig, TrainConfig, validate
-    from gtpo.engine.weights import check_supported
+    from gtpo.generation.engine.weights import check_supported
 
     model, tokenizer = shipped
     default = build_sampler(RolloutConfig(), model, tokenizer, "tiny")

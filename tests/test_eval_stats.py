@@ -1,4 +1,4 @@
-"""gtpo.eval_stats: every expected number is written as the arithmetic that produces it."""
+"""gtpo.eval.stats: every expected number is written as the arithmetic that produces it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from gtpo.eval_stats import (
+from gtpo.eval.stats import (
     accuracy_interval,
     avg_at_k,
     mean_pass_at_k,

@@ -24,11 +24,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from gtpo.batch import collate, pack_micro_batches
-from gtpo.generate import HFSampler, Sample
-from gtpo.policy import packed_token_logprobs, prompt_ids, token_logprobs
-from gtpo.rollout import rollout
+from gtpo.generation.hf import HFSampler, Sample
+from gtpo.model.policy import packed_token_logprobs, prompt_ids, token_logprobs
+from gtpo.rollout.episode import rollout
 from gtpo.tools import format_tool_output
+from gtpo.training.batch import collate, pack_micro_batches
 from gtpo.types import ExecResult, Problem
 
 REAL = ("smollm2-135m-instruct", "qwen2.5-tokenizer")
@@ -230,8 +230,8 @@ def turn_end(tokenizer, ids: list[int], close_end: int) -> int:
 
 def test_a_turn_ends_at_the_token_that_closes_its_block(tokenizer, model):
     """HFSampler (driven token by token) and the engine's stop check end the turn exactly there."""
-    from gtpo.engine import EngineSampler
-    from gtpo.engine.engine import EngineOptions
+    from gtpo.generation.engine import EngineSampler
+    from gtpo.generation.engine.engine import EngineOptions
 
     engine = EngineSampler(model, tokenizer, EngineOptions(slots=2, max_len=256)).engine
     after = encode(tokenizer, " Then more text.")
@@ -376,8 +376,8 @@ def trainer_logprobs(model, trajectories, temperature: float) -> torch.Tensor:
 def test_sampler_logprobs_equal_the_updates_recomputation(tokenizer, model, engine):
     """A random Qwen2 with the real vocabulary size: a code turn with merged fences and a tool output that
     merges at both ends, then a sampled turn (HFSampler), or sampled turns only (the streaming engine)."""
-    from gtpo.engine import EngineSampler
-    from gtpo.engine.engine import EngineOptions
+    from gtpo.generation.engine import EngineSampler
+    from gtpo.generation.engine.engine import EngineOptions
 
     temperature = 0.8
     problems = [Problem(id=f"q{i}", question=f"What is {i} + 1?", answer="0") for i in range(2)]
@@ -430,7 +430,7 @@ def test_the_contract_with_real_smollm2_weights():
     it, so that an observation surely follows), then the model samples (HFSampler). Whatever it writes, the lists
     align, the prompt is the template's, observations are their text's tokens, a code turn ends at its fence's
     last backtick, and the update's recomputation matches the sampler's log-probs. About a minute on 2 cores."""
-    from gtpo.policy import load_policy
+    from gtpo.model.policy import load_policy
     from gtpo.sandbox import SandboxLimits, SandboxPool
     from gtpo.tasks.arith import heldout_problems
 

@@ -5,11 +5,11 @@ import re
 import pytest
 import torch
 
-from gtpo.batch import collate
-from gtpo.generate import HFSampler, ScriptedSampler
-from gtpo.policy import prompt_ids, token_logprobs
-from gtpo.rollout import is_void_trajectory, rollout, rollout_metrics
+from gtpo.generation.hf import HFSampler, ScriptedSampler
+from gtpo.model.policy import prompt_ids, token_logprobs
+from gtpo.rollout.episode import is_void_trajectory, rollout, rollout_metrics
 from gtpo.tools import format_tool_output
+from gtpo.training.batch import collate
 from gtpo.types import ExecResult, Problem
 
 SYSTEM = "Use python."

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from gtpo.losses import clipped_policy_loss, importance_weights
-from gtpo.rewards import informative_groups, overlong_penalty
+from gtpo.method.losses import clipped_policy_loss, importance_weights
+from gtpo.method.rewards import informative_groups, overlong_penalty
 
 # ---- overlong_penalty ---------------------------------------------------------------------------------
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from gtpo.config import from_dict
-from gtpo.generate import ScriptedSampler
-from gtpo.rollout import rollout
+from gtpo.generation.hf import ScriptedSampler
+from gtpo.rollout.episode import rollout
 from gtpo.trainer import Trainer
 
 LONG = "let me think " * 40  # more tokens than a turn may have: the turn (and trajectory) is cut, "length"

@@ -13,13 +13,13 @@ import dataclasses
 import pytest
 import torch
 
-from gtpo.batch import TokenBatch
 from gtpo.components import enable_checkpointing
 from gtpo.config import TrainConfig, from_dict
 from gtpo.distributed import DistContext
-from gtpo.losses import LOSS_AGGS, clipped_policy_loss
-from gtpo.policy import token_logprobs
-from gtpo.update import PolicyUpdate, _denominator
+from gtpo.method.losses import LOSS_AGGS, clipped_policy_loss
+from gtpo.model.policy import token_logprobs
+from gtpo.training.batch import TokenBatch
+from gtpo.training.update import PolicyUpdate, _denominator
 
 LENGTHS = [23, 7, 15, 30, 11, 19]
 

@@ -91,7 +91,7 @@ def _resume_hint(argv: list[str]) -> str:
 def train(argv: list[str]) -> None:
     args = _parse(argv, "Train with GTPO or GRPO. Flags override --preset NAME_OR_PATH.", "gtpo train")
     config = args.config
-    from gtpo.checkpoint import checkpoint_step
+    from gtpo.run.checkpoint import checkpoint_step
 
     if config.resume and (step := checkpoint_step(config.output_dir)) is not None and step >= config.steps:
         print(
@@ -100,8 +100,8 @@ def train(argv: list[str]) -> None:
         )
         return
     _quiet_transformers()
-    from gtpo.checkpoint import CheckpointWriteError
-    from gtpo.generate import EngineFailed
+    from gtpo.generation.hf import EngineFailed
+    from gtpo.run.checkpoint import CheckpointWriteError
     from gtpo.run.stop import TrainingStopped, exit_on_next_signal
     from gtpo.trainer import Trainer, TrainingDiverged
 
@@ -148,7 +148,7 @@ def train(argv: list[str]) -> None:
 
 
 def _kept(trainer: Any) -> str:
-    from gtpo.checkpoint import latest_checkpoint
+    from gtpo.run.checkpoint import latest_checkpoint
 
     kept = latest_checkpoint(trainer.run_dir)
     return (
@@ -311,7 +311,7 @@ def _dispatch(argv: list[str]) -> None:
 
 
 def _eval(argv: list[str]) -> None:
-    from gtpo.eval_cli import main as eval_main
+    from gtpo.eval.cli import main as eval_main
 
     eval_main(argv)
 

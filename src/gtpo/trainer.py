@@ -1,7 +1,7 @@
 """The training loop: rollout -> credit assignment -> clipped policy update -> log / evaluate / checkpoint.
 
 The trainer orchestrates and holds no formula: rewards, returns, advantages and the loss are the pure
-functions of ``gtpo.rewards``, ``gtpo.advantages`` and ``gtpo.losses`` (reached through ``gtpo.credit``).
+functions of ``gtpo.method`` (rewards, advantages and losses, reached through ``gtpo.method.credit``).
 
 Reproducibility: every step's sampling is seeded from (seed, step), and checkpoints carry the RNG, optimizer,
 scheduler and data-stream states, so a run resumed from step N continues exactly as if never interrupted.
@@ -21,11 +21,9 @@ import numpy as np
 import torch
 
 from gtpo import components
-from gtpo.advantages import turns_to_tokens
-from gtpo.batch import TokenBatch, collate
-from gtpo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from gtpo.config import ConfigError, TrainConfig, validate
-from gtpo.credit import Credit, assign_credit
+from gtpo.data.problems import load_eval_problems, load_train_problems
+from gtpo.data.stream import ProblemStream
 from gtpo.distributed import (
     DistContext,
     all_reduce_max,
@@ -38,18 +36,24 @@ from gtpo.distributed import (
     strip_tokens,
     wrap_model,
 )
-from gtpo.evaluate import EvalReport, evaluate_problems
-from gtpo.groups import StepGroups, collect_groups
-from gtpo.policy import inference_weights, prompt_ids
-from gtpo.problem_stream import ProblemStream
-from gtpo.rewards import overlong_penalty
-from gtpo.rollout import is_void_trajectory, rollout, rollout_metrics
+from gtpo.eval.evaluate import EvalReport, evaluate_problems
+from gtpo.method.advantages import turns_to_tokens
+from gtpo.method.credit import Credit, assign_credit
+from gtpo.method.rewards import overlong_penalty
+from gtpo.method.similarity import get_similarity
+from gtpo.model.policy import inference_weights, prompt_ids
+from gtpo.model.precision import autocast, computes_in_bf16, resolve_device
+from gtpo.model.source import check_model_source
+from gtpo.rollout.episode import is_void_trajectory, rollout, rollout_metrics
+from gtpo.rollout.groups import StepGroups, collect_groups
+from gtpo.run.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from gtpo.run.export import export_final_policy
 from gtpo.run.recorder import RunRecorder
 from gtpo.run.stop import StopRequests
-from gtpo.similarity import get_similarity
+from gtpo.tasks import system_prompt_for
+from gtpo.training.batch import TokenBatch, collate
+from gtpo.training.update import PolicyUpdate, build_optimizer
 from gtpo.types import CodeExecutor, Trajectory
-from gtpo.update import PolicyUpdate, build_optimizer
 
 
 def seed_everything(seed: int) -> None:
@@ -103,13 +107,13 @@ class Trainer:
         self.run_dir = Path(config.output_dir)
         self.recorder = RunRecorder(self.cfg, self.ctx.is_main)
         self.recorder.check()  # before anything slow: the folder (earlier run, writable, checkpoint to resume)
-        components.check_model_source(config.model.name_or_path)
+        check_model_source(config.model.name_or_path)
         seed_everything(config.seed)
         # Data before the model: a malformed file fails in seconds, not after a model has loaded.
-        train_problems = components.load_train_problems(config.data, config.seed)
-        self.eval_problems = components.load_eval_problems(config.data)
-        self.system_prompt = components.system_prompt_for(config.data)
-        self.device = components.resolve_device(config.device, self.ctx.local_rank)
+        train_problems = load_train_problems(config.data, config.seed)
+        self.eval_problems = load_eval_problems(config.data)
+        self.system_prompt = system_prompt_for(config.data)
+        self.device = resolve_device(config.device, self.ctx.local_rank)
         policy, self.tokenizer = components.build_policy(config.model, self.device)
         fitting, self.overlong_prompts = split_overlong_prompts(
             train_problems, self.tokenizer, self.system_prompt, config.rollout.max_total_tokens
@@ -124,7 +128,7 @@ class Trainer:
         policy.eval()
         self.policy = policy
         """The plain module: generation, log-probs without gradient, checkpoints."""
-        bf16 = components.computes_in_bf16(config.model.dtype, self.device)
+        bf16 = computes_in_bf16(config.model.dtype, self.device)
         self.model = wrap_model(policy, self.ctx, config.strategy, bf16=bf16)
         """What the update runs forward/backward through (DDP/FSDP2 under torchrun, else the policy)."""
         self.ref_model = components.build_reference(config.model, self.device) if config.algo.kl_coef > 0 else None
@@ -273,7 +277,7 @@ class Trainer:
         return self.step == self.cfg.steps or (every > 0 and self.step % every == 0)
 
     def train_step(self) -> dict[str, float]:
-        with components.autocast(self.cfg.model.dtype, self.device):
+        with autocast(self.cfg.model.dtype, self.device):
             return self._train_step()
 
     def _train_step(self) -> dict[str, float]:
@@ -317,7 +321,7 @@ class Trainer:
         return metrics
 
     def _collect_groups(self) -> StepGroups:
-        """This step's groups (``gtpo.groups``): rollouts through ``_rollout``, credit through ``_credit``."""
+        """This step's groups (``gtpo.rollout.groups``): rollouts through ``_rollout``, credit through ``_credit``."""
         r = self.cfg.rollout
 
         def roll(problems: list[Any], indices: list[int], round_index: int) -> tuple[list[Trajectory], dict]:
@@ -385,7 +389,8 @@ class Trainer:
 
     # --------------------------------------------------------------------------------------------- update
     def _update(self, batch: TokenBatch, advantages: torch.Tensor, loss_mask: torch.Tensor) -> dict[str, float]:
-        """The clipped-surrogate update (``gtpo.update``); then engines with their own weights get the new ones."""
+        """The clipped-surrogate update (``gtpo.training.update``); then engines with their own weights get the
+        new ones."""
         metrics = self.updater(batch, advantages, loss_mask)
         self._sync_sampler()
         return metrics
@@ -399,7 +404,7 @@ class Trainer:
     def evaluate(self, progress: Any = None) -> EvalReport:
         """Held-out evaluation, problems sharded across ranks and the results gathered on every rank.
         ``progress(n)`` is called as each chunk of n problems finishes."""
-        with components.autocast(self.cfg.model.dtype, self.device):
+        with autocast(self.cfg.model.dtype, self.device):
             return self._evaluate(progress)
 
     def _evaluate(self, progress: Any = None) -> EvalReport:

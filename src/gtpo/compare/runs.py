@@ -24,9 +24,9 @@ from typing import Any, Literal
 
 import yaml
 
-from gtpo.checkpoint import latest_checkpoint
 from gtpo.compare.children import ChildRuns
 from gtpo.config import ConfigError, TrainConfig, from_dict, to_dict
+from gtpo.run.checkpoint import latest_checkpoint
 from gtpo.run.stop import TrainingStopped
 
 VARIANTS: dict[str, dict[str, Any]] = {

@@ -20,17 +20,12 @@ from typing import Any
 
 import torch
 
-from gtpo.policy import prompt_ids
+from gtpo.model.policy import prompt_ids
 from gtpo.tasks.arith import SYSTEM_PROMPT
 from gtpo.tasks.traces import Trace
+from gtpo.tiny import DEFAULT_MODEL_DIR, MULTISTEP_MODEL_DIR
 from gtpo.tiny.model import new_model
 from gtpo.tiny.tokenizer import build_tokenizer
-
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
-DEFAULT_MODEL_DIR = ASSETS / "tiny"
-MULTISTEP_MODEL_DIR = ASSETS / "tiny-multistep"
-SHIPPED_MODELS = {"tiny": DEFAULT_MODEL_DIR, "tiny-multistep": MULTISTEP_MODEL_DIR}
-"""``model.name_or_path`` aliases of the shipped models."""
 
 
 @dataclass(frozen=True)
@@ -126,8 +121,8 @@ def measure(
 ) -> dict[str, float]:
     """Held-out accuracy and tool use of the warm-started model, through the real rollout and sandbox."""
     from gtpo.config import RolloutConfig
-    from gtpo.generate import HFSampler
-    from gtpo.rollout import rollout, rollout_metrics
+    from gtpo.generation.hf import HFSampler
+    from gtpo.rollout.episode import rollout, rollout_metrics
     from gtpo.sandbox import SandboxPool
 
     recipe = RECIPES[task]
@@ -185,7 +180,7 @@ def build(
     if start_from is not None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from gtpo.components import model_path
+        from gtpo.model.source import model_path
 
         folder = model_path(start_from)
         tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from gtpo.engine.attention import ATTENTION_NAME, register
+from gtpo.generation.engine.attention import ATTENTION_NAME, register
 
 
 def base_model(model: torch.nn.Module) -> torch.nn.Module:

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gtpo.metrics import read_metrics
-from gtpo.rollout import rollout
+from gtpo.rollout.episode import rollout
+from gtpo.run.metrics import read_metrics
 from gtpo.types import CodeExecutor, Problem, Trajectory
 
 
@@ -107,7 +107,7 @@ def evaluate_problems(
 def eval_record(report: EvalReport, step: int) -> dict[str, Any]:
     """One evaluation, per problem (rows in problem order, k entries each): correctness, and per trajectory
     turns, model tokens and invalid tool calls. What ``gtpo compare`` pairs runs by; written to
-    ``gtpo.metrics.EVAL_FILE`` by the run recorder (``gtpo.run.recorder``)."""
+    ``gtpo.run.metrics.EVAL_FILE`` by the run recorder (``gtpo.run.recorder``)."""
     k = report.k
     rows = [report.trajectories[i * k : (i + 1) * k] for i in range(len(report.per_problem))]
     record: dict[str, Any] = {"step": step, "name": report.name, "k": k, "correct": report.per_problem}

@@ -1,6 +1,6 @@
 """``EngineSampler``: the generation engine behind the ``Sampler`` interface, and its handle for rollouts.
 
-``gtpo.rollout`` streams trajectories through ``sampler.engine`` directly; everything else that samples
+``gtpo.rollout.episode`` streams trajectories through ``sampler.engine`` directly; everything else that samples
 (evaluation with a batch call, benchmarks, the tiny model's rebuild) uses ``generate`` like any sampler.
 """
 
@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from gtpo.engine.engine import EngineOptions, GenerationEngine
-from gtpo.generate import Sample
+from gtpo.generation.engine.engine import EngineOptions, GenerationEngine
+from gtpo.generation.hf import Sample
 
 
 class EngineSampler:

@@ -12,7 +12,7 @@ Gradients, per row with p = softmax(z) and incoming gradients g (of log p_t) and
   dz/dh = W / temperature,            dz/dW = h / temperature.
 Matmuls follow the caller's autocast (bf16 on GPUs); the softmax arithmetic is float32.
 
-What this is not: it does not run the model (``gtpo.policy``) and knows nothing of the loss.
+What this is not: it does not run the model (``gtpo.model.policy``) and knows nothing of the loss.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from gtpo.config import ConfigError
-from gtpo.metrics import EVAL_FILE, METRICS_FILE
+from gtpo.run.metrics import EVAL_FILE, METRICS_FILE
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest"

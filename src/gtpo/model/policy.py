@@ -5,11 +5,12 @@ Two ways to score tokens:
   compare against;
 - ``packed_token_logprobs``: the update's path. Whole sequences are packed into one row without padding
   (positions restart at 0 at each sequence), attention runs within each sequence only, and the LM head is
-  applied in chunks to the scored positions alone (``gtpo.head_logprobs``), so no [B, T, V] logits exist.
+  applied in chunks to the scored positions alone (``gtpo.model.head_logprobs``), so no [B, T, V] logits exist.
   It runs through the model's own forward (the head's forward is swapped for the chunked one for the call),
   so DDP and FSDP2 hooks fire as for any forward. See docs/training_speed.md.
 
-Not here: sampling (``gtpo.generate``), packing trajectories (``gtpo.batch``) and the loss (``gtpo.losses``).
+Not here: sampling (``gtpo.generation``), packing trajectories (``gtpo.training.batch``) and the loss
+(``gtpo.method.losses``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 import torch.utils.checkpoint
 
-from gtpo.head_logprobs import CHUNK_ELEMENTS, head_logprobs
+from gtpo.model.head_logprobs import CHUNK_ELEMENTS, head_logprobs
 
 
 def load_policy(

@@ -1,7 +1,7 @@
 """One decode step for every slot at once, entirely on the device, and its CUDA-graph replay.
 
 A decode step feeds each live slot its last sampled token, writes that token's keys/values at its position,
-samples the next token (``gtpo.engine.sampling``), records it in a per-chunk buffer and advances the slot.
+samples the next token (``gtpo.generation.engine.sampling``), records it in a per-chunk buffer and advances the slot.
 A slot stops being live when it samples EOS or reaches its token cap; the host learns this only at the end
 of a chunk of steps (one copy of the chunk's buffers), which is also where it checks for a closed code
 block. So there is no host synchronization per token, and a step's shapes depend only on (rows, key span),
@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from gtpo.engine.attention import AttentionPlan
-from gtpo.engine.sampling import counter_uniform, sample_tokens
+from gtpo.generation.engine.attention import AttentionPlan
+from gtpo.generation.engine.sampling import counter_uniform, sample_tokens
 
 
 class DecodeState:

@@ -23,8 +23,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from gtpo.generate import Sample, Sampler
-from gtpo.policy import prompt_ids
+from gtpo.generation.hf import Sample, Sampler
+from gtpo.model.policy import prompt_ids
 from gtpo.tools import (
     DEFAULT_INVALID_STATUSES,
     extract_boxed,
@@ -147,7 +147,7 @@ def rollout(
 ) -> RolloutResult:
     """``group_size`` trajectories per problem, contiguous, with ``group_id`` = the problem's index here.
 
-    A streaming sampler (``gtpo.engine.EngineSampler``) moves every trajectory on its own: a turn that ends
+    A streaming sampler (``gtpo.generation.engine.EngineSampler``) moves every trajectory on its own: a turn that ends
     with code goes to the sandbox while the others keep decoding, and its next turn re-enters the engine
     after the tool output is appended. ``schedule`` says when it re-enters: "asap" as soon as the output is
     back (fastest; which tokens run together then depends on timing), "deterministic" exactly
@@ -159,7 +159,7 @@ def rollout(
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule (config rollout.schedule) must be one of {SCHEDULES}, got {schedule!r}")
     if grade_fn is None:
-        from gtpo.grading import grade as grade_fn
+        from gtpo.data.grading import grade as grade_fn
     episode = _Episode(tokenizer, max_turns, max_total_tokens, max_new_tokens_per_turn, invalid_statuses)
     trajectories = []
     for index, problem in enumerate(problems):

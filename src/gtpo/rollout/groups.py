@@ -1,7 +1,7 @@
 """The groups one training step learns from: roll out, gather, score, leave out groups without signal, refill.
 
 With ``rollout.filter_groups`` off this is one rollout of ``problems_per_step`` groups. With it on (DAPO's
-dynamic sampling), groups whose trajectories all agree (``gtpo.rewards.informative_groups`` on accuracy, as DAPO
+dynamic sampling), groups whose trajectories all agree (``gtpo.method.rewards.informative_groups`` on accuracy, as DAPO
 and SimpleTIR, or on the trajectory reward) are left out and more problems are rolled out, in rounds of exactly
 the missing number, until ``problems_per_step`` groups differ or the cap on extra problems is spent.
 
@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gtpo.credit import Credit
 from gtpo.distributed import DistContext, gather_objects, shard_indices, strip_tokens
-from gtpo.rewards import informative_groups
+from gtpo.method.credit import Credit
+from gtpo.method.rewards import informative_groups
 from gtpo.types import Problem, Trajectory
 
 RolloutFn = Callable[[list[Problem], list[int], int], tuple[list[Trajectory], dict[str, float]]]

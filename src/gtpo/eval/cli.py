@@ -1,6 +1,6 @@
 """``gtpo eval``: score a model or a training checkpoint on benchmarks, with tool use (or without).
 
-Same rollout, sandbox and TIR protocol as training (``gtpo.evaluate.evaluate_problems``). Writes
+Same rollout, sandbox and TIR protocol as training (``gtpo.eval.evaluate.evaluate_problems``). Writes
 ``results.md``, ``results.json`` and one ``trajectories_<benchmark>.jsonl`` per benchmark into the output
 directory; ``--compare A B`` prints two such directories side by side with the paired difference.
 """
@@ -16,10 +16,13 @@ import torch
 
 from gtpo import components
 from gtpo.config import ConfigError, DataConfig, ModelConfig, RolloutConfig
-from gtpo.data import BENCHMARKS, load_benchmark, load_problems
-from gtpo.eval_report import RESULTS, compare_runs, markdown_table, write_results
-from gtpo.evaluate import EvalReport, evaluate_problems
+from gtpo.data.load import BENCHMARKS, load_benchmark, load_problems
+from gtpo.data.problems import load_eval_problems
+from gtpo.eval.evaluate import EvalReport, evaluate_problems
+from gtpo.eval.report import RESULTS, compare_runs, markdown_table, write_results
+from gtpo.model.precision import autocast, resolve_device
 from gtpo.run.export import load_checkpoint_policy, resolve_checkpoint
+from gtpo.tasks import ARITH, ARITH_HELDOUT, MULTISTEP, MULTISTEP_HELDOUT, TINY, system_prompt_for
 from gtpo.types import ExecResult, Problem
 
 NO_TOOL_PROMPT = "Solve the problem step by step. Put the final answer in \\boxed{}."
@@ -113,7 +116,7 @@ def resolve_settings(cfg: EvalConfig) -> tuple[EvalConfig, RolloutConfig, str]:
         run_config = resolve_checkpoint(cfg.checkpoint, "--checkpoint").parent.parent / "config.json"
         rollout = RolloutConfig(**_known(json.loads(run_config.read_text()).get("rollout", {})))
         source = f"the settings of run {run_config.parent}"
-    elif cfg.model == components.TINY:
+    elif cfg.model == TINY:
         rollout, source = RolloutConfig(), "the embedded default's training settings"
     else:
         rollout, source = None, "defaults for a model gtpo did not train"
@@ -172,12 +175,12 @@ def load_sets(cfg: EvalConfig) -> dict[str, list[Problem]]:
     else:
         sets = {}
         for name in cfg.benchmarks:
-            if name in (components.ARITH_HELDOUT, components.MULTISTEP_HELDOUT):
-                sets[name] = components.load_eval_problems(DataConfig(eval=name, eval_limit=0))
+            if name in (ARITH_HELDOUT, MULTISTEP_HELDOUT):
+                sets[name] = load_eval_problems(DataConfig(eval=name, eval_limit=0))
             elif name in BENCHMARKS:
                 sets[name] = load_benchmark(name, path=_local_file(cfg.data_dir, name))
             else:
-                known = ", ".join([components.ARITH_HELDOUT, components.MULTISTEP_HELDOUT, *BENCHMARKS])
+                known = ", ".join([ARITH_HELDOUT, MULTISTEP_HELDOUT, *BENCHMARKS])
                 raise ConfigError(f"--benchmarks: unknown benchmark {name!r}; known: {known}")
     return {name: problems[: cfg.limit] if cfg.limit else problems for name, problems in sets.items()}
 
@@ -200,7 +203,7 @@ def run(cfg: EvalConfig) -> list[dict]:
     assert cfg.max_new_tokens_per_turn is not None and cfg.max_total_tokens is not None
     if cfg.k > 1 and cfg.temperature <= 0:
         raise ConfigError("--k > 1 needs --temperature > 0 (greedy samples are identical)")
-    device = components.resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     sets = load_sets(cfg)
     model, tokenizer, _ = load_model(cfg, device)
     if asked_total is None:
@@ -210,10 +213,10 @@ def run(cfg: EvalConfig) -> list[dict]:
         executor, turns, system = NoToolExecutor(), 1, cfg.system_prompt or NO_TOOL_PROMPT
     else:
         executor, turns = components.build_sandbox(sampling), cfg.max_turns
-        system = cfg.system_prompt or components.system_prompt_for(DataConfig(train=_task_of(cfg)))
+        system = cfg.system_prompt or system_prompt_for(DataConfig(train=_task_of(cfg)))
     reports: list[EvalReport] = []
     try:
-        with torch.no_grad(), components.autocast("auto", device):
+        with torch.no_grad(), autocast("auto", device):
             for name, problems in sets.items():
                 reports.append(
                     evaluate_problems(
@@ -238,7 +241,7 @@ def run(cfg: EvalConfig) -> list[dict]:
 
 def _task_of(cfg: EvalConfig) -> str:
     """The embedded model answers in the embedded task's short protocol; everything else gets the generic one."""
-    embedded = {components.ARITH_HELDOUT: components.ARITH, components.MULTISTEP_HELDOUT: components.MULTISTEP}
+    embedded = {ARITH_HELDOUT: ARITH, MULTISTEP_HELDOUT: MULTISTEP}
     if len(cfg.benchmarks) == 1 and cfg.benchmarks[0] in embedded and not cfg.data:
         return embedded[cfg.benchmarks[0]]
     return "generic"

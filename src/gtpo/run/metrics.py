@@ -16,7 +16,7 @@ METRICS_FILE = "metrics.jsonl"
 """Each run directory's metric log, one JSON object per line."""
 EVAL_FILE = "eval_problems.jsonl"
 """Each run directory's per-problem held-out results, one JSON object per evaluation
-(``gtpo.evaluate.eval_record``); ``gtpo compare`` pairs runs by problem with them."""
+(``gtpo.eval.evaluate.eval_record``); ``gtpo compare`` pairs runs by problem with them."""
 
 
 class MetricLogger:

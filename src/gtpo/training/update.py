@@ -1,11 +1,11 @@
 """The policy update of one training step: packed micro-batches -> log-probs -> clipped loss -> backward -> AdamW.
 
 The trainer hands over the step's right-padded batch, token advantages and loss mask; this module decides how
-the work runs on the hardware and nothing about what is learned (the loss is ``gtpo.losses``):
+the work runs on the hardware and nothing about what is learned (the loss is ``gtpo.method.losses``):
 
 - **packing**: trajectories are dealt whole into micro-batches of at most ``optim.micro_batch_tokens`` real
-  tokens (``gtpo.batch.pack_micro_batches``); the model sees no padding and attention stays inside each
-  trajectory; only loss tokens are scored, through a chunked LM head (``gtpo.policy.packed_token_logprobs``);
+  tokens (``gtpo.training.batch.pack_micro_batches``); the model sees no padding and attention stays inside each
+  trajectory; only loss tokens are scored, through a chunked LM head (``gtpo.model.policy.packed_token_logprobs``);
 - **one global normalizer**: the loss of every micro-batch divides by the whole batch's token or sequence count
   (summed over ranks), so the accumulated gradient equals one pass over the whole batch;
 - **no wasted forward**: with one optimizer step per batch (``update_epochs`` 1) the old log-probs are the
@@ -36,12 +36,12 @@ from typing import Any
 
 import torch
 
-from gtpo.batch import MicroBatch, TokenBatch, pack_micro_batches
-from gtpo.components import autocast as default_autocast
 from gtpo.config import OptimConfig, TrainConfig
 from gtpo.distributed import DistContext, all_reduce_max, all_reduce_sum
-from gtpo.losses import clipped_policy_loss, importance_weights
-from gtpo.policy import checkpointing_active, packed_attention_active, packed_token_logprobs
+from gtpo.method.losses import clipped_policy_loss, importance_weights
+from gtpo.model.policy import checkpointing_active, packed_attention_active, packed_token_logprobs
+from gtpo.model.precision import autocast as default_autocast
+from gtpo.training.batch import MicroBatch, TokenBatch, pack_micro_batches
 
 
 def build_optimizer(

@@ -18,7 +18,7 @@ thread. Pitfalls handled here: math-verify finds nothing in bare LaTeX (``parse(
 answers are wrapped in ``\\boxed{}``; ``verify`` is asymmetric, the reference goes first.
 
 What this is not: an answer extractor (``gtpo.tools.extract_boxed`` gives the ``\\boxed{}`` content) or a
-reward (``gtpo.credit`` turns correctness into rewards). POSIX only (pipes are polled with ``select``).
+reward (``gtpo.method.credit`` turns correctness into rewards). POSIX only (pipes are polled with ``select``).
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ class _VerifyWorker:
             return self._proc
         package_root = Path(__file__).resolve().parents[1]
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from gtpo.grading import serve_worker; serve_worker()"],
+            [sys.executable, "-c", "from gtpo.data.grading import serve_worker; serve_worker()"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             cwd=package_root,  # `-c` puts the cwd first on sys.path: the child imports this very package

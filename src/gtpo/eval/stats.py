@@ -10,7 +10,7 @@ standard error is that of the N per-problem accuracies (the clustered standard e
 evals, e.g. Miller 2024, "Adding Error Bars to Evals"). Likewise two runs on the same problems are compared
 through per-problem differences (a paired test), which removes the shared problem difficulty from the noise.
 
-What this is not: the evaluation loop (``gtpo.evaluate``) or metric logging (``gtpo.metrics``).
+What this is not: the evaluation loop (``gtpo.eval.evaluate``) or metric logging (``gtpo.run.metrics``).
 """
 
 from __future__ import annotations

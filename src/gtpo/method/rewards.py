@@ -1,8 +1,8 @@
 """Rewards: GTPO turn rewards, the GRPO trajectory reward, and self-supervised accuracy shaping.
 
 Pure functions from plain lists (what the grader and the rollout recorded) to tensors or lists. The
-events that drive them are decided elsewhere: correctness by ``gtpo.grading``, whether a call is invalid by
-``gtpo.tools.is_invalid_call``. Normalization into advantages lives in ``gtpo.advantages``.
+events that drive them are decided elsewhere: correctness by ``gtpo.data.grading``, whether a call is invalid by
+``gtpo.tools.is_invalid_call``. Normalization into advantages lives in ``gtpo.method.advantages``.
 See docs/algorithms.md for each formula and the provenance of each default.
 """
 
@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from gtpo.similarity import tfidf_code_similarity
+from gtpo.method.similarity import tfidf_code_similarity
 
 Similarity = Callable[[list[str], list[str]], torch.Tensor]
-"""sim(a, b) -> [len(a), len(b)] similarity matrix; ``gtpo.similarity`` has the implementations."""
+"""sim(a, b) -> [len(a), len(b)] similarity matrix; ``gtpo.method.similarity`` has the implementations."""
 
 
 def turn_rewards(
@@ -141,7 +141,7 @@ def informative_groups(scores: Sequence[float], group_ids: Sequence[int]) -> lis
     A group whose trajectories all score the same (all right, all wrong, same format events) gets advantage 0
     on every token under GRPO's normalization, so it adds nothing to the policy gradient: DAPO's dynamic
     sampling and SimpleTIR's filter leave such groups out and sample others. Scores compare exactly (float64),
-    the rule ``gtpo.advantages`` uses for a set whose advantages are all 0.
+    the rule ``gtpo.method.advantages`` uses for a set whose advantages are all 0.
     """
     _check_lengths(scores=scores, group_ids=group_ids)
     values: dict[int, set[float]] = {}

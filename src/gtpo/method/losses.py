@@ -6,7 +6,7 @@ tool-output observation tokens are 0 there). The aggregation divides by a normal
 give for the whole batch, so that gradients summed over micro-batches equal the gradient of one big batch.
 See docs/algorithms.md for the formulas.
 
-What this is not: it computes no log-probs (the trainer does) and no advantages (``gtpo.advantages``).
+What this is not: it computes no log-probs (the trainer does) and no advantages (``gtpo.method.advantages``).
 """
 
 from __future__ import annotations

@@ -3,10 +3,10 @@
 ``load_problems`` reads any source with one question column and one answer column. ``load_benchmark``
 reads the evaluation benchmarks in their published formats (``BENCHMARKS``: which dataset, split and columns,
 and how the answer is normalized), from a local copy or from the Hub. Answers become the short strings that
-``gtpo.grading`` compares: ``8.0`` -> ``"8"``, GSM8K's ``"...#### 1,200"`` -> ``"1200"``.
+``gtpo.data.grading`` compares: ``8.0`` -> ``"8"``, GSM8K's ``"...#### 1,200"`` -> ``"1200"``.
 
 What this is not: prompt formatting (the rollout builds the chat) or batching/shuffling
-(``gtpo.problem_stream``). HF datasets need the optional extra ``data`` (``pip install 'gtpo[data]'``), as do
+(``gtpo.data.stream``). HF datasets need the optional extra ``data`` (``pip install 'gtpo[data]'``), as do
 parquet files (pyarrow).
 """
 

@@ -3,7 +3,7 @@
 It honours the contract of the other samplers (``HFSampler``, the engine):
 
 - Prompts go in as token ids and the sampled ids come back untouched: a trajectory is never re-tokenized.
-- A turn ends by the one rule of ``gtpo.generate.turn_end``: at an EOS token, or at a token that can close a
+- A turn ends by the one rule of ``gtpo.generation.hf.turn_end``: at an EOS token, or at a token that can close a
   fence once the decoded turn holds a closed python block. vLLM has no such stop condition, and no stop string
   can express it (a closing fence may be followed by anything, and the opening fence is a fence too). So every
   token that can close a fence is a vLLM stop token; at each such stop the rule is applied on the host, and a
@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from gtpo.generate import EngineFailed, Sample, SampleFinish, _eos_ids, fence_token_ids, turn_end
+from gtpo.generation.hf import EngineFailed, Sample, SampleFinish, _eos_ids, fence_token_ids, turn_end
 
 SUPPORTED_VLLM = ("0.32",)
 """vLLM releases (major.minor) whose API this backend was tested against: the weight-transfer protocol and

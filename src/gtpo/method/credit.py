@@ -1,7 +1,7 @@
 """Credit assignment: graded trajectories -> rewards -> advantages on every model token.
 
 This is the one place that reads trajectory records (turns, correctness, code) and hands plain lists and
-tensors to the pure math in ``gtpo.rewards`` and ``gtpo.advantages``. It holds no formula of its own; see
+tensors to the pure math in ``gtpo.method.rewards`` and ``gtpo.method.advantages``. It holds no formula of its own; see
 docs/algorithms.md for the equations and the function that implements each.
 """
 
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from gtpo.advantages import grpo_advantages, gtpo_advantages
-from gtpo.rewards import format_ok, grpo_rewards, shaped_accuracy, turn_rewards
+from gtpo.method.advantages import grpo_advantages, gtpo_advantages
+from gtpo.method.rewards import format_ok, grpo_rewards, shaped_accuracy, turn_rewards
 from gtpo.types import Trajectory
 
 Similarity = Callable[[list[str], list[str]], torch.Tensor]

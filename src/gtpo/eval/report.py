@@ -1,7 +1,7 @@
 """Evaluation output: a results row per benchmark (markdown + JSON), trajectories as JSONL, and a
 side-by-side comparison of two evaluation directories with the paired difference and its interval.
 
-Reads and writes files only; the numbers come from ``gtpo.eval_stats``.
+Reads and writes files only; the numbers come from ``gtpo.eval.stats``.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gtpo.eval_stats import accuracy_interval, mean_pass_at_k, paired_difference
-from gtpo.evaluate import EvalReport
+from gtpo.eval.evaluate import EvalReport
+from gtpo.eval.stats import accuracy_interval, mean_pass_at_k, paired_difference
 
 RESULTS = "results.json"
 

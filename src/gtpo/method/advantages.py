@@ -5,8 +5,8 @@ Pure tensor functions, vectorized over the batch (a loop over the K turn positio
 [B, K] with ``turn_mask``; ``turn_ids`` [B, T] is the 0-based turn index on model tokens and -1 on prompt
 and observation tokens. See docs/algorithms.md for the equations and where each default comes from.
 
-What this is not: it reads no trajectories and computes no rewards (``gtpo.rewards``), and it knows
-nothing of the loss (``gtpo.losses``).
+What this is not: it reads no trajectories and computes no rewards (``gtpo.method.rewards``), and it knows
+nothing of the loss (``gtpo.method.losses``).
 
 Convention shared by GTPO and GRPO: the std of a normalization set is the *population* std (divide by n,
 not n - 1), so a set of one has std 0 and every set's advantages have unit mean square. A set whose values

@@ -3,7 +3,7 @@
 A request asks for one turn: continue a token context by up to ``max_new_tokens`` tokens, stopping at EOS
 or at a closed python block. Each request gets a cache slot; a batch of waiting requests is prefilled in one
 forward call (only the tokens whose keys/values the slot does not hold yet), then all live slots decode
-together, a chunk of steps at a time (``gtpo.engine.decode``). When a slot's turn ends, its request is
+together, a chunk of steps at a time (``gtpo.generation.engine.decode``). When a slot's turn ends, its request is
 returned at once and the slot is free for the next waiting request: no row waits for the longest one.
 
 Between turns of a trajectory its slot keeps the keys/values (``submit`` the same key again with the tokens
@@ -11,7 +11,7 @@ extended by the tool output, and only the new tokens are prefilled). When a wait
 none is free, the slot held longest by a trajectory that is not generating is given up (evicted); that
 trajectory's next turn then prefills its whole context again.
 
-Not here: the multi-turn episode (``gtpo.rollout``), running code (``gtpo.sandbox``).
+Not here: the multi-turn episode (``gtpo.rollout.episode``), running code (``gtpo.sandbox``).
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from gtpo.engine.attention import AttentionPlan, set_plan
-from gtpo.engine.decode import DecodeState, GraphCache, decode_step
-from gtpo.engine.sampling import counter_uniform, sample_tokens
-from gtpo.engine.weights import build_inference_copy, load_weights
-from gtpo.generate import Sample, SampleFinish, _eos_ids, fence_token_ids, turn_end
+from gtpo.generation.engine.attention import AttentionPlan, set_plan
+from gtpo.generation.engine.decode import DecodeState, GraphCache, decode_step
+from gtpo.generation.engine.sampling import counter_uniform, sample_tokens
+from gtpo.generation.engine.weights import build_inference_copy, load_weights
+from gtpo.generation.hf import Sample, SampleFinish, _eos_ids, fence_token_ids, turn_end
 
 
 @dataclass
@@ -83,7 +83,7 @@ class GenerationEngine:
     """Continuous-batching sampler over its own copy of a policy; see the module docstring."""
 
     def __init__(self, policy: torch.nn.Module, tokenizer: Any, options: EngineOptions | None = None) -> None:
-        from gtpo.policy import inference_weights
+        from gtpo.model.policy import inference_weights
 
         self.options = options = options or EngineOptions()
         if options.slots < 1 or options.chunk < 1 or options.max_len < 2:

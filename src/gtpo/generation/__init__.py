@@ -1,0 +1,1 @@
+"""Generation: the sampler protocol, the Hugging Face sampler, the vLLM backend and gtpo's own engine."""
