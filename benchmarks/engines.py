@@ -127,6 +127,7 @@ def run_backend(backend: str, name: str, args: argparse.Namespace) -> dict[str, 
 
     from gtpo.config import RolloutConfig
     from gtpo.rollout.episode import rollout
+    from gtpo.rollout.spec import EpisodeSpec
     from gtpo.sandbox import SandboxPool
     from gtpo.tasks import GENERIC_SYSTEM_PROMPT
     from gtpo.tasks.arith import SYSTEM_PROMPT, heldout_problems
@@ -211,11 +212,13 @@ def run_backend(backend: str, name: str, args: argparse.Namespace) -> dict[str, 
                 sampler,
                 tokenizer,
                 pool,
-                system_prompt=SYSTEM_PROMPT if name == "tiny" else GENERIC_SYSTEM_PROMPT,
-                max_turns=limits.max_turns,
-                max_new_tokens_per_turn=limits.max_new_tokens_per_turn,
-                max_total_tokens=limits.max_total_tokens,
-                temperature=1.0,
+                EpisodeSpec(
+                    system_prompt=SYSTEM_PROMPT if name == "tiny" else GENERIC_SYSTEM_PROMPT,
+                    max_turns=limits.max_turns,
+                    max_new_tokens_per_turn=limits.max_new_tokens_per_turn,
+                    max_total_tokens=limits.max_total_tokens,
+                    temperature=1.0,
+                ),
                 seed=rep,
             )
             wall = time.perf_counter() - t

@@ -26,6 +26,7 @@ from gtpo.generation.engine import EngineOptions, EngineSampler
 from gtpo.generation.hf import HFSampler
 from gtpo.model.policy import load_policy
 from gtpo.rollout.episode import rollout, rollout_metrics
+from gtpo.rollout.spec import EpisodeSpec
 from gtpo.sandbox import SandboxPool
 from gtpo.tasks.arith import SYSTEM_PROMPT, heldout_problems
 from gtpo.tiny import DEFAULT_MODEL_DIR
@@ -40,13 +41,15 @@ def one_rollout(sampler, tokenizer, problems, group: int, pool, seed: int, sched
         sampler,
         tokenizer,
         pool,
-        system_prompt=SYSTEM_PROMPT,
-        max_turns=limits.max_turns,
-        max_new_tokens_per_turn=limits.max_new_tokens_per_turn,
-        max_total_tokens=limits.max_total_tokens,
-        temperature=1.0,
+        EpisodeSpec(
+            system_prompt=SYSTEM_PROMPT,
+            max_turns=limits.max_turns,
+            max_new_tokens_per_turn=limits.max_new_tokens_per_turn,
+            max_total_tokens=limits.max_total_tokens,
+            temperature=1.0,
+            schedule=schedule,
+        ),
         seed=seed,
-        schedule=schedule,
     )
     wall = time.perf_counter() - start
     metrics = rollout_metrics(result.trajectories)

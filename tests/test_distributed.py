@@ -24,6 +24,7 @@ from gtpo.config import from_dict
 from gtpo.distributed import DistContext, init_distributed, shard_indices
 from gtpo.generation.hf import ScriptedSampler
 from gtpo.rollout.episode import rollout
+from gtpo.rollout.spec import EpisodeSpec
 from gtpo.run.metrics import read_metrics
 from gtpo.trainer import Trainer
 
@@ -51,10 +52,9 @@ class ScriptedTrainer(Trainer):
                 sampler,
                 self.tokenizer,
                 self.sandbox,
-                system_prompt=self.system_prompt,
-                max_turns=2,
-                max_total_tokens=400,
-                max_new_tokens_per_turn=64,
+                EpisodeSpec(
+                    system_prompt=self.system_prompt, max_turns=2, max_total_tokens=400, max_new_tokens_per_turn=64
+                ),
             )
             trajectories += result.trajectories
         return trajectories, result.timings.as_dict()

@@ -19,6 +19,7 @@ from gtpo.generation.engine.sampling import counter_uniform, sample_tokens
 from gtpo.generation.hf import HFSampler
 from gtpo.model.policy import load_policy, prompt_ids, token_logprobs
 from gtpo.rollout.episode import rollout
+from gtpo.rollout.spec import EpisodeSpec
 from gtpo.tasks.arith import SYSTEM_PROMPT, heldout_problems
 from gtpo.tiny import DEFAULT_MODEL_DIR
 from gtpo.tools import format_tool_output, has_closed_code_block
@@ -307,10 +308,7 @@ def _rollout(sampler, tokenizer, executor, **kwargs):
         sampler,
         tokenizer,
         executor,
-        system_prompt=SYSTEM_PROMPT,
-        max_turns=4,
-        max_new_tokens_per_turn=64,
-        max_total_tokens=400,
+        EpisodeSpec(system_prompt=SYSTEM_PROMPT, max_turns=4, max_new_tokens_per_turn=64, max_total_tokens=400),
         grade_fn=lambda pred, ref: pred == ref,
         **kwargs,
     ).trajectories
@@ -391,7 +389,7 @@ def test_backend_choice_and_settings_are_checked(shipped):
         with pytest.raises(ConfigError, match=rf"rollout\.{field}"):
             validate(TrainConfig(rollout=RolloutConfig(**{field: value})))
     with pytest.raises(ValueError, match="schedule"):
-        rollout([], 2, default, tokenizer, EchoExecutor(), system_prompt="", schedule="soon")
+        rollout([], 2, default, tokenizer, EchoExecutor(), EpisodeSpec(system_prompt="", schedule="soon"))
     sliding = type("Config", (), {"layer_types": ["full_attention", "sliding_attention"]})()
     with pytest.raises(ValueError, match=r"--rollout\.backend hf"):
         check_supported(sliding)

@@ -15,6 +15,7 @@ import pytest
 
 from gtpo.generation.hf import ScriptedSampler
 from gtpo.rollout.episode import open_sessions, rollout
+from gtpo.rollout.spec import EpisodeSpec
 from gtpo.tasks import multistep
 from gtpo.tasks.multistep import KINDS, heldout_problems, make_problem, make_problems, train_problems
 from gtpo.tasks.multistep_traces import Notebook, make_traces
@@ -123,7 +124,7 @@ def test_rollout_preloads_each_session_and_never_shows_the_setup(pool, tiny_toke
     problem = Problem(id="p", question="What is lookup('kiwi') + 1?", answer="42", setup_code=setup)
     replies = ["```python\nprint(lookup('kiwi'))\n```", "```python\nprint(41 + 1)\n```", "\\boxed{42}"]
     sampler = ScriptedSampler(tiny_tokenizer, lambda text, turn: replies[turn])
-    result = rollout([problem], 3, sampler, tiny_tokenizer, pool, system_prompt="s", max_turns=4)
+    result = rollout([problem], 3, sampler, tiny_tokenizer, pool, EpisodeSpec(system_prompt="s", max_turns=4))
     for trajectory in result.trajectories:
         assert [t.tool_output for t in trajectory.turns[:2]] == ["41\n", "42\n"]
         assert trajectory.correct

@@ -27,6 +27,7 @@ import torch
 from gtpo.generation.hf import HFSampler, Sample
 from gtpo.model.policy import packed_token_logprobs, prompt_ids, token_logprobs
 from gtpo.rollout.episode import rollout
+from gtpo.rollout.spec import EpisodeSpec
 from gtpo.tools import format_tool_output
 from gtpo.training.batch import collate, pack_micro_batches
 from gtpo.types import ExecResult, Problem
@@ -301,9 +302,14 @@ def test_rollout_contract_with_a_scripted_policy(tokenizer, request):
     filler = encode(tokenizer, "z")[0]
     policy = ScriptedPolicy(vocab_size(tokenizer), script, filler)
     result = rollout(
-        problems, 2, HFSampler(policy, tokenizer), tokenizer, ReplyExecutor(),
-        system_prompt=SYSTEM, max_turns=3, max_new_tokens_per_turn=64, grade_fn=lambda p, r: p == r,
-    )  # fmt: skip
+        problems,
+        2,
+        HFSampler(policy, tokenizer),
+        tokenizer,
+        ReplyExecutor(),
+        EpisodeSpec(system_prompt=SYSTEM, max_turns=3, max_new_tokens_per_turn=64),
+        grade_fn=lambda p, r: p == r,
+    )
     for t in result.trajectories:
         assert len(t.input_ids) == len(t.loss_mask) == len(t.turn_ids) == len(t.sampler_logprobs)
         prompt = template_ids(tokenizer, t.problem.question)
@@ -387,9 +393,16 @@ def test_sampler_logprobs_equal_the_updates_recomputation(tokenizer, model, engi
     else:
         sampler = ForcedThenSampled(model, tokenizer, code_turn)
     result = rollout(
-        problems, 2, sampler, tokenizer, ReplyExecutor(), system_prompt=SYSTEM, max_turns=2,
-        max_new_tokens_per_turn=12, max_total_tokens=200, temperature=temperature, seed=1,
-    )  # fmt: skip
+        problems,
+        2,
+        sampler,
+        tokenizer,
+        ReplyExecutor(),
+        EpisodeSpec(
+            system_prompt=SYSTEM, max_turns=2, max_new_tokens_per_turn=12, max_total_tokens=200, temperature=temperature
+        ),
+        seed=1,
+    )
     recomputed = trainer_logprobs(model, result.trajectories, temperature)
     batch = collate(result.trajectories, 0)
     mask = batch.loss_mask.bool()
@@ -416,9 +429,18 @@ def test_an_observation_cut_by_the_token_budget_stays_untrained(tokenizer):
     keep = inside[0] if inside else len(obs) // 2
     policy = ScriptedPolicy(vocab_size(tokenizer), lambda _: turn + after, filler=after[0])
     result = rollout(
-        [problem], 1, HFSampler(policy, tokenizer), tokenizer, ReplyExecutor(), system_prompt=SYSTEM,
-        max_turns=3, max_new_tokens_per_turn=64, max_total_tokens=len(prompt) + len(turn) + keep,
-    )  # fmt: skip
+        [problem],
+        1,
+        HFSampler(policy, tokenizer),
+        tokenizer,
+        ReplyExecutor(),
+        EpisodeSpec(
+            system_prompt=SYSTEM,
+            max_turns=3,
+            max_new_tokens_per_turn=64,
+            max_total_tokens=len(prompt) + len(turn) + keep,
+        ),
+    )
     (t,) = result.trajectories
     assert t.input_ids == prompt + turn + obs[:keep] and t.finish_reason == "length"
     assert t.loss_mask == [0] * len(prompt) + [1] * len(turn) + [0] * keep
@@ -439,10 +461,16 @@ def test_the_contract_with_real_smollm2_weights():
     code = encode(tokenizer, "I will compute it.\n```python\nprint(6 * 7)\n```")
     with SandboxPool(SandboxLimits(wall_time_s=2.0), max_workers=2) as pool:
         result = rollout(
-            heldout_problems()[:2], 2, ForcedThenSampled(model.eval(), tokenizer, code), tokenizer, pool,
-            system_prompt=system,
-            max_turns=2, max_new_tokens_per_turn=96, max_total_tokens=512, temperature=1.0, seed=0,
-        )  # fmt: skip
+            heldout_problems()[:2],
+            2,
+            ForcedThenSampled(model.eval(), tokenizer, code),
+            tokenizer,
+            pool,
+            EpisodeSpec(
+                system_prompt=system, max_turns=2, max_new_tokens_per_turn=96, max_total_tokens=512, temperature=1.0
+            ),
+            seed=0,
+        )
     for t in result.trajectories:
         assert len(t.input_ids) == len(t.loss_mask) == len(t.turn_ids) == len(t.sampler_logprobs)
         messages = [{"role": "system", "content": system}, {"role": "user", "content": t.problem.question}]

@@ -8,6 +8,7 @@ import torch
 from gtpo.generation.hf import HFSampler, ScriptedSampler
 from gtpo.model.policy import prompt_ids, token_logprobs
 from gtpo.rollout.episode import is_void_trajectory, rollout, rollout_metrics
+from gtpo.rollout.spec import EpisodeSpec
 from gtpo.tools import format_tool_output
 from gtpo.training.batch import collate
 from gtpo.types import ExecResult, Problem
@@ -62,7 +63,7 @@ def _run(tokenizer, names, **kwargs):
         ScriptedSampler(tokenizer, _respond),
         tokenizer,
         executor,
-        system_prompt=SYSTEM,
+        EpisodeSpec(system_prompt=SYSTEM),
         grade_fn=lambda pred, ref: pred == ref,
         **kwargs,
     )
@@ -155,11 +156,13 @@ def test_hf_sampler_with_real_sandbox_runs_the_policys_code(shipped_tiny):
             HFSampler(model, tokenizer),
             tokenizer,
             pool,
-            system_prompt=SYSTEM_PROMPT,
-            max_turns=2,
-            max_new_tokens_per_turn=32,
-            max_total_tokens=256,
-            temperature=1.0,
+            EpisodeSpec(
+                system_prompt=SYSTEM_PROMPT,
+                max_turns=2,
+                max_new_tokens_per_turn=32,
+                max_total_tokens=256,
+                temperature=1.0,
+            ),
             seed=0,
         )
     assert result.timings.generation_s > 0 and result.timings.sandbox_s > 0

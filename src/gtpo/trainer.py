@@ -12,6 +12,7 @@ on the first update epoch for reasons that have nothing to do with the policy ch
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import time
 from pathlib import Path
@@ -38,14 +39,14 @@ from gtpo.distributed import (
 )
 from gtpo.eval.evaluate import EvalReport, evaluate_problems
 from gtpo.method.advantages import turns_to_tokens
-from gtpo.method.credit import Credit, assign_credit
-from gtpo.method.rewards import overlong_penalty
+from gtpo.method.credit import bind_credit
 from gtpo.method.similarity import get_similarity
 from gtpo.model.policy import inference_weights, prompt_ids
 from gtpo.model.precision import autocast, computes_in_bf16, resolve_device
 from gtpo.model.source import check_model_source
-from gtpo.rollout.episode import is_void_trajectory, rollout, rollout_metrics
-from gtpo.rollout.groups import StepGroups, collect_groups
+from gtpo.rollout.episode import is_void_trajectory, rollout_metrics
+from gtpo.rollout.groups import StepGroups, collect_groups, roll_round
+from gtpo.rollout.spec import episode_spec
 from gtpo.run.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from gtpo.run.export import export_final_policy
 from gtpo.run.recorder import RunRecorder
@@ -146,11 +147,13 @@ class Trainer:
             config.rollout, self.policy, self.tokenizer, config.model.name_or_path, config.model.dtype
         )
         self.sandbox = executor or components.build_sandbox(config.rollout)
+        self.episode = episode_spec(config, self.system_prompt)
+        """The rules of a training episode; held-out runs use ``episode.evaluation(...)``."""
         uses_shaping = config.algo.shaping and config.algo.algo == "gtpo"
-        self.similarity = get_similarity(config.algo.similarity) if uses_shaping else None
+        similarity = get_similarity(config.algo.similarity) if uses_shaping else None
+        self.credit, self.score = bind_credit(config, similarity)
+        """Credit for a batch of groups, and the trajectory reward that filtering by score compares."""
         self.step = 0
-        self._sampling_round = 0
-        """Which rollout of the step is running (> 0 only for rollout.filter_groups refills); seeds it."""
         self.finished = False
         """A resumed run already at ``steps``: ``train`` does nothing, and nothing in its folder changes."""
         self._last_batch: tuple[list[Trajectory], Any] | None = None
@@ -289,7 +292,7 @@ class Trainer:
         if not sample.kept:  # rollout.filter_groups found no group with signal within its cap: no update
             return {**metrics, "perf/step_s": time.perf_counter() - start, "perf/rollout_s": rollout_s}
 
-        credit = sample.credit or self._credit(sample.kept, sample.kept_lengths)
+        credit = self.credit(sample.kept, sample.kept_lengths)
         self._last_batch = (sample.kept, credit)  # shown in samples.jsonl at evaluations
         batch = collate(sample.local, self.tokenizer.pad_token_id)
         advantages = turns_to_tokens(credit.turn_advantages[sample.local_positions], batch.turn_ids)
@@ -321,17 +324,19 @@ class Trainer:
         return metrics
 
     def _collect_groups(self) -> StepGroups:
-        """This step's groups (``gtpo.rollout.groups``): rollouts through ``_rollout``, credit through ``_credit``."""
+        """This step's groups (``gtpo.rollout.groups``), rolled out by this run's sampler and sandbox."""
         r = self.cfg.rollout
-
-        def roll(problems: list[Any], indices: list[int], round_index: int) -> tuple[list[Trajectory], dict]:
-            self._sampling_round = round_index
-            return self._rollout(problems, indices)
-
+        roll = functools.partial(
+            roll_round,
+            sampler=self.sampler,
+            tokenizer=self.tokenizer,
+            executor=self.sandbox,
+            spec=self.episode,
+            seed=step_seed(self.cfg.seed, self.step) + self.ctx.rank,
+        )
         return collect_groups(
             self.stream.take,
             roll,
-            self._credit,
             self.ctx,
             problems_per_step=r.problems_per_step,
             group_size=r.group_size,
@@ -339,53 +344,8 @@ class Trainer:
             filter_groups=r.filter_groups,
             max_extra_problems=r.filter_max_extra_problems,
             filter_metric=r.filter_metric,
+            score=self.score,
         )
-
-    def _credit(self, trajectories: list[Trajectory], lengths: list[int]) -> Credit:
-        """``assign_credit`` with this run's settings; ``lengths`` (tokens per trajectory) feed the overlong
-        penalty when ``rollout.overlong="penalty"``."""
-        algo, r = self.cfg.algo, self.cfg.rollout
-        penalties = None
-        if r.overlong == "penalty":
-            buffer = round(r.overlong_buffer * r.max_total_tokens)
-            penalties = overlong_penalty(lengths, r.max_total_tokens, buffer, r.overlong_penalty)
-        return assign_credit(
-            trajectories,
-            algo=algo.algo,
-            gamma=algo.gamma,
-            adv_norm=algo.adv_norm,
-            scale_by_std=algo.scale_by_std,
-            format_penalty=algo.format_penalty,
-            no_call_penalty=algo.no_call_penalty,
-            shaping=algo.shaping,
-            shaping_alpha=algo.shaping_alpha,
-            similarity=self.similarity,
-            outcome_penalties=penalties,
-        )
-
-    def _rollout(self, problems: list[Any], indices: list[int]) -> tuple[list[Trajectory], dict[str, float]]:
-        """One trajectory per entry of ``problems`` (a problem appears G times across the ranks);
-        ``indices`` are their positions in the global batch."""
-        r = self.cfg.rollout
-        with torch.no_grad():
-            result = rollout(
-                problems,
-                1,
-                self.sampler,
-                self.tokenizer,
-                self.sandbox,
-                system_prompt=self.system_prompt,
-                max_turns=r.max_turns,
-                max_total_tokens=r.max_total_tokens,
-                max_new_tokens_per_turn=r.max_new_tokens_per_turn,
-                temperature=r.temperature,
-                top_p=r.top_p,
-                invalid_statuses=frozenset(self.cfg.algo.invalid_statuses),
-                seed=step_seed(self.cfg.seed, self.step) + self.ctx.rank + 100_003 * self._sampling_round,
-                schedule=r.schedule,
-                rejoin_steps=r.rejoin_steps,
-            )
-        return result.trajectories, result.timings.as_dict()
 
     # --------------------------------------------------------------------------------------------- update
     def _update(self, batch: TokenBatch, advantages: torch.Tensor, loss_mask: torch.Tensor) -> dict[str, float]:
@@ -416,15 +376,9 @@ class Trainer:
             sampler=self.sampler,
             tokenizer=self.tokenizer,
             executor=self.sandbox,
-            system_prompt=self.system_prompt,
+            spec=self.episode.evaluation(r.eval_temperature),
             k=r.eval_samples,
-            temperature=r.eval_temperature,
-            max_turns=r.max_turns,
-            max_new_tokens_per_turn=r.max_new_tokens_per_turn,
-            max_total_tokens=r.max_total_tokens,
             seed=self.cfg.seed,
-            schedule=r.schedule,
-            rejoin_steps=r.rejoin_steps,
             on_progress=progress,
         )
         if not self.ctx.enabled:

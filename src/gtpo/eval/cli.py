@@ -21,6 +21,7 @@ from gtpo.data.problems import load_eval_problems
 from gtpo.eval.evaluate import EvalReport, evaluate_problems
 from gtpo.eval.report import RESULTS, compare_runs, markdown_table, write_results
 from gtpo.model.precision import autocast, resolve_device
+from gtpo.rollout.spec import EpisodeSpec
 from gtpo.run.export import load_checkpoint_policy, resolve_checkpoint
 from gtpo.tasks import ARITH, ARITH_HELDOUT, MULTISTEP, MULTISTEP_HELDOUT, TINY, system_prompt_for
 from gtpo.types import ExecResult, Problem
@@ -225,12 +226,14 @@ def run(cfg: EvalConfig) -> list[dict]:
                         sampler=sampler,
                         tokenizer=tokenizer,
                         executor=executor,
-                        system_prompt=system,
+                        spec=EpisodeSpec(
+                            system_prompt=system,
+                            max_turns=turns,
+                            max_total_tokens=cfg.max_total_tokens,
+                            max_new_tokens_per_turn=cfg.max_new_tokens_per_turn,
+                            temperature=cfg.temperature,
+                        ),
                         k=cfg.k,
-                        temperature=cfg.temperature,
-                        max_turns=turns,
-                        max_new_tokens_per_turn=cfg.max_new_tokens_per_turn,
-                        max_total_tokens=cfg.max_total_tokens,
                         seed=cfg.seed,
                     )
                 )

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gtpo.rollout.episode import rollout
+from gtpo.rollout.spec import EpisodeSpec
 from gtpo.run.metrics import read_metrics
 from gtpo.types import CodeExecutor, Problem, Trajectory
 
@@ -51,20 +52,15 @@ def evaluate_problems(
     sampler: Any,
     tokenizer: Any,
     executor: CodeExecutor,
-    system_prompt: str,
+    spec: EpisodeSpec,
     k: int = 1,
-    temperature: float = 0.0,
-    max_turns: int = 5,
-    max_new_tokens_per_turn: int = 512,
-    max_total_tokens: int = 4096,
     batch_problems: int | None = None,
     seed: int | None = 0,
     grade_fn: Callable[[str | None, str], bool] | None = None,
-    schedule: str = "auto",
-    rejoin_steps: int = 16,
     on_progress: Callable[[int], None] | None = None,
 ) -> EvalReport:
-    """Roll out ``k`` samples per problem (in chunks of ``batch_problems``) and collect correctness.
+    """Roll out ``k`` samples per problem by the rules of ``spec`` (in chunks of ``batch_problems``) and
+    collect correctness.
 
     ``batch_problems`` None: all problems in one rollout with the engine (its queue keeps every slot busy),
     32 at a time with batch samplers (their padded batches grow with the longest row). ``on_progress(n)`` is
@@ -81,22 +77,8 @@ def evaluate_problems(
     trajectories: list[Trajectory] = []
     for start in range(0, len(problems), batch_problems):
         chunk = list(problems[start : start + batch_problems])
-        out = rollout(
-            chunk,
-            k,
-            sampler,
-            tokenizer,
-            executor,
-            system_prompt=system_prompt,
-            max_turns=max_turns,
-            max_total_tokens=max_total_tokens,
-            max_new_tokens_per_turn=max_new_tokens_per_turn,
-            temperature=temperature,
-            grade_fn=grade_fn,
-            seed=None if seed is None else seed + start,
-            schedule=schedule,
-            rejoin_steps=rejoin_steps,
-        )
+        seed_here = None if seed is None else seed + start
+        out = rollout(chunk, k, sampler, tokenizer, executor, spec, seed=seed_here, grade_fn=grade_fn)
         trajectories.extend(out.trajectories)
         if on_progress is not None:
             on_progress(len(chunk))

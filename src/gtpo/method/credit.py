@@ -12,11 +12,16 @@ from dataclasses import dataclass
 
 import torch
 
+from gtpo.config import TrainConfig
 from gtpo.method.advantages import grpo_advantages, gtpo_advantages
-from gtpo.method.rewards import format_ok, grpo_rewards, shaped_accuracy, turn_rewards
+from gtpo.method.rewards import format_ok, grpo_rewards, overlong_penalty, shaped_accuracy, turn_rewards
 from gtpo.types import Trajectory
 
 Similarity = Callable[[list[str], list[str]], torch.Tensor]
+CreditFn = Callable[[Sequence[Trajectory], Sequence[int]], "Credit"]
+"""(trajectories, tokens per trajectory) -> their credit."""
+ScoreFn = Callable[[Sequence[Trajectory], Sequence[int]], list[float]]
+"""(trajectories, tokens per trajectory) -> each trajectory's reward."""
 
 
 @dataclass
@@ -89,31 +94,25 @@ def assign_credit(
     """Advantages for whole groups. Needs only turn records, so a group split across ranks can be
     gathered without its token lists (see gtpo.distributed). ``outcome_penalties`` (one per trajectory, <= 0)
     add to GTPO's last-turn reward and to GRPO's trajectory reward."""
-    if algo not in ("gtpo", "grpo"):
-        raise ValueError(f"algo.algo must be 'gtpo' or 'grpo', got {algo!r}")
-    if shaping and algo == "gtpo" and similarity is None:
-        raise ValueError("algo.shaping is on but no similarity function was given")
     correct = [t.correct for t in trajectories]
     group_ids = torch.tensor([t.group_id for t in trajectories])
-    turns = trajectory_turn_rewards(
+    turns, traj_rewards = _rewards(
         trajectories,
+        algo=algo,
         format_penalty=format_penalty,
         no_call_penalty=no_call_penalty,
+        shaping=shaping,
         shaping_alpha=shaping_alpha,
-        similarity=similarity if shaping and algo == "gtpo" else None,
+        similarity=similarity,
         outcome_penalties=outcome_penalties,
     )
     rewards_bk, turn_mask, acc, fmt_ok = turns.rewards, turns.mask, turns.acc, turns.fmt_ok
     if algo == "grpo":
-        traj_rewards = grpo_rewards(correct, fmt_ok).to(torch.float32)
-        if outcome_penalties is not None:
-            traj_rewards = traj_rewards + torch.tensor(outcome_penalties, dtype=torch.float32)
         adv = grpo_advantages(traj_rewards, group_ids, scale_by_std=scale_by_std)
         # GRPO: the trajectory's one advantage on every one of its turns (hence on every model token).
         turn_adv = torch.where(turn_mask, adv[:, None].to(torch.float32), torch.zeros(()))
     else:
         turn_adv = gtpo_advantages(rewards_bk, turn_mask, group_ids, gamma, norm=adv_norm, scale_by_std=scale_by_std)
-        traj_rewards = (rewards_bk * turn_mask).sum(dim=1)
 
     shaped = [a for a, c in zip(acc, correct, strict=True) if not c and a > 0]
     valid_adv = turn_adv[turn_mask]
@@ -126,3 +125,98 @@ def assign_credit(
     }
     shown = rewards_bk if algo == "gtpo" else torch.where(turn_mask, traj_rewards[:, None], torch.zeros(()))
     return Credit(turn_adv, traj_rewards, acc, metrics, turn_rewards=shown)
+
+
+def trajectory_rewards(
+    trajectories: Sequence[Trajectory],
+    *,
+    algo: str,
+    format_penalty: float,
+    no_call_penalty: float,
+    shaping: bool,
+    shaping_alpha: float,
+    similarity: Similarity | None,
+    outcome_penalties: Sequence[float] | None = None,
+) -> list[float]:
+    """Each trajectory's reward as ``assign_credit`` computes it (``Credit.trajectory_rewards``), without the
+    advantages: what group filtering by score compares within a group."""
+    _, rewards = _rewards(
+        trajectories,
+        algo=algo,
+        format_penalty=format_penalty,
+        no_call_penalty=no_call_penalty,
+        shaping=shaping,
+        shaping_alpha=shaping_alpha,
+        similarity=similarity,
+        outcome_penalties=outcome_penalties,
+    )
+    return rewards.tolist()
+
+
+def _rewards(
+    trajectories: Sequence[Trajectory],
+    *,
+    algo: str,
+    format_penalty: float,
+    no_call_penalty: float,
+    shaping: bool,
+    shaping_alpha: float,
+    similarity: Similarity | None,
+    outcome_penalties: Sequence[float] | None,
+) -> tuple[TurnRewards, torch.Tensor]:
+    """Turn rewards (GTPO's, shaped when on) and the trajectory reward [B]: GRPO's min(acc, fmt_ok), or GTPO's
+    undiscounted sum of turn rewards; ``outcome_penalties`` added to both."""
+    if algo not in ("gtpo", "grpo"):
+        raise ValueError(f"algo.algo must be 'gtpo' or 'grpo', got {algo!r}")
+    if shaping and algo == "gtpo" and similarity is None:
+        raise ValueError("algo.shaping is on but no similarity function was given")
+    turns = trajectory_turn_rewards(
+        trajectories,
+        format_penalty=format_penalty,
+        no_call_penalty=no_call_penalty,
+        shaping_alpha=shaping_alpha,
+        similarity=similarity if shaping and algo == "gtpo" else None,
+        outcome_penalties=outcome_penalties,
+    )
+    if algo == "grpo":
+        rewards = grpo_rewards([t.correct for t in trajectories], turns.fmt_ok).to(torch.float32)
+        if outcome_penalties is not None:
+            rewards = rewards + torch.tensor(outcome_penalties, dtype=torch.float32)
+    else:
+        rewards = (turns.rewards * turns.mask).sum(dim=1)
+    return turns, rewards
+
+
+def bind_credit(config: TrainConfig, similarity: Similarity | None) -> tuple[CreditFn, ScoreFn]:
+    """``assign_credit`` and ``trajectory_rewards`` with a run's settings read once (``algo.*``, and the overlong
+    penalty of ``rollout.overlong="penalty"`` computed from each trajectory's token count)."""
+    algo, r = config.algo, config.rollout
+    rewards = {
+        "algo": algo.algo,
+        "format_penalty": algo.format_penalty,
+        "no_call_penalty": algo.no_call_penalty,
+        "shaping": algo.shaping,
+        "shaping_alpha": algo.shaping_alpha,
+        "similarity": similarity,
+    }
+    buffer = round(r.overlong_buffer * r.max_total_tokens)
+
+    def penalties(lengths: Sequence[int]) -> list[float] | None:
+        if r.overlong != "penalty":
+            return None
+        return overlong_penalty(lengths, r.max_total_tokens, buffer, r.overlong_penalty)
+
+    def credit(trajectories: Sequence[Trajectory], lengths: Sequence[int]) -> Credit:
+        return assign_credit(
+            trajectories,
+            gamma=algo.gamma,
+            adv_norm=algo.adv_norm,
+            scale_by_std=algo.scale_by_std,
+            outcome_penalties=penalties(lengths),
+            **rewards,
+        )
+
+    def score(trajectories: Sequence[Trajectory], lengths: Sequence[int]) -> list[float]:
+        return trajectory_rewards(trajectories, outcome_penalties=penalties(lengths), **rewards)
+
+    return credit, score

@@ -25,8 +25,8 @@ from typing import Any
 
 from gtpo.generation.hf import Sample, Sampler
 from gtpo.model.policy import prompt_ids
+from gtpo.rollout.spec import EpisodeSpec
 from gtpo.tools import (
-    DEFAULT_INVALID_STATUSES,
     extract_boxed,
     extract_code,
     format_tool_output,
@@ -35,9 +35,6 @@ from gtpo.tools import (
 from gtpo.types import CodeExecutor, ExecResult, Problem, Trajectory, Turn
 
 GradeFn = Callable[[str | None, str], bool]
-
-SCHEDULES = ("auto", "deterministic", "asap")
-"""When a trajectory whose code ran re-enters generation (streaming samplers only; see ``rollout``)."""
 
 
 @dataclass
@@ -132,43 +129,39 @@ def rollout(
     sampler: Sampler,
     tokenizer: Any,
     executor: CodeExecutor,
+    spec: EpisodeSpec,
     *,
-    system_prompt: str,
-    max_turns: int = 5,
-    max_total_tokens: int = 4096,
-    max_new_tokens_per_turn: int = 512,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    invalid_statuses: Collection[str] = DEFAULT_INVALID_STATUSES,
-    grade_fn: GradeFn | None = None,
     seed: int | None = None,
-    schedule: str = "auto",
-    rejoin_steps: int = 16,
+    group_ids: Sequence[int] | None = None,
+    grade_fn: GradeFn | None = None,
 ) -> RolloutResult:
-    """``group_size`` trajectories per problem, contiguous, with ``group_id`` = the problem's index here.
+    """``group_size`` trajectories per problem, contiguous, run by the rules of ``spec``; each carries its
+    problem's entry of ``group_ids`` (default: the problem's index here) as ``group_id``.
 
     A streaming sampler (``gtpo.generation.engine.EngineSampler``) moves every trajectory on its own: a turn that ends
     with code goes to the sandbox while the others keep decoding, and its next turn re-enters the engine
-    after the tool output is appended. ``schedule`` says when it re-enters: "asap" as soon as the output is
+    after the tool output is appended. ``spec.schedule`` says when it re-enters: "asap" as soon as the output is
     back (fastest; which tokens run together then depends on timing), "deterministic" exactly
-    ``rejoin_steps`` engine steps after the code was sent (waiting for the result if it is late), so that a
+    ``spec.rejoin_steps`` engine steps after the code was sent (waiting for the result if it is late), so that a
     seed reproduces a run; "auto" is deterministic on CPU and asap on GPU (GPU numerics depend on batch
     shapes anyway). Any other sampler runs turn by turn: all active trajectories generate, then all their
     code runs, then the next turn.
     """
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule (config rollout.schedule) must be one of {SCHEDULES}, got {schedule!r}")
     if grade_fn is None:
         from gtpo.data.grading import grade as grade_fn
-    episode = _Episode(tokenizer, max_turns, max_total_tokens, max_new_tokens_per_turn, invalid_statuses)
+    if group_ids is not None and len(group_ids) != len(problems):
+        raise ValueError(f"group_ids: {len(group_ids)} ids for {len(problems)} problems")
+    episode = _Episode(
+        tokenizer, spec.max_turns, spec.max_total_tokens, spec.max_new_tokens_per_turn, spec.invalid_statuses
+    )
     trajectories = []
     for index, problem in enumerate(problems):
-        prompt = prompt_ids(tokenizer, system_prompt, problem.question)
+        prompt = prompt_ids(tokenizer, spec.system_prompt, problem.question)
         for _ in range(group_size):
             trajectories.append(
                 Trajectory(
                     problem=problem,
-                    group_id=index,
+                    group_id=index if group_ids is None else group_ids[index],
                     input_ids=list(prompt),
                     loss_mask=[0] * len(prompt),
                     turn_ids=[-1] * len(prompt),
@@ -176,23 +169,25 @@ def rollout(
                     prompt_len=len(prompt),
                 )
             )
-    active = [i for i, t in enumerate(trajectories) if len(t.input_ids) < max_total_tokens]
+    active = [i for i, t in enumerate(trajectories) if len(t.input_ids) < spec.max_total_tokens]
     for i in set(range(len(trajectories))) - set(active):
         trajectories[i].finish_reason = "length"
     timings = RolloutTimings()
     sessions: dict[int, str] = {}
     try:
         if getattr(sampler, "engine", None) is not None:
+            schedule = spec.schedule
             if schedule == "auto":
                 schedule = "asap" if sampler.engine.device.type == "cuda" else "deterministic"
             _run_streaming(
                 trajectories, active, episode, sampler.engine, executor, sessions, timings,
-                temperature=temperature, top_p=top_p, seed=seed or 0, schedule=schedule, rejoin_steps=rejoin_steps,
+                temperature=spec.temperature, top_p=spec.top_p, seed=seed or 0, schedule=schedule,
+                rejoin_steps=spec.rejoin_steps,
             )  # fmt: skip
         else:
             _run_turn_by_turn(
                 trajectories, active, episode, sampler, executor, sessions, timings,
-                temperature=temperature, top_p=top_p, seed=seed,
+                temperature=spec.temperature, top_p=spec.top_p, seed=seed,
             )  # fmt: skip
     finally:
         for session in sessions.values():

@@ -5,7 +5,9 @@ dynamic sampling), groups whose trajectories all agree (``gtpo.method.rewards.in
 and SimpleTIR, or on the trajectory reward) are left out and more problems are rolled out, in rounds of exactly
 the missing number, until ``problems_per_step`` groups differ or the cap on extra problems is spent.
 
-Orchestration only, no formula: rolling out and scoring are the caller's functions (the trainer's). Under
+Orchestration only, no formula: rolling out and scoring are plain functions given by the caller. This module
+is the one owner of a trajectory's ``group_id`` (it numbers the groups of a step, refills included, and the
+rollout stamps what it is given) and it assigns no credit: the caller credits the kept groups once. Under
 torchrun each rank rolls out its round-robin share of a round and every rank gathers all turn records (groups
 are normalized whole), so all ranks take the same decisions and run the same number of rounds.
 """
@@ -14,16 +16,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+import torch
 
 from gtpo.distributed import DistContext, gather_objects, shard_indices, strip_tokens
-from gtpo.method.credit import Credit
 from gtpo.method.rewards import informative_groups
-from gtpo.types import Problem, Trajectory
+from gtpo.rollout.episode import rollout
+from gtpo.rollout.spec import EpisodeSpec
+from gtpo.types import CodeExecutor, Problem, Trajectory
+
+ROUND_SEED_STRIDE = 100_003
+"""Seeds of a step's refill rounds are this far apart, so a refill never repeats the first round's draws."""
 
 RolloutFn = Callable[[list[Problem], list[int], int], tuple[list[Trajectory], dict[str, float]]]
-"""(problems, global indices, round) -> this rank's trajectories and stage timings."""
-CreditFn = Callable[[list[Trajectory], list[int]], Credit]
-"""(trajectories, token lengths) -> their credit."""
+"""(problems, their group ids, round of the step) -> one trajectory per problem (this rank's share, stamped with
+those group ids) and stage timings."""
+ScoreFn = Callable[[list[Trajectory], list[int]], list[float]]
+"""(trajectories, token lengths) -> each trajectory's reward, for ``filter_metric="score"``."""
 
 
 @dataclass
@@ -39,8 +49,6 @@ class StepGroups:
     kept_lengths: list[int] = field(default_factory=list)
     generated: list[Trajectory] = field(default_factory=list)
     """Everything rolled out this step, kept or not (turn records only)."""
-    credit: Credit | None = None
-    """The credit of ``kept`` when one round kept everything (otherwise the caller recomputes it on ``kept``)."""
     model_tokens: int = 0
     """Tokens the model generated this step, kept or not, all ranks."""
     timings: dict[str, float] = field(default_factory=dict)
@@ -50,7 +58,6 @@ class StepGroups:
 def collect_groups(
     take: Callable[[int], list[Problem]],
     roll: RolloutFn,
-    score: CreditFn,
     ctx: DistContext,
     *,
     problems_per_step: int,
@@ -59,15 +66,18 @@ def collect_groups(
     filter_groups: bool,
     max_extra_problems: int,
     filter_metric: str = "accuracy",
+    score: ScoreFn | None = None,
 ) -> StepGroups:
     """Roll out ``problems_per_step`` groups of ``group_size`` (trajectory j of a round samples problem j // G),
     filtering and refilling as the module docstring says; ``filter_metric`` is "accuracy" (correctness must
-    differ within a group) or "score" (the trajectory reward must). Logs filter/* counts (filter on or off) and
-    rollout/tokens_per_informative_group."""
+    differ within a group) or "score" (the trajectory reward ``score`` gives must). Logs filter/* counts
+    (filter on or off) and rollout/tokens_per_informative_group."""
     if filter_metric not in ("accuracy", "score"):
         raise ValueError(
             f"filter_metric (config rollout.filter_metric) must be accuracy or score, got {filter_metric!r}"
         )
+    if filter_metric == "score" and score is None:
+        raise ValueError("filter_metric='score' needs a score function")
     out = StepGroups()
     need, extra_left, groups_seen = problems_per_step, max_extra_problems, 0
     informative = dropped = rounds = 0
@@ -75,19 +85,16 @@ def collect_groups(
         problems = take(need)
         total = len(problems) * group_size
         local_index = shard_indices(total, ctx)
-        local, timings = roll([problems[j // group_size] for j in local_index], local_index, rounds)
-        for trajectory, j in zip(local, local_index, strict=True):
-            trajectory.group_id = groups_seen + j // group_size
+        group_ids = [groups_seen + j // group_size for j in local_index]
+        local, timings = roll([problems[j // group_size] for j in local_index], group_ids, rounds)
         # Tokens used, for the overlong penalty: a trajectory cut by a length cap counts as at the cap.
         records = [
             (strip_tokens(t), max_total_tokens if t.finish_reason == "length" else len(t.input_ids)) for t in local
         ]
         gathered = gather_objects(records, local_index, total, ctx)
         everyone, lengths = [t for t, _ in gathered], [n for _, n in gathered]
-        credit = score(everyone, lengths)
-        values = (
-            [float(t.correct) for t in everyone] if filter_metric == "accuracy" else credit.trajectory_rewards.tolist()
-        )
+        by_score = filter_metric == "score"
+        values = score(everyone, lengths) if by_score else [float(t.correct) for t in everyone]
         flags = informative_groups(values, [t.group_id for t in everyone])
         keep = flags if filter_groups else [True] * total
         positions = {}
@@ -100,7 +107,6 @@ def collect_groups(
             if keep[j]:
                 out.local.append(trajectory)
                 out.local_positions.append(positions[j])
-        out.credit = credit if rounds == 0 and all(keep) else None
         out.generated += everyone
         for key, value in timings.items():
             out.timings[key] = out.timings.get(key, 0.0) + value
@@ -121,3 +127,30 @@ def collect_groups(
     if informative:
         out.metrics["rollout/tokens_per_informative_group"] = out.model_tokens / informative
     return out
+
+
+def roll_round(
+    problems: list[Problem],
+    group_ids: list[int],
+    round_index: int,
+    *,
+    sampler: Any,
+    tokenizer: Any,
+    executor: CodeExecutor,
+    spec: EpisodeSpec,
+    seed: int,
+) -> tuple[list[Trajectory], dict[str, float]]:
+    """The ``RolloutFn`` of a training step (bind everything after ``round_index``): one trajectory per
+    problem (each problem appears G times across the ranks), seeded by ``seed`` and the round."""
+    with torch.no_grad():
+        result = rollout(
+            problems,
+            1,
+            sampler,
+            tokenizer,
+            executor,
+            spec,
+            seed=seed + ROUND_SEED_STRIDE * round_index,
+            group_ids=group_ids,
+        )
+    return result.trajectories, result.timings.as_dict()

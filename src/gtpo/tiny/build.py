@@ -120,14 +120,13 @@ def measure(
     model: torch.nn.Module, tokenizer: Any, n: int = 96, temperature: float = 1.0, task: str = "arith"
 ) -> dict[str, float]:
     """Held-out accuracy and tool use of the warm-started model, through the real rollout and sandbox."""
-    from gtpo.config import RolloutConfig
     from gtpo.generation.hf import HFSampler
     from gtpo.rollout.episode import rollout, rollout_metrics
+    from gtpo.rollout.spec import EpisodeSpec
     from gtpo.sandbox import SandboxPool
 
     recipe = RECIPES[task]
     module = importlib.import_module(recipe.task)
-    limits = RolloutConfig()  # the embedded default's length limits; the turn cap is the task's
     with SandboxPool() as pool:
         start = time.perf_counter()
         result = rollout(
@@ -136,11 +135,8 @@ def measure(
             HFSampler(model, tokenizer),
             tokenizer,
             pool,
-            system_prompt=module.SYSTEM_PROMPT,
-            max_turns=recipe.max_turns,
-            max_new_tokens_per_turn=limits.max_new_tokens_per_turn,
-            max_total_tokens=limits.max_total_tokens,
-            temperature=temperature,
+            # the embedded default's length limits (the spec's defaults); the turn cap is the task's
+            EpisodeSpec(system_prompt=module.SYSTEM_PROMPT, max_turns=recipe.max_turns, temperature=temperature),
             seed=0,
         )
         seconds = time.perf_counter() - start
