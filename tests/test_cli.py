@@ -325,9 +325,9 @@ def test_ctrl_c_during_the_first_evaluation_leaves_no_run_folder(tmp_path):
 def test_a_shipped_model_alias_without_its_files_names_the_rebuild(tmp_path, monkeypatch):
     from gtpo.config import ConfigError
     from gtpo.model.source import check_model_source
-    from gtpo.tiny import build
+    from gtpo.tiny import SHIPPED_MODELS
 
-    monkeypatch.setitem(build.SHIPPED_MODELS, "tiny-gone", tmp_path)  # the folder exists, the model does not
+    monkeypatch.setitem(SHIPPED_MODELS, "tiny-gone", tmp_path)  # the folder exists, the model does not
     with pytest.raises(
         ConfigError, match=r"^model\.name_or_path 'tiny-gone': the shipped model is missing .*build-tiny"
     ):

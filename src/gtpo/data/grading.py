@@ -190,7 +190,7 @@ class _VerifyWorker:
     def _started(self) -> subprocess.Popen[bytes]:
         if self._proc is not None and self._proc.poll() is None:
             return self._proc
-        package_root = Path(__file__).resolve().parents[1]
+        package_root = Path(__file__).resolve().parents[2]
         proc = subprocess.Popen(
             [sys.executable, "-c", "from gtpo.data.grading import serve_worker; serve_worker()"],
             stdin=subprocess.PIPE,
