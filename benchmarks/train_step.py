@@ -29,6 +29,7 @@ from gtpo.method.credit import assign_credit
 from gtpo.method.losses import clipped_policy_loss
 from gtpo.method.similarity import tfidf_code_similarity
 from gtpo.model.policy import token_logprobs
+from gtpo.rollout.groups import RoundShare
 from gtpo.trainer import Trainer
 from gtpo.training.batch import TokenBatch
 from gtpo.training.update import _denominator
@@ -215,10 +216,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(dataclasses.replace(base, output_dir=tmp, eval_every=0, progress=False))
         problems = trainer.stream.take(base.rollout.problems_per_step)
-        copies = [p for p in problems for _ in range(base.rollout.group_size)]
-        trajectories, _ = trainer._rollout(copies, list(range(len(copies))))
-        for j, t in enumerate(trajectories):
-            t.group_id = j // base.rollout.group_size
+        g = base.rollout.group_size
+        copies = [p for p in problems for _ in range(g)]
+        indices = list(range(len(copies)))
+        share = RoundShare(copies, [j // g for j in indices], indices, seed=base.seed)
+        trajectories, _ = trainer.roll(share)
         trainer.close()
     gtpo_s = time_credit(trajectories, "gtpo", repeats=20)
     grpo_s = time_credit(trajectories, "grpo", repeats=20)

@@ -31,12 +31,15 @@ from gtpo.trainer import Trainer
 GROUP = 3
 
 
-class ScriptedTrainer(Trainer):
+def scripted_roll(trainer):
     """Trajectory j: right with tool use unless j % 3 == 1 (a wrong guess) or j % 3 == 2 (failed call first)."""
+    spec = EpisodeSpec(
+        system_prompt=trainer.system_prompt, max_turns=2, max_total_tokens=400, max_new_tokens_per_turn=64
+    )
 
-    def _rollout(self, problems, indices):
+    def roll(share):
         trajectories = []
-        for problem, j in zip(problems, indices, strict=True):
+        for problem, group_id, j in zip(share.problems, share.group_ids, share.indices, strict=True):
             expression = problem.question.replace("What is ", "").rstrip("?")
             if problem.question.startswith("Let x"):
                 expression = "0"
@@ -45,19 +48,18 @@ class ScriptedTrainer(Trainer):
                 1: ["\\boxed{1}"],
                 2: ["```python\nprint(y)\n```", "\\boxed{2}"],
             }[j % 3]
-            sampler = ScriptedSampler(self.tokenizer, lambda _ctx, turn, s=scripts: s[min(turn, len(s) - 1)])
-            result = rollout(
-                [problem],
-                1,
-                sampler,
-                self.tokenizer,
-                self.sandbox,
-                EpisodeSpec(
-                    system_prompt=self.system_prompt, max_turns=2, max_total_tokens=400, max_new_tokens_per_turn=64
-                ),
-            )
+            sampler = ScriptedSampler(trainer.tokenizer, lambda _ctx, turn, s=scripts: s[min(turn, len(s) - 1)])
+            result = rollout([problem], 1, sampler, trainer.tokenizer, trainer.sandbox, spec, group_ids=[group_id])
             trajectories += result.trajectories
         return trajectories, result.timings.as_dict()
+
+    return roll
+
+
+def scripted_trainer(config, ctx):
+    trainer = Trainer(config, ctx=ctx)
+    trainer.roll = scripted_roll(trainer)
+    return trainer
 
 
 def _config(model_dir, out, strategy="ddp"):
@@ -79,7 +81,7 @@ def _config(model_dir, out, strategy="ddp"):
 
 
 def _one_step(config, ctx=None):
-    trainer = ScriptedTrainer(config, ctx=ctx)
+    trainer = scripted_trainer(config, ctx)
     try:
         metrics = trainer.train_step()
     finally:
@@ -109,7 +111,7 @@ def _worker(rank, world, model_dir, out, strategy):
     """One whole ``train()`` of one step on two ranks, into one run folder (rank 0 writes it)."""
     ctx = _join(rank, world, out)
     config = dataclasses.replace(_config(model_dir, out / "run", strategy), export="merged")
-    trainer = ScriptedTrainer(config, ctx=ctx)
+    trainer = scripted_trainer(config, ctx)
     try:
         metrics = trainer.train()
     finally:

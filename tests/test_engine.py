@@ -301,16 +301,18 @@ class EchoExecutor:
         self.closed += 1
 
 
-def _rollout(sampler, tokenizer, executor, **kwargs):
+def _rollout(sampler, tokenizer, executor, seed=None, **episode):
     return rollout(
         heldout_problems()[:6],
         3,
         sampler,
         tokenizer,
         executor,
-        EpisodeSpec(system_prompt=SYSTEM_PROMPT, max_turns=4, max_new_tokens_per_turn=64, max_total_tokens=400),
+        EpisodeSpec(
+            system_prompt=SYSTEM_PROMPT, max_turns=4, max_new_tokens_per_turn=64, max_total_tokens=400, **episode
+        ),
+        seed=seed,
         grade_fn=lambda pred, ref: pred == ref,
-        **kwargs,
     ).trajectories
 
 

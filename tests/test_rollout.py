@@ -63,9 +63,8 @@ def _run(tokenizer, names, **kwargs):
         ScriptedSampler(tokenizer, _respond),
         tokenizer,
         executor,
-        EpisodeSpec(system_prompt=SYSTEM),
+        EpisodeSpec(system_prompt=SYSTEM, **kwargs),
         grade_fn=lambda pred, ref: pred == ref,
-        **kwargs,
     )
     return result.trajectories, executor
 

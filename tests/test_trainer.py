@@ -345,9 +345,15 @@ def _collect(correct_by_round: list[list[list[bool]]], problems_per_step: int, m
         taken.extend(batch)
         return batch
 
-    def roll(problems, indices, round_index):
-        rows = [correct_by_round[round_index][j // group_size][j % group_size] for j in indices]
-        trajectories = [Trajectory(problem=p, group_id=-1, correct=c) for p, c in zip(problems, rows, strict=True)]
+    rounds = iter(range(len(correct_by_round)))
+
+    def roll(share):
+        round_index = next(rounds)
+        rows = [correct_by_round[round_index][j // group_size][j % group_size] for j in share.indices]
+        trajectories = [
+            Trajectory(problem=p, group_id=g, correct=c)
+            for p, g, c in zip(share.problems, share.group_ids, rows, strict=True)
+        ]
         return trajectories, {}
 
     def score(trajectories, lengths):
@@ -356,10 +362,11 @@ def _collect(correct_by_round: list[list[list[bool]]], problems_per_step: int, m
         return Credit(advantages, values, values.tolist(), {})
 
     out = collect_groups(
-        take, roll, score, DistContext(), problems_per_step=problems_per_step, group_size=group_size,
+        take, roll, DistContext(), problems_per_step=problems_per_step, group_size=group_size,
         max_total_tokens=64, filter_groups=True, max_extra_problems=max_extra,
     )  # fmt: skip
-    credit = out.credit or score(out.kept, out.kept_lengths)  # as the trainer does
+    assert next(rounds, None) is None  # every scripted round was rolled out
+    credit = score(out.kept, out.kept_lengths)  # as the trainer does: once, on the kept rows
     return out, credit
 
 

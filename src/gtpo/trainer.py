@@ -45,7 +45,7 @@ from gtpo.model.policy import inference_weights, prompt_ids
 from gtpo.model.precision import autocast, computes_in_bf16, resolve_device
 from gtpo.model.source import check_model_source
 from gtpo.rollout.episode import is_void_trajectory, rollout_metrics
-from gtpo.rollout.groups import StepGroups, collect_groups, roll_round
+from gtpo.rollout.groups import RolloutFn, StepGroups, collect_groups, roll_round
 from gtpo.rollout.spec import episode_spec
 from gtpo.run.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from gtpo.run.export import export_final_policy
@@ -153,6 +153,10 @@ class Trainer:
         similarity = get_similarity(config.algo.similarity) if uses_shaping else None
         self.credit, self.score = bind_credit(config, similarity)
         """Credit for a batch of groups, and the trajectory reward that filtering by score compares."""
+        self.roll: RolloutFn = functools.partial(
+            roll_round, sampler=self.sampler, tokenizer=self.tokenizer, executor=self.sandbox, spec=self.episode
+        )
+        """How a round's share is rolled out (``gtpo.rollout.groups``); replace it to script rollouts."""
         self.step = 0
         self.finished = False
         """A resumed run already at ``steps``: ``train`` does nothing, and nothing in its folder changes."""
@@ -326,17 +330,9 @@ class Trainer:
     def _collect_groups(self) -> StepGroups:
         """This step's groups (``gtpo.rollout.groups``), rolled out by this run's sampler and sandbox."""
         r = self.cfg.rollout
-        roll = functools.partial(
-            roll_round,
-            sampler=self.sampler,
-            tokenizer=self.tokenizer,
-            executor=self.sandbox,
-            spec=self.episode,
-            seed=step_seed(self.cfg.seed, self.step) + self.ctx.rank,
-        )
         return collect_groups(
             self.stream.take,
-            roll,
+            self.roll,
             self.ctx,
             problems_per_step=r.problems_per_step,
             group_size=r.group_size,
@@ -345,6 +341,7 @@ class Trainer:
             max_extra_problems=r.filter_max_extra_problems,
             filter_metric=r.filter_metric,
             score=self.score,
+            seed=step_seed(self.cfg.seed, self.step) + self.ctx.rank,
         )
 
     # --------------------------------------------------------------------------------------------- update

@@ -29,9 +29,21 @@ from gtpo.types import CodeExecutor, Problem, Trajectory
 ROUND_SEED_STRIDE = 100_003
 """Seeds of a step's refill rounds are this far apart, so a refill never repeats the first round's draws."""
 
-RolloutFn = Callable[[list[Problem], list[int], int], tuple[list[Trajectory], dict[str, float]]]
-"""(problems, their group ids, round of the step) -> one trajectory per problem (this rank's share, stamped with
-those group ids) and stage timings."""
+@dataclass(frozen=True)
+class RoundShare:
+    """This rank's part of one rollout round: one trajectory to roll out per entry."""
+
+    problems: list[Problem]
+    group_ids: list[int]
+    """The group each trajectory belongs to: the rollout stamps these as ``Trajectory.group_id``."""
+    indices: list[int]
+    """Positions in the round's global batch (trajectory j samples problem j // G)."""
+    seed: int
+    """This rank's seed for this round of the step."""
+
+
+RolloutFn = Callable[[RoundShare], tuple[list[Trajectory], dict[str, float]]]
+"""A round's share -> its trajectories (in order, stamped with the share's group ids) and stage timings."""
 ScoreFn = Callable[[list[Trajectory], list[int]], list[float]]
 """(trajectories, token lengths) -> each trajectory's reward, for ``filter_metric="score"``."""
 
@@ -67,6 +79,7 @@ def collect_groups(
     max_extra_problems: int,
     filter_metric: str = "accuracy",
     score: ScoreFn | None = None,
+    seed: int = 0,
 ) -> StepGroups:
     """Roll out ``problems_per_step`` groups of ``group_size`` (trajectory j of a round samples problem j // G),
     filtering and refilling as the module docstring says; ``filter_metric`` is "accuracy" (correctness must
@@ -85,8 +98,13 @@ def collect_groups(
         problems = take(need)
         total = len(problems) * group_size
         local_index = shard_indices(total, ctx)
-        group_ids = [groups_seen + j // group_size for j in local_index]
-        local, timings = roll([problems[j // group_size] for j in local_index], group_ids, rounds)
+        share = RoundShare(
+            problems=[problems[j // group_size] for j in local_index],
+            group_ids=[groups_seen + j // group_size for j in local_index],
+            indices=local_index,
+            seed=seed + ROUND_SEED_STRIDE * rounds,
+        )
+        local, timings = roll(share)
         # Tokens used, for the overlong penalty: a trajectory cut by a length cap counts as at the cap.
         records = [
             (strip_tokens(t), max_total_tokens if t.finish_reason == "length" else len(t.input_ids)) for t in local
@@ -130,27 +148,11 @@ def collect_groups(
 
 
 def roll_round(
-    problems: list[Problem],
-    group_ids: list[int],
-    round_index: int,
-    *,
-    sampler: Any,
-    tokenizer: Any,
-    executor: CodeExecutor,
-    spec: EpisodeSpec,
-    seed: int,
+    share: RoundShare, *, sampler: Any, tokenizer: Any, executor: CodeExecutor, spec: EpisodeSpec
 ) -> tuple[list[Trajectory], dict[str, float]]:
-    """The ``RolloutFn`` of a training step (bind everything after ``round_index``): one trajectory per
-    problem (each problem appears G times across the ranks), seeded by ``seed`` and the round."""
+    """The ``RolloutFn`` of a training step (bind the keywords): one trajectory per problem of the share."""
     with torch.no_grad():
         result = rollout(
-            problems,
-            1,
-            sampler,
-            tokenizer,
-            executor,
-            spec,
-            seed=seed + ROUND_SEED_STRIDE * round_index,
-            group_ids=group_ids,
+            share.problems, 1, sampler, tokenizer, executor, spec, seed=share.seed, group_ids=share.group_ids
         )
     return result.trajectories, result.timings.as_dict()
