@@ -29,6 +29,7 @@ from gtpo.types import CodeExecutor, Problem, Trajectory
 ROUND_SEED_STRIDE = 100_003
 """Seeds of a step's refill rounds are this far apart, so a refill never repeats the first round's draws."""
 
+
 @dataclass(frozen=True)
 class RoundShare:
     """This rank's part of one rollout round: one trajectory to roll out per entry."""

@@ -34,9 +34,7 @@ class EpisodeSpec:
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
-            raise ValueError(
-                f"schedule (config rollout.schedule) must be one of {SCHEDULES}, got {self.schedule!r}"
-            )
+            raise ValueError(f"schedule (config rollout.schedule) must be one of {SCHEDULES}, got {self.schedule!r}")
 
     def evaluation(self, temperature: float) -> EpisodeSpec:
         """The same episode for held-out evaluation: sampled at ``temperature`` from the full distribution
