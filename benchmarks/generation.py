@@ -2,8 +2,8 @@
 
 Backends (each samples at temperature 1 from the same random prompts, ``--new`` tokens per row):
 - ``engine``: ``gtpo.generation.engine.EngineSampler`` (continuous batching, slot KV cache, CUDA-graph decode on GPU),
-  what ``--rollout.backend engine`` (the default) trains with;
-- ``hf``: ``gtpo.generation.hf.HFSampler``, the plain transformers loop (``--rollout.backend hf``), under the
+  what ``--generation.backend engine`` (the default) trains with;
+- ``hf``: ``gtpo.generation.hf.HFSampler``, the plain transformers loop (``--generation.backend hf``), under the
   trainer's autocast;
 - ``generate``: transformers' ``model.generate`` with its KV cache, sampling, EOS suppressed
   (``min_new_tokens``), under the same autocast;

@@ -112,7 +112,7 @@ QUICK_TRAIN_FLAGS = [
     "2",
     "--rollout.max-new-tokens-per-turn",
     "32",
-    "--rollout.sandbox-workers",
+    "--sandbox.workers",
     "1",
 ]
 """`gtpo train` flags for a run of the shipped tiny model that takes seconds a step."""

@@ -252,7 +252,6 @@ def _tiny_config(tmp_path, model_dir, **overrides):
             "max_total_tokens": 160,
             "sandbox_workers": 2,
         },
-        "optim": {"micro_batch_size": 4},
         "steps": 2,
         "eval_every": 2,
         "save_every": 1,

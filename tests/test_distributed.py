@@ -2,10 +2,11 @@
 
 Trajectories are scripted per *global* trajectory index (so groups have reward variance, and each
 trajectory is the same whichever rank generates it); the batch of 3 x 3 = 9 trajectories splits 5/4 over
-two ranks, and at most two trajectories go in a micro-batch, so the ranks pack 3 and 2 micro-batches: the
-uneven path (a zero-weight pass) runs too. The gradients are compared through AdamW's first moment after one
-step (0.1 x the gradient); the parameters more loosely, since Adam's first step divides each gradient element
-by its own magnitude, which magnifies float summation-order noise on elements whose gradient is near zero.
+two ranks, and every trajectory is longer than the token budget of a micro-batch, so each gets its own: the
+ranks pack 5 and 4 micro-batches, and the uneven path (a zero-weight pass) runs too. The gradients are
+compared through AdamW's first moment after one step (0.1 x the gradient); the parameters more loosely, since
+Adam's first step divides each gradient element by its own magnitude, which magnifies float summation-order
+noise on elements whose gradient is near zero.
 The two ranks run a whole ``train()``, so they also write one run folder: rank 0's log, checkpoint, report and
 exported model.
 """
@@ -68,7 +69,7 @@ def _config(model_dir, out, strategy="ddp"):
             "model": {"name_or_path": model_dir},
             "data": {"eval": ""},
             "rollout": {"group_size": GROUP, "problems_per_step": 3, "sandbox_workers": 1},
-            "optim": {"micro_batch_size": 2, "lr": 1e-2, "warmup_steps": 0},
+            "optim": {"micro_batch_tokens": 1, "lr": 1e-2, "warmup_steps": 0},
             "strategy": strategy,
             "steps": 1,
             "eval_every": 0,

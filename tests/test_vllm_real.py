@@ -209,7 +209,7 @@ main(sys.argv[2:])
 
 
 def test_the_engine_dying_mid_run_is_one_line_naming_it_and_the_checkpoint_resumes(tmp_path):
-    """A real ``gtpo train --rollout.backend vllm`` whose vLLM engine fails in step 2's rollout."""
+    """A real ``gtpo train --generation.backend vllm`` whose vLLM engine fails in step 2's rollout."""
     import subprocess
     import sys
 
@@ -217,7 +217,7 @@ def test_the_engine_dying_mid_run_is_one_line_naming_it_and_the_checkpoint_resum
     from gtpo.run.metrics import read_metrics
 
     run = tmp_path / "run"
-    argv = ["train", "--rollout.backend", "vllm", "--device", "cpu", "--no-progress", "--export", "none"]
+    argv = ["train", "--generation.backend", "vllm", "--device", "cpu", "--no-progress", "--export", "none"]
     argv += ["--eval-every", "0", "--save-every", "1", "--rollout.group-size", "2", "--rollout.problems-per-step", "2"]
     argv += ["--rollout.max-turns", "2", "--rollout.max-new-tokens-per-turn", "32", "--steps", "3"]
     argv += ["--output-dir", str(run)]

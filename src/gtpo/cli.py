@@ -68,8 +68,11 @@ def _parse(argv: list[str], description: str, prog: str, extra: Any = None, **de
     command's own defaults for TrainConfig fields (under the preset's values and the flags)."""
     import tyro
 
-    from gtpo.config import TrainConfig, load_preset
+    from gtpo.config import TrainConfig, load_preset, renamed_flags
 
+    argv, notes = renamed_flags(argv)
+    for note in notes:
+        print(f"{prog}: {note}", file=sys.stderr)
     given, rest = _split_preset(argv)
     base = dataclasses.replace(TrainConfig(), **defaults)
     base = load_preset(given, base) if given else base

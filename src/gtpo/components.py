@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from gtpo.config import ConfigError, ModelConfig, RolloutConfig
+from gtpo.config import ConfigError, ModelConfig, SandboxConfig, TrainConfig
 from gtpo.model.precision import resolve_dtype
 from gtpo.model.source import check_model_source, model_path
 
@@ -65,17 +65,16 @@ def build_reference(cfg: ModelConfig, device: torch.device) -> torch.nn.Module |
     return ref
 
 
-def build_sampler(
-    cfg: RolloutConfig, model: torch.nn.Module, tokenizer: Any, name_or_path: str, model_dtype: str = "auto"
-) -> Any:
-    """The configured generation backend over ``model`` (the engine and vLLM keep their own weight copy).
-    ``model_dtype`` is the config's ``model.dtype``: vLLM computes in the dtype the trainer computes in."""
+def build_sampler(config: TrainConfig, model: torch.nn.Module, tokenizer: Any) -> Any:
+    """The backend ``config.generation`` names over ``model`` (the engine and vLLM keep their own weight copy),
+    sized for ``config.rollout``'s batch and lengths; vLLM computes in the dtype the trainer computes in."""
+    cfg, rollout = config.generation, config.rollout
     if cfg.backend == "vllm":
         from gtpo.generation.vllm import VLLMSampler, engine_dtype
 
         return VLLMSampler(
-            model_path(name_or_path),
-            dtype=engine_dtype(model_dtype, next(model.parameters()).device),
+            model_path(config.model.name_or_path),
+            dtype=engine_dtype(config.model.dtype, next(model.parameters()).device),
             gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
             tokenizer=tokenizer,
         )
@@ -88,8 +87,8 @@ def build_sampler(
     device = next(model.parameters()).device
     on_cuda = device.type == "cuda"
     options = EngineOptions(
-        slots=cfg.engine_slots or cfg.problems_per_step * cfg.group_size,
-        max_len=cfg.max_total_tokens,
+        slots=cfg.engine_slots or rollout.problems_per_step * rollout.group_size,
+        max_len=rollout.max_total_tokens,
         chunk=cfg.engine_chunk or (16 if on_cuda else 2),
         cuda_graphs=cfg.engine_cuda_graphs,
         prefill_wait=32 if on_cuda else 0,
@@ -110,10 +109,10 @@ def _slots_in_memory(model: torch.nn.Module, max_len: int, device: torch.device)
     return max(1, int(free // 4 // per_slot))
 
 
-def build_sandbox(cfg: RolloutConfig) -> Any:
+def build_sandbox(cfg: SandboxConfig) -> Any:
     import os
 
     from gtpo.sandbox import SandboxLimits, SandboxPool
 
-    limits = SandboxLimits(wall_time_s=cfg.sandbox_timeout_s, memory_mb=cfg.sandbox_memory_mb)
-    return SandboxPool(limits=limits, max_workers=cfg.sandbox_workers or os.cpu_count() or 1)
+    limits = SandboxLimits(wall_time_s=cfg.timeout_s, memory_mb=cfg.memory_mb)
+    return SandboxPool(limits=limits, max_workers=cfg.workers or os.cpu_count() or 1)

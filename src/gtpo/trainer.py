@@ -143,10 +143,8 @@ class Trainer:
             device=self.device,
             ref_model=self.ref_model,
         )
-        self.sampler = sampler or components.build_sampler(
-            config.rollout, self.policy, self.tokenizer, config.model.name_or_path, config.model.dtype
-        )
-        self.sandbox = executor or components.build_sandbox(config.rollout)
+        self.sampler = sampler or components.build_sampler(config, self.policy, self.tokenizer)
+        self.sandbox = executor or components.build_sandbox(config.sandbox)
         self.episode = episode_spec(config, self.system_prompt)
         """The rules of a training episode; held-out runs use ``episode.evaluation(...)``."""
         uses_shaping = config.algo.shaping and config.algo.algo == "gtpo"
@@ -288,12 +286,12 @@ class Trainer:
             return self._train_step()
 
     def _train_step(self) -> dict[str, float]:
-        cfg, r = self.cfg, self.cfg.rollout
+        cfg, _r = self.cfg, self.cfg.rollout
         start = time.perf_counter()
         sample = self._collect_groups()
         rollout_s = time.perf_counter() - start
         metrics = {**rollout_metrics(sample.generated), **sample.metrics}
-        if not sample.kept:  # rollout.filter_groups found no group with signal within its cap: no update
+        if not sample.kept:  # filter.groups found no group with signal within its cap: no update
             return {**metrics, "perf/step_s": time.perf_counter() - start, "perf/rollout_s": rollout_s}
 
         credit = self.credit(sample.kept, sample.kept_lengths)
@@ -301,8 +299,8 @@ class Trainer:
         batch = collate(sample.local, self.tokenizer.pad_token_id)
         advantages = turns_to_tokens(credit.turn_advantages[sample.local_positions], batch.turn_ids)
         loss_mask = batch.loss_mask.to(torch.float32)
-        trained = [not (r.filter_void and is_void_trajectory(t)) for t in sample.local]
-        if r.overlong == "mask":  # DAPO's overlong filtering: no loss on trajectories cut by the budget
+        trained = [not (cfg.filter.void and is_void_trajectory(t)) for t in sample.local]
+        if cfg.overlong.mode == "mask":  # DAPO's overlong filtering: no loss on trajectories cut by the budget
             trained = [keep and t.finish_reason != "length" for keep, t in zip(trained, sample.local, strict=True)]
         loss_mask = loss_mask * torch.tensor(trained, dtype=torch.float32)[:, None]
         update_start = time.perf_counter()
@@ -337,9 +335,9 @@ class Trainer:
             problems_per_step=r.problems_per_step,
             group_size=r.group_size,
             max_total_tokens=r.max_total_tokens,
-            filter_groups=r.filter_groups,
-            max_extra_problems=r.filter_max_extra_problems,
-            filter_metric=r.filter_metric,
+            filter_groups=self.cfg.filter.groups,
+            max_extra_problems=self.cfg.filter.max_extra_problems,
+            filter_metric=self.cfg.filter.metric,
             score=self.score,
             seed=step_seed(self.cfg.seed, self.step) + self.ctx.rank,
         )
@@ -365,7 +363,6 @@ class Trainer:
             return self._evaluate(progress)
 
     def _evaluate(self, progress: Any = None) -> EvalReport:
-        r = self.cfg.rollout
         index = shard_indices(len(self.eval_problems), self.ctx)
         report = evaluate_problems(
             [self.eval_problems[i] for i in index],
@@ -373,8 +370,8 @@ class Trainer:
             sampler=self.sampler,
             tokenizer=self.tokenizer,
             executor=self.sandbox,
-            spec=self.episode.evaluation(r.eval_temperature),
-            k=r.eval_samples,
+            spec=self.episode.evaluation(self.cfg.eval.temperature),
+            k=self.cfg.eval.samples,
             seed=self.cfg.seed,
             on_progress=progress,
         )

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from gtpo import components
-from gtpo.config import ConfigError, DataConfig, ModelConfig, RolloutConfig
+from gtpo.config import ConfigError, DataConfig, ModelConfig, TrainConfig, from_dict
 from gtpo.data.load import BENCHMARKS, load_benchmark, load_problems
 from gtpo.data.problems import load_eval_problems
 from gtpo.eval.evaluate import EvalReport, evaluate_problems
@@ -104,26 +104,26 @@ def load_model(cfg: EvalConfig, device: torch.device) -> tuple[torch.nn.Module, 
     return load_checkpoint_policy(resolve_checkpoint(cfg.checkpoint), device)
 
 
-def resolve_settings(cfg: EvalConfig) -> tuple[EvalConfig, RolloutConfig, str]:
+def resolve_settings(cfg: EvalConfig) -> tuple[EvalConfig, TrainConfig, str]:
     """Fill the unset sampling settings as the model was trained to sample, and say where they came from.
 
     A checkpoint's run samples as its config says; the shipped tiny model as the embedded default trains it
     (temperature 1.0, 96 tokens a turn: greedy decoding or 512-token turns are not what it learned). A model
     gtpo did not train gets greedy decoding (k = 1) or temperature 1.0 (k > 1) and generous caps.
 
-    Also returns the rollout settings the sampler and the sandbox are built from: the run's (or the defaults)
-    with this evaluation's caps, so that the engine's context length fits the turns it is asked for."""
+    Also returns the settings the sampler and the sandbox are built from: the run's (or the defaults) with this
+    evaluation's caps, so that the engine's context length fits the turns it is asked for."""
     if cfg.checkpoint is not None:
         run_config = resolve_checkpoint(cfg.checkpoint, "--checkpoint").parent.parent / "config.json"
-        rollout = RolloutConfig(**_known(json.loads(run_config.read_text()).get("rollout", {})))
+        run = from_dict(json.loads(run_config.read_text()))
         source = f"the settings of run {run_config.parent}"
     elif cfg.model == TINY:
-        rollout, source = RolloutConfig(), "the embedded default's training settings"
+        run, source = TrainConfig(), "the embedded default's training settings"
     else:
-        rollout, source = None, "defaults for a model gtpo did not train"
-    if rollout is not None:
-        limits = {name: getattr(rollout, name) for name in GENERIC_LIMITS}
-        temperature = rollout.eval_temperature if cfg.k == 1 else (rollout.eval_temperature or rollout.temperature)
+        run, source = None, "defaults for a model gtpo did not train"
+    if run is not None:
+        limits = {name: getattr(run.rollout, name) for name in GENERIC_LIMITS}
+        temperature = run.eval.temperature if cfg.k == 1 else (run.eval.temperature or run.rollout.temperature)
     else:
         limits, temperature = dict(GENERIC_LIMITS), 0.0 if cfg.k == 1 else 1.0
     filled = {"temperature": temperature} if cfg.temperature is None else {}
@@ -132,27 +132,30 @@ def resolve_settings(cfg: EvalConfig) -> tuple[EvalConfig, RolloutConfig, str]:
     shown = ", ".join(f"{name} {value:g}" for name, value in filled.items())
     return (
         resolved,
-        _sampling_settings(rollout or RolloutConfig(), resolved),
+        _sampling_settings(run or TrainConfig(), resolved),
         (f"{shown} ({source}; set them with flags)" if filled else ""),
     )
 
 
-def _sampling_settings(base: RolloutConfig, cfg: EvalConfig) -> RolloutConfig:
-    """``base`` with this evaluation's caps. The vLLM backend gives way to gtpo's engine: it would sample the
-    weights of the model folder, not the checkpoint's trained ones that ``load_model`` put into the policy."""
-    backend = "engine" if base.backend == "vllm" else base.backend
+def _sampling_settings(base: TrainConfig, cfg: EvalConfig) -> TrainConfig:
+    """``base`` with this evaluation's model and caps. The vLLM backend gives way to gtpo's engine: it would
+    sample the weights of the model folder, not the checkpoint's trained ones that ``load_model`` put into the
+    policy."""
+    backend = "engine" if base.generation.backend == "vllm" else base.generation.backend
     return dataclasses.replace(
         base,
-        backend=backend,
-        max_turns=cfg.max_turns,
-        max_new_tokens_per_turn=cfg.max_new_tokens_per_turn,
-        max_total_tokens=cfg.max_total_tokens,
+        model=dataclasses.replace(base.model, name_or_path=cfg.model, dtype="auto"),
+        generation=dataclasses.replace(base.generation, backend=backend),
+        rollout=dataclasses.replace(
+            base.rollout,
+            max_turns=cfg.max_turns,
+            max_new_tokens_per_turn=cfg.max_new_tokens_per_turn,
+            max_total_tokens=cfg.max_total_tokens,
+        ),
     )
 
 
-def _within_positions(
-    cfg: EvalConfig, sampling: RolloutConfig, model: torch.nn.Module
-) -> tuple[EvalConfig, RolloutConfig]:
+def _within_positions(cfg: EvalConfig, sampling: TrainConfig, model: torch.nn.Module) -> tuple[EvalConfig, TrainConfig]:
     """A default token cap no longer than the positions the model was built for (the shipped tiny model has
     1,024; a generic 4,096 would run its rotary positions past anything it saw). A cap the user set is kept."""
     positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
@@ -161,12 +164,8 @@ def _within_positions(
     print(f"gtpo eval: max_total_tokens {positions} (the model's max_position_embeddings; set it with a flag)")
     per_turn = min(cfg.max_new_tokens_per_turn, positions)
     cfg = dataclasses.replace(cfg, max_total_tokens=positions, max_new_tokens_per_turn=per_turn)
-    return cfg, dataclasses.replace(sampling, max_total_tokens=positions, max_new_tokens_per_turn=per_turn)
-
-
-def _known(rollout: dict) -> dict:
-    names = {f.name for f in dataclasses.fields(RolloutConfig)}
-    return {k: v for k, v in rollout.items() if k in names}
+    rollout = dataclasses.replace(sampling.rollout, max_total_tokens=positions, max_new_tokens_per_turn=per_turn)
+    return cfg, dataclasses.replace(sampling, rollout=rollout)
 
 
 def load_sets(cfg: EvalConfig) -> dict[str, list[Problem]]:
@@ -209,11 +208,11 @@ def run(cfg: EvalConfig) -> list[dict]:
     model, tokenizer, _ = load_model(cfg, device)
     if asked_total is None:
         cfg, sampling = _within_positions(cfg, sampling, model)
-    sampler = components.build_sampler(sampling, model, tokenizer, cfg.model)
+    sampler = components.build_sampler(sampling, model, tokenizer)
     if cfg.no_tools:
         executor, turns, system = NoToolExecutor(), 1, cfg.system_prompt or NO_TOOL_PROMPT
     else:
-        executor, turns = components.build_sandbox(sampling), cfg.max_turns
+        executor, turns = components.build_sandbox(sampling.sandbox), cfg.max_turns
         system = cfg.system_prompt or system_prompt_for(DataConfig(train=_task_of(cfg)))
     reports: list[EvalReport] = []
     try:

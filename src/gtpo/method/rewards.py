@@ -122,7 +122,7 @@ def overlong_penalty(lengths: Sequence[int], max_length: int, buffer: int, facto
     if max_length < 1 or not 0 <= buffer <= max_length:
         raise ValueError(f"need max_length >= 1 and 0 <= buffer <= max_length, got {max_length} and {buffer}")
     if factor < 0:
-        raise ValueError(f"factor (config rollout.overlong_penalty) must be >= 0 (it is subtracted), got {factor}")
+        raise ValueError(f"factor (config overlong.penalty) must be >= 0 (it is subtracted), got {factor}")
     start = max_length - buffer
     penalties = []
     for length in lengths:

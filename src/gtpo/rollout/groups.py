@@ -1,6 +1,6 @@
 """The groups one training step learns from: roll out, gather, score, leave out groups without signal, refill.
 
-With ``rollout.filter_groups`` off this is one rollout of ``problems_per_step`` groups. With it on (DAPO's
+With ``filter.groups`` off this is one rollout of ``problems_per_step`` groups. With it on (DAPO's
 dynamic sampling), groups whose trajectories all agree (``gtpo.method.rewards.informative_groups`` on accuracy, as DAPO
 and SimpleTIR, or on the trajectory reward) are left out and more problems are rolled out, in rounds of exactly
 the missing number, until ``problems_per_step`` groups differ or the cap on extra problems is spent.
@@ -87,9 +87,7 @@ def collect_groups(
     differ within a group) or "score" (the trajectory reward ``score`` gives must). Logs filter/* counts
     (filter on or off) and rollout/tokens_per_informative_group."""
     if filter_metric not in ("accuracy", "score"):
-        raise ValueError(
-            f"filter_metric (config rollout.filter_metric) must be accuracy or score, got {filter_metric!r}"
-        )
+        raise ValueError(f"filter_metric (config filter.metric) must be accuracy or score, got {filter_metric!r}")
     if filter_metric == "score" and score is None:
         raise ValueError("filter_metric='score' needs a score function")
     out = StepGroups()

@@ -2,7 +2,7 @@
 
 Training rollouts, held-out evaluation and the tiny build's measurement run episodes by the same rules, so they
 take the same object: a frozen ``EpisodeSpec``. Its defaults are the config's (``RolloutConfig``,
-``AlgoConfig``): there is no second set of caps to drift from the settings in use.
+``GenerationConfig``, ``AlgoConfig``): there is no second set of caps to drift from the settings in use.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from gtpo.config import AlgoConfig, RolloutConfig, TrainConfig
+from gtpo.config import AlgoConfig, GenerationConfig, RolloutConfig, TrainConfig
 
 SCHEDULES = ("auto", "deterministic", "asap")
 """When a trajectory whose code ran re-enters generation (streaming samplers only; see ``gtpo.rollout.episode``)."""
@@ -29,12 +29,12 @@ class EpisodeSpec:
     temperature: float = RolloutConfig.temperature
     top_p: float = RolloutConfig.top_p
     invalid_statuses: frozenset[str] = frozenset(AlgoConfig.invalid_statuses)
-    schedule: str = RolloutConfig.schedule
-    rejoin_steps: int = RolloutConfig.rejoin_steps
+    schedule: str = GenerationConfig.schedule
+    rejoin_steps: int = GenerationConfig.rejoin_steps
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule (config rollout.schedule) must be one of {SCHEDULES}, got {self.schedule!r}")
+            raise ValueError(f"schedule (config generation.schedule) must be one of {SCHEDULES}, got {self.schedule!r}")
 
     def evaluation(self, temperature: float) -> EpisodeSpec:
         """The same episode for held-out evaluation: sampled at ``temperature`` from the full distribution
@@ -45,7 +45,7 @@ class EpisodeSpec:
 
 
 def episode_spec(config: TrainConfig, system_prompt: str) -> EpisodeSpec:
-    """The training episode of ``config`` (``.evaluation(config.rollout.eval_temperature)`` for held-out runs)."""
+    """The training episode of ``config`` (``.evaluation(config.eval.temperature)`` for held-out runs)."""
     r = config.rollout
     return EpisodeSpec(
         system_prompt=system_prompt,
@@ -55,6 +55,6 @@ def episode_spec(config: TrainConfig, system_prompt: str) -> EpisodeSpec:
         temperature=r.temperature,
         top_p=r.top_p,
         invalid_statuses=frozenset(config.algo.invalid_statuses),
-        schedule=r.schedule,
-        rejoin_steps=r.rejoin_steps,
+        schedule=config.generation.schedule,
+        rejoin_steps=config.generation.rejoin_steps,
     )

@@ -95,15 +95,15 @@ class MicroBatch:
 
 
 def pack_micro_batches(
-    input_ids: torch.Tensor, lengths: torch.Tensor, loss_mask: torch.Tensor, token_budget: int, max_rows: int = 0
+    input_ids: torch.Tensor, lengths: torch.Tensor, loss_mask: torch.Tensor, token_budget: int
 ) -> list[MicroBatch]:
     """Deal the trajectories that have a loss token into micro-batches of at most ``token_budget`` tokens.
 
     ``input_ids``/``loss_mask`` [B, T] right-padded, ``lengths`` [B] real tokens per row. First-fit decreasing:
     longest first, each into the first micro-batch with room, so micro-batches come out few and full; a
-    trajectory longer than the budget gets one of its own. ``max_rows`` > 0 also caps trajectories per
-    micro-batch. Rows without a loss token are left out (they add nothing to any loss or gradient). The order
-    is deterministic (ties by row index), so every run and rank packs the same way.
+    trajectory longer than the budget gets one of its own. Rows without a loss token are left out (they add
+    nothing to any loss or gradient). The order is deterministic (ties by row index), so every run and rank
+    packs the same way.
     """
     if token_budget < 1:
         raise ValueError(f"token_budget (optim.micro_batch_tokens) must be >= 1, got {token_budget}")
@@ -115,7 +115,7 @@ def pack_micro_batches(
     for r in order:
         n = lengths_list[r]
         for b, free in enumerate(room):
-            if n <= free and not (max_rows and len(bins[b]) >= max_rows):
+            if n <= free:
                 bins[b].append(r)
                 room[b] -= n
                 break

@@ -89,9 +89,7 @@ class PolicyUpdate:
         """One epoch = one optimizer step over the whole batch; ``update_epochs`` of them. All inputs [B, T]."""
         cfg, algo, optim = self.cfg, self.cfg.algo, self.cfg.optim
         lengths = batch.attention_mask.sum(dim=1)
-        micro = pack_micro_batches(
-            batch.input_ids, lengths, loss_mask, optim.micro_batch_tokens, max_rows=optim.micro_batch_size
-        )
+        micro = pack_micro_batches(batch.input_ids, lengths, loss_mask, optim.micro_batch_tokens)
         weights = [1.0] * len(micro)
         # Every rank runs the same number of passes (DDP/FSDP collectives must match), at least one (so that a
         # batch with nothing to train still logs its metrics): a rank with fewer repeats its first micro-batch,

@@ -34,8 +34,8 @@ def check_supported(config: Any) -> None:
     other = sorted({t for t in layer_types if t != "full_attention"})
     if other or getattr(config, "use_sliding_window", False):
         raise ValueError(
-            f"rollout.backend='engine' supports full-attention decoders only; this model has {other or 'sliding'} "
-            "layers. Use --rollout.backend hf (the plain transformers sampler) for it."
+            f"generation.backend='engine' supports full-attention decoders only; this model has {other or 'sliding'} "
+            "layers. Use --generation.backend hf (the plain transformers sampler) for it."
         )
 
 
