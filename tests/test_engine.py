@@ -379,19 +379,20 @@ def test_cuda_graphs_equal_eager_on_gpu(shipped, contexts):
 
 def test_backend_choice_and_settings_are_checked(shipped):
     from gtpo.components import build_sampler
-    from gtpo.config import ConfigError, RolloutConfig, TrainConfig, validate
+    from gtpo.config import ConfigError, GenerationConfig, TrainConfig, validate
     from gtpo.generation.engine.weights import check_supported
 
     model, tokenizer = shipped
-    default = build_sampler(RolloutConfig(), model, tokenizer, "tiny")
+    default = build_sampler(TrainConfig(), model, tokenizer)
     assert isinstance(default, EngineSampler)
     assert (default.engine.options.slots, default.engine.options.max_len) == (64, 512)  # the whole default batch
-    assert isinstance(build_sampler(RolloutConfig(backend="hf"), model, tokenizer, "tiny"), HFSampler)
+    hf = TrainConfig(generation=GenerationConfig(backend="hf"))
+    assert isinstance(build_sampler(hf, model, tokenizer), HFSampler)
     for field, value in (("engine_slots", -1), ("engine_chunk", -2), ("rejoin_steps", 0)):
-        with pytest.raises(ConfigError, match=rf"rollout\.{field}"):
-            validate(TrainConfig(rollout=RolloutConfig(**{field: value})))
+        with pytest.raises(ConfigError, match=rf"generation\.{field}"):
+            validate(TrainConfig(generation=GenerationConfig(**{field: value})))
     with pytest.raises(ValueError, match="schedule"):
         rollout([], 2, default, tokenizer, EchoExecutor(), EpisodeSpec(system_prompt="", schedule="soon"))
     sliding = type("Config", (), {"layer_types": ["full_attention", "sliding_attention"]})()
-    with pytest.raises(ValueError, match=r"--rollout\.backend hf"):
+    with pytest.raises(ValueError, match=r"--generation\.backend hf"):
         check_supported(sliding)
