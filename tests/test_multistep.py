@@ -12,8 +12,8 @@ import random
 import re
 
 import pytest
+from conftest import ScriptedSampler
 
-from gtpo.generation.hf import ScriptedSampler
 from gtpo.rollout.episode import open_sessions, rollout
 from gtpo.tasks import multistep
 from gtpo.tasks.multistep import KINDS, heldout_problems, make_problem, make_problems, train_problems

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import ScriptedSampler
 
 from gtpo.config import from_dict
-from gtpo.generation.hf import ScriptedSampler
 from gtpo.rollout.episode import rollout
 from gtpo.trainer import Trainer
 

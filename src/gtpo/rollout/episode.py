@@ -23,7 +23,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from gtpo.generation.hf import Sample, Sampler
+from gtpo.generation.protocol import Sample, Sampler
 from gtpo.model.policy import prompt_ids
 from gtpo.tools import (
     DEFAULT_INVALID_STATUSES,

@@ -29,7 +29,8 @@ from gtpo.generation.engine.attention import AttentionPlan, set_plan
 from gtpo.generation.engine.decode import DecodeState, GraphCache, decode_step
 from gtpo.generation.engine.sampling import counter_uniform, sample_tokens
 from gtpo.generation.engine.weights import build_inference_copy, load_weights
-from gtpo.generation.hf import Sample, SampleFinish, _eos_ids, fence_token_ids, turn_end
+from gtpo.generation.protocol import Sample, SampleFinish
+from gtpo.generation.stop import TurnStop
 
 
 @dataclass
@@ -103,14 +104,12 @@ class GenerationEngine:
         self.k_cache, self.v_cache = caches[:layers], caches[layers:]
         self.plan = AttentionPlan(self.k_cache, self.v_cache, *([torch.zeros(0)] * 3), kv_len=0)
         set_plan(self.model, self.plan)
-        eos = _eos_ids(tokenizer)
-        self.eos_ids = eos
-        self.state = DecodeState(options.slots, options.chunk, options.max_len, eos, self.device)
+        self.stop = TurnStop.of(tokenizer)
+        self.state = DecodeState(options.slots, options.chunk, options.max_len, self.stop.eos_ids, self.device)
         self.graphs = GraphCache(self.state.mutable) if on_cuda and options.cuda_graphs else None
         static = options.static_shapes
         self.static_shapes = self.graphs is not None if static is None else static
-        self.fence_tokens = fence_token_ids(tokenizer)
-        self._special = np.array(sorted(self.fence_tokens | self.eos_ids), dtype=np.int64)
+        self._special = np.array(self.stop.stop_ids, dtype=np.int64)
         self._free = list(range(options.slots))
         self._waiting: deque[_Request] = deque()
         self._running: dict[int, _Request] = {}  # slot -> request
@@ -352,7 +351,7 @@ class GenerationEngine:
 
     def _ends_turn(self, request: _Request, upto: list[int]) -> SampleFinish | None:
         """Why the turn ends at the last token of ``upto`` (the turn's next tokens), or None."""
-        return turn_end(request.new_tokens + upto, self.tokenizer, self.eos_ids, self.fence_tokens)
+        return self.stop.ends(request.new_tokens + upto)
 
     def _static_step(self, rows: int, span: int, use_top_p: bool) -> None:
         """One decode step of slots 0..rows-1: a CUDA-graph replay, or eager if graphs are off or failed."""

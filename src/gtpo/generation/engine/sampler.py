@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from gtpo.generation.engine.engine import EngineOptions, GenerationEngine
-from gtpo.generation.hf import Sample
+from gtpo.generation.protocol import Sample
 
 
 class EngineSampler:
