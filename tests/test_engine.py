@@ -381,10 +381,13 @@ def test_backend_choice_and_settings_are_checked(shipped):
     from gtpo.components import build_sampler
     from gtpo.config import ConfigError, RolloutConfig, TrainConfig, validate
     from gtpo.generation.engine.weights import check_supported
+    from gtpo.generation.protocol import StreamingSampler
 
     model, tokenizer = shipped
     default = build_sampler(RolloutConfig(), model, tokenizer, "tiny")
-    assert isinstance(default, EngineSampler)
+    assert isinstance(default, EngineSampler) and isinstance(default, StreamingSampler)
+    assert default.turn_stream() is default.engine
+    assert not isinstance(HFSampler(model, tokenizer), StreamingSampler)  # rolled out turn by turn
     assert (default.engine.options.slots, default.engine.options.max_len) == (64, 512)  # the whole default batch
     assert isinstance(build_sampler(RolloutConfig(backend="hf"), model, tokenizer, "tiny"), HFSampler)
     for field, value in (("engine_slots", -1), ("engine_chunk", -2), ("rejoin_steps", 0)):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gtpo.generation.protocol import StreamingSampler
 from gtpo.rollout.episode import rollout
 from gtpo.run.metrics import read_metrics
 from gtpo.types import CodeExecutor, Problem, Trajectory
@@ -72,7 +73,7 @@ def evaluate_problems(
     evaluation).
     """
     if batch_problems is None:
-        if getattr(sampler, "engine", None) is None:
+        if not isinstance(sampler, StreamingSampler):
             batch_problems = 32
         elif on_progress is not None:  # chunks large enough to keep the engine's slots busy, so the bar moves
             batch_problems = 64

@@ -23,7 +23,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from gtpo.generation.protocol import Sample, Sampler
+from gtpo.generation.protocol import Sample, Sampler, StreamingSampler
 from gtpo.model.policy import prompt_ids
 from gtpo.tools import (
     DEFAULT_INVALID_STATUSES,
@@ -182,11 +182,12 @@ def rollout(
     timings = RolloutTimings()
     sessions: dict[int, str] = {}
     try:
-        if getattr(sampler, "engine", None) is not None:
+        if isinstance(sampler, StreamingSampler):
+            stream = sampler.turn_stream()
             if schedule == "auto":
-                schedule = "asap" if sampler.engine.device.type == "cuda" else "deterministic"
+                schedule = "asap" if stream.device.type == "cuda" else "deterministic"
             _run_streaming(
-                trajectories, active, episode, sampler.engine, executor, sessions, timings,
+                trajectories, active, episode, stream, executor, sessions, timings,
                 temperature=temperature, top_p=top_p, seed=seed or 0, schedule=schedule, rejoin_steps=rejoin_steps,
             )  # fmt: skip
         else:
