@@ -370,7 +370,7 @@ def test_cuda_graphs_equal_eager_on_gpu(shipped, contexts):
         graphs = EngineSampler(gpu_model, tokenizer, EngineOptions(**options, cuda_graphs=True))
         a = eager.generate(contexts, [64] * len(contexts), temperature=1.0, seed=4)
         b = graphs.generate(contexts, [64] * len(contexts), temperature=1.0, seed=4)
-        assert graphs.engine.graph_error is None and graphs.engine.graphs.graphs
+        assert graphs.engine.decoder.graph_error is None and graphs.engine.decoder.graphs.graphs
         assert [s.token_ids for s in a] == [s.token_ids for s in b]
         assert [s.logprobs for s in a] == [s.logprobs for s in b]
     finally:
