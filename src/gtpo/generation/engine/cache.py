@@ -1,7 +1,7 @@
 """The slot KV cache: one keys and one values tensor per layer, ``[slots + 1, kv_heads, max_len, head_dim]``.
 
 Allocated once when the engine starts. The extra slot is a sink for padding and for rows that are not live.
-Sizing lives here too: how many bytes a slot costs.
+Sizing lives here too: how many bytes a slot costs, and how many slots a GPU's free memory allows.
 """
 
 from __future__ import annotations
@@ -20,6 +20,16 @@ def head_dim(config: Any) -> int:
 def slot_bytes(config: Any, max_len: int, dtype: torch.dtype) -> int:
     """Bytes of one slot's keys and values over all layers, ``max_len`` positions in ``dtype``."""
     return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim(config) * max_len * dtype.itemsize
+
+
+def slots_in_memory(
+    model: torch.nn.Module, max_len: int, device: torch.device, dtype: torch.dtype = torch.bfloat16
+) -> int:
+    """Slots whose cache (bf16 by default, the engine's dtype on a GPU) fits in a quarter of the GPU's free memory."""
+    from gtpo.generation.engine.weights import base_model
+
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, int(free // 4 // slot_bytes(base_model(model).config, max_len, dtype)))
 
 
 def allocate_caches(
