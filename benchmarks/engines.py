@@ -57,19 +57,21 @@ def model_dir(name: str) -> str | None:
 # ------------------------------------------------------------------------------------ model.generate sampler
 class GenerateSampler:
     """The ``Sampler`` interface over transformers' ``model.generate``: left-padded batch, sampling, and a
-    stopping criterion that ends each row by ``gtpo.generation.hf.turn_end`` or its own token cap."""
+    stopping criterion that ends each row by ``gtpo.generation.stop.turn_end`` or its own token cap."""
 
     def __init__(self, model: Any, tokenizer: Any) -> None:
-        from gtpo.generation.hf import _eos_ids, fence_token_ids
+        from gtpo.generation.stop import eos_token_ids, fence_token_ids
 
         self.model, self.tokenizer = model, tokenizer
-        self.eos_ids, self.fence_ids = _eos_ids(tokenizer), fence_token_ids(tokenizer)
+        self.eos_ids, self.fence_ids = eos_token_ids(tokenizer), fence_token_ids(tokenizer)
 
     def generate(self, contexts, max_new_tokens, *, temperature: float, top_p: float = 1.0, seed=None):
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
 
-        from gtpo.generation.hf import Sample, left_padded, turn_end
+        from gtpo.generation.hf import left_padded
+        from gtpo.generation.protocol import Sample
+        from gtpo.generation.stop import turn_end
 
         rows, pad = len(contexts), self.tokenizer.pad_token_id or 0
         ids, mask = left_padded(contexts, pad)
@@ -138,14 +140,14 @@ def run_backend(backend: str, name: str, args: argparse.Namespace) -> dict[str, 
     if backend == "vllm":
         from transformers import AutoTokenizer
 
-        from gtpo.generation.hf import _eos_ids
+        from gtpo.generation.stop import eos_token_ids
         from gtpo.generation.vllm import VLLMSampler
 
         tokenizer = AutoTokenizer.from_pretrained(path)
         sampler: Any = VLLMSampler(
             path, dtype="float32", enforce_eager=args.vllm_eager, max_model_len=1024, tokenizer=tokenizer
         )
-        eos = sorted(_eos_ids(tokenizer))
+        eos = sorted(eos_token_ids(tokenizer))
 
         def raw(prompts, new, seed):
             params = [

@@ -153,7 +153,7 @@ def decode_step_times(model, tokenizer, device, rows: int, context: int, steps: 
             with torch.no_grad():
                 for _ in range(count):
                     state.step.zero_()  # one chunk column, rewritten each step
-                    engine._static_step(rows, span, False)
+                    engine.decoder.static_step(rows, span, False)
             _sync(device)
             if label == "timed":
                 times["graph_ms" if graphs else "eager_ms"] = (time.perf_counter() - start) / count * 1000

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import ScriptedSampler
 from transformers import AutoModelForCausalLM
 
 from gtpo.config import from_dict
 from gtpo.distributed import DistContext, init_distributed, shard_indices
-from gtpo.generation.hf import ScriptedSampler
 from gtpo.rollout.episode import rollout
 from gtpo.rollout.spec import EpisodeSpec
 from gtpo.run.metrics import read_metrics

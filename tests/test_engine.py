@@ -188,6 +188,21 @@ def test_eviction_recomputes_and_stays_exact(shipped, contexts):
     assert [seconds[k].token_ids for k in range(3)] == [r.token_ids for r in reference]
 
 
+def test_slot_bytes_are_what_the_engine_allocates(shipped, monkeypatch):
+    """The per-slot figure that sizes the slots on a GPU (``slots_in_memory``) is one slot of the real cache."""
+    from gtpo.generation.engine.cache import slot_bytes, slots_in_memory
+
+    model, tokenizer = shipped
+    engine = GenerationEngine(model, tokenizer, EngineOptions(slots=3, max_len=64))
+    allocated = sum(t.numel() * t.element_size() for t in engine.k_cache + engine.v_cache)
+    dtype = next(model.parameters()).dtype
+    assert allocated == (3 + 1) * slot_bytes(model.config, 64, dtype)  # the slots and the spare one
+    assert slot_bytes(model.config, 64, torch.bfloat16) * dtype.itemsize == slot_bytes(model.config, 64, dtype) * 2
+    free = 4 * 10 * slot_bytes(model.config, 64, torch.bfloat16) + 1  # a quarter of it holds 10 bf16 slots
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free, 2 * free))
+    assert slots_in_memory(model, 64, torch.device("cuda")) == 10
+
+
 def test_requests_that_cannot_fit_are_refused(shipped, contexts):
     engine = _engine(shipped, max_len=64).engine
     with pytest.raises(ValueError, match="max_len 64"):
@@ -370,7 +385,7 @@ def test_cuda_graphs_equal_eager_on_gpu(shipped, contexts):
         graphs = EngineSampler(gpu_model, tokenizer, EngineOptions(**options, cuda_graphs=True))
         a = eager.generate(contexts, [64] * len(contexts), temperature=1.0, seed=4)
         b = graphs.generate(contexts, [64] * len(contexts), temperature=1.0, seed=4)
-        assert graphs.engine.graph_error is None and graphs.engine.graphs.graphs
+        assert graphs.engine.decoder.graph_error is None and graphs.engine.decoder.graphs.graphs
         assert [s.token_ids for s in a] == [s.token_ids for s in b]
         assert [s.logprobs for s in a] == [s.logprobs for s in b]
     finally:
@@ -381,10 +396,13 @@ def test_backend_choice_and_settings_are_checked(shipped):
     from gtpo.components import build_sampler
     from gtpo.config import ConfigError, GenerationConfig, TrainConfig, validate
     from gtpo.generation.engine.weights import check_supported
+    from gtpo.generation.protocol import StreamingSampler
 
     model, tokenizer = shipped
     default = build_sampler(TrainConfig(), model, tokenizer)
-    assert isinstance(default, EngineSampler)
+    assert isinstance(default, EngineSampler) and isinstance(default, StreamingSampler)
+    assert default.turn_stream() is default.engine
+    assert not isinstance(HFSampler(model, tokenizer), StreamingSampler)  # rolled out turn by turn
     assert (default.engine.options.slots, default.engine.options.max_len) == (64, 512)  # the whole default batch
     hf = TrainConfig(generation=GenerationConfig(backend="hf"))
     assert isinstance(build_sampler(hf, model, tokenizer), HFSampler)

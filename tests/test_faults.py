@@ -122,7 +122,7 @@ def test_non_finite_steps_in_a_row_stop_the_run_with_its_checkpoint_intact(tmp_p
 
 def _scripted(tokenizer, first_cells: list[str]):
     """Turn 0 of the n-th trajectory asked runs ``first_cells[n]`` (then ``print(1)``); turn 1 answers."""
-    from gtpo.generation.hf import ScriptedSampler
+    from conftest import ScriptedSampler
 
     asked = {"n": 0}
 

@@ -12,8 +12,8 @@ import random
 import re
 
 import pytest
+from conftest import ScriptedSampler
 
-from gtpo.generation.hf import ScriptedSampler
 from gtpo.rollout.episode import open_sessions, rollout
 from gtpo.rollout.spec import EpisodeSpec
 from gtpo.tasks import multistep

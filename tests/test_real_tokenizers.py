@@ -24,7 +24,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from gtpo.generation.hf import HFSampler, Sample
+from gtpo.generation.hf import HFSampler
+from gtpo.generation.protocol import Sample
 from gtpo.model.policy import packed_token_logprobs, prompt_ids, token_logprobs
 from gtpo.rollout.episode import rollout
 from gtpo.rollout.spec import EpisodeSpec
@@ -206,7 +207,7 @@ def test_the_fences_that_are_single_tokens(tokenizer, request):
     sampler = HFSampler(ScriptedPolicy(vocab_size(tokenizer), lambda _: [], 0), tokenizer)
     for fence in FENCES:
         ids = encode(tokenizer, fence)
-        assert ids[turn_end(tokenizer, ids, fence.rindex("`") + 1) - 1] in sampler._fence_tokens
+        assert ids[turn_end(tokenizer, ids, fence.rindex("`") + 1) - 1] in sampler.stop.fence_ids
 
 
 def closing_variants(tokenizer) -> list[tuple[list[int], int]]:

@@ -4,8 +4,9 @@ import re
 
 import pytest
 import torch
+from conftest import ScriptedSampler
 
-from gtpo.generation.hf import HFSampler, ScriptedSampler
+from gtpo.generation.hf import HFSampler
 from gtpo.model.policy import prompt_ids, token_logprobs
 from gtpo.rollout.episode import is_void_trajectory, rollout, rollout_metrics
 from gtpo.rollout.spec import EpisodeSpec

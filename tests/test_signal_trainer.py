@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import ScriptedSampler
 from transformers import AutoTokenizer
 
 from gtpo.config import from_dict
 from gtpo.data.problems import load_train_problems
-from gtpo.generation.hf import ScriptedSampler
 from gtpo.trainer import Trainer
 
 LONG = "let me think " * 40  # more tokens than a turn may have: the turn (and trajectory) is cut, "length"

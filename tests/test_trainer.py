@@ -15,11 +15,11 @@ import signal
 
 import pytest
 import torch
+from conftest import ScriptedSampler
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gtpo.config import ConfigError, from_dict
 from gtpo.eval.cli import EvalConfig, load_model
-from gtpo.generation.hf import ScriptedSampler
 from gtpo.model.policy import load_policy
 from gtpo.run.export import save_model_folder
 from gtpo.run.metrics import EVAL_FILE, read_metrics

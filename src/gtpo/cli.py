@@ -103,7 +103,7 @@ def train(argv: list[str]) -> None:
         )
         return
     _quiet_transformers()
-    from gtpo.generation.hf import EngineFailed
+    from gtpo.generation.protocol import EngineFailed
     from gtpo.run.checkpoint import CheckpointWriteError
     from gtpo.run.stop import TrainingStopped, exit_on_next_signal
     from gtpo.trainer import Trainer, TrainingDiverged

@@ -94,19 +94,10 @@ def build_sampler(config: TrainConfig, model: torch.nn.Module, tokenizer: Any) -
         prefill_wait=32 if on_cuda else 0,
     )
     if on_cuda and not cfg.engine_slots:
-        options.slots = min(options.slots, _slots_in_memory(model, options.max_len, device))
+        from gtpo.generation.engine.cache import slots_in_memory
+
+        options.slots = min(options.slots, slots_in_memory(model, options.max_len, device))
     return EngineSampler(model, tokenizer, options)
-
-
-def _slots_in_memory(model: torch.nn.Module, max_len: int, device: torch.device) -> int:
-    """Slots whose KV cache (bf16) fits in a quarter of the GPU's free memory."""
-    from gtpo.generation.engine.weights import base_model
-
-    config = base_model(model).config
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    per_slot = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * max_len * 2
-    free, _ = torch.cuda.mem_get_info(device)
-    return max(1, int(free // 4 // per_slot))
 
 
 def build_sandbox(cfg: SandboxConfig) -> Any:

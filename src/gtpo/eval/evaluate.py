@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gtpo.generation.protocol import StreamingSampler
 from gtpo.rollout.episode import rollout
 from gtpo.rollout.spec import EpisodeSpec
 from gtpo.run.metrics import read_metrics
@@ -68,7 +69,7 @@ def evaluate_problems(
     evaluation).
     """
     if batch_problems is None:
-        if getattr(sampler, "engine", None) is None:
+        if not isinstance(sampler, StreamingSampler):
             batch_problems = 32
         elif on_progress is not None:  # chunks large enough to keep the engine's slots busy, so the bar moves
             batch_problems = 64

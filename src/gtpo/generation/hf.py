@@ -1,48 +1,20 @@
-"""Samplers: continue a batch of token contexts until a turn ends. HF transformers and a scripted one.
+"""``HFSampler``: the plain transformers loop, the reference the engine is tested against (``--generation.backend hf``).
 
-A turn ends when its text contains a closed python block ("stop": the rollout runs the code), at EOS, or at
-its token cap ("length"). Samplers return token ids exactly as sampled with their log-probs, so the rollout
-never re-tokenizes model text. The vLLM backend lives in ``generate_vllm`` (optional extra).
+A turn ends by the rule of ``gtpo.generation.stop``: a closed python block ("stop": the rollout runs the code),
+EOS, or its token cap ("length"). Samplers return token ids exactly as sampled with their log-probs, so the
+rollout never re-tokenizes model text. The protocol every sampler follows is ``gtpo.generation.protocol``.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-from gtpo.tools import has_closed_code_block
-
-SampleFinish = Literal["stop", "eos", "length"]
-
-
-@dataclass
-class Sample:
-    """One continuation: sampled ids, their log-probs under ``logits / temperature``, and why it ended."""
-
-    token_ids: list[int]
-    logprobs: list[float]
-    finish: SampleFinish
-
-
-class EngineFailed(RuntimeError):
-    """An out-of-process or third-party generation engine (vLLM) failed: the run cannot go on with it, and the
-    error says so in one line instead of the engine's traceback."""
-
-
-class Sampler(Protocol):
-    def generate(
-        self,
-        contexts: Sequence[Sequence[int]],
-        max_new_tokens: Sequence[int],
-        *,
-        temperature: float,
-        top_p: float = 1.0,
-        seed: int | None = None,
-    ) -> list[Sample]: ...
+from gtpo.generation.protocol import Sample
+from gtpo.generation.stop import TurnStop
 
 
 def left_padded(contexts: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,11 +40,10 @@ class HFSampler:
     def __init__(self, model: torch.nn.Module, tokenizer: Any) -> None:
         self.model = model
         self.tokenizer = tokenizer
-        self.eos_ids = _eos_ids(tokenizer)
+        self.stop = TurnStop.of(tokenizer)
         # transformers >= 5.2x renamed `past_key_values` to `cache`; accept both.
         forward = getattr(model, "forward", model)
         self._cache_arg = "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
-        self._fence_tokens = fence_token_ids(tokenizer)
 
     @torch.no_grad()
     def generate(
@@ -111,7 +82,7 @@ class HFSampler:
                 sample = samples[row]
                 sample.token_ids.append(token)
                 sample.logprobs.append(float(logps[row]))
-                finish = turn_end(sample.token_ids, self.tokenizer, self.eos_ids, self._fence_tokens)
+                finish = self.stop.ends(sample.token_ids)
                 if finish is not None:
                     sample.finish, done[row] = finish, True
                 elif len(sample.token_ids) >= max_new_tokens[row]:
@@ -129,27 +100,6 @@ class HFSampler:
             cache, logits = _cache_of(out), out.logits[:, -1].float()
             next_pos = next_pos + 1
         return samples
-
-
-def fence_token_ids(tokenizer: Any) -> set[int]:
-    """Tokens whose text holds a backtick: only these can close a code block, so only they need the (decoding)
-    closed-block check of ``turn_end``."""
-    return {i for tok, i in tokenizer.get_vocab().items() if "`" in tokenizer.convert_tokens_to_string([tok])}
-
-
-def turn_end(token_ids: Sequence[int], tokenizer: Any, eos_ids: set[int], fence_ids: set[int]) -> SampleFinish | None:
-    """Whether a turn whose sampled tokens so far are ``token_ids`` ends at its last token, and why.
-
-    The one turn-stop rule of every backend: an EOS token ends it ("eos"); a token that can close a fence ends it
-    when the decoded turn then holds a closed python block ("stop": the rollout runs the code). The token cap
-    ("length") is the caller's to check. Decoding only at fence tokens keeps the check off the common path.
-    """
-    last = token_ids[-1]
-    if last in eos_ids:
-        return "eos"
-    if last in fence_ids and has_closed_code_block(tokenizer.decode(list(token_ids), skip_special_tokens=True)):
-        return "stop"
-    return None
 
 
 def _cache_of(output: Any) -> Any:
@@ -173,47 +123,3 @@ def _sample(
         probs = filtered / filtered.sum(-1, keepdim=True)
     tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
-
-
-def _eos_ids(tokenizer: Any) -> set[int]:
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    for token in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
-        token_id = tokenizer.convert_tokens_to_ids(token)
-        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
-            ids.add(token_id)
-    return ids
-
-
-class ScriptedSampler:
-    """Returns pre-written turns: for tests of the exact bookkeeping, with no model.
-
-    ``respond(context_text, turn_index) -> str`` gives the next turn's text; the text is tokenized as is and,
-    unless it ends with a closed python block, EOS is appended (the model ended its message). Log-probs are
-    0 (probability 1). ``turn_index`` counts the tool outputs already in the context.
-    """
-
-    def __init__(self, tokenizer: Any, respond: Callable[[str, int], str]) -> None:
-        self.tokenizer = tokenizer
-        self.respond = respond
-
-    def generate(
-        self,
-        contexts: Sequence[Sequence[int]],
-        max_new_tokens: Sequence[int],
-        *,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-    ) -> list[Sample]:
-        samples = []
-        for context, cap in zip(contexts, max_new_tokens, strict=True):
-            text = self.tokenizer.decode(list(context))
-            reply = self.respond(text, text.count("```output"))
-            ids = self.tokenizer.encode(reply, add_special_tokens=False)
-            finish: SampleFinish = "stop" if has_closed_code_block(reply) else "eos"
-            if finish == "eos":
-                ids = [*ids, self.tokenizer.eos_token_id]
-            if len(ids) > cap:
-                ids, finish = ids[:cap], "length"
-            samples.append(Sample(ids, [0.0] * len(ids), finish))
-        return samples

@@ -3,8 +3,8 @@
 It honours the contract of the other samplers (``HFSampler``, the engine):
 
 - Prompts go in as token ids and the sampled ids come back untouched: a trajectory is never re-tokenized.
-- A turn ends by the one rule of ``gtpo.generation.hf.turn_end``: at an EOS token, or at a token that can close a
-  fence once the decoded turn holds a closed python block. vLLM has no such stop condition, and no stop string
+- A turn ends by the one rule of ``gtpo.generation.stop``: at an EOS token, or at a token that can close a fence
+  once the decoded turn holds a closed python block. vLLM has no such stop condition, and no stop string
   can express it (a closing fence may be followed by anything, and the opening fence is a fence too). So every
   token that can close a fence is a vLLM stop token; at each such stop the rule is applied on the host, and a
   turn that did not end there is resubmitted (context + its tokens so far, served from vLLM's prefix cache) for
@@ -35,7 +35,8 @@ from typing import Any
 
 import torch
 
-from gtpo.generation.hf import EngineFailed, Sample, SampleFinish, _eos_ids, fence_token_ids, turn_end
+from gtpo.generation.protocol import EngineFailed, Sample, SampleFinish
+from gtpo.generation.stop import TurnStop
 
 SUPPORTED_VLLM = ("0.32",)
 """vLLM releases (major.minor) whose API this backend was tested against: the weight-transfer protocol and
@@ -124,9 +125,7 @@ class VLLMSampler:
             llm.init_weight_transfer_engine({"init_info": {}})
         self.llm = llm
         self.tokenizer = tokenizer if tokenizer is not None else llm.get_tokenizer()
-        self.eos_ids = _eos_ids(self.tokenizer)
-        self.fence_ids = fence_token_ids(self.tokenizer)
-        self.stop_ids = sorted(self.eos_ids | self.fence_ids)
+        self.stop = TurnStop.of(self.tokenizer)
         self.weight_version = 0
         self.rounds = 0
         """vLLM calls made by ``generate`` so far (one per stop at a fence that did not end a turn, batched)."""
@@ -169,7 +168,7 @@ class VLLMSampler:
             temperature=max(temperature, 0.0),
             top_p=top_p,
             max_tokens=budget,
-            stop_token_ids=self.stop_ids,
+            stop_token_ids=self.stop.stop_ids,
             logprobs=0,
             detokenize=False,
             seed=None if seed is None else ((seed * _SEED_MIX + row) * _SEED_MIX + round_) % 2**63,
@@ -186,14 +185,14 @@ class VLLMSampler:
         sample.logprobs.extend(
             _sampled_logprob(step, token) for step, token in zip(completion.logprobs, ids, strict=True)
         )
-        finish: SampleFinish | None = turn_end(sample.token_ids, self.tokenizer, self.eos_ids, self.fence_ids)
+        finish: SampleFinish | None = self.stop.ends(sample.token_ids)
         if finish is not None:
             sample.finish = finish
             return False
         if len(sample.token_ids) >= cap:
             sample.finish = "length"
             return False
-        if ids[-1] in self.fence_ids:
+        if ids[-1] in self.stop.fence_ids:
             return True
         # vLLM ended the turn for a reason of its own: an EOS id of the model's generation config that the
         # tokenizer does not name (the model ended its message), or the model's length limit.

@@ -23,7 +23,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from gtpo.generation.hf import Sample, Sampler
+from gtpo.generation.protocol import Sample, Sampler, StreamingSampler
 from gtpo.model.policy import prompt_ids
 from gtpo.rollout.spec import EpisodeSpec
 from gtpo.tools import (
@@ -175,12 +175,13 @@ def rollout(
     timings = RolloutTimings()
     sessions: dict[int, str] = {}
     try:
-        if getattr(sampler, "engine", None) is not None:
+        if isinstance(sampler, StreamingSampler):
+            stream = sampler.turn_stream()
             schedule = spec.schedule
             if schedule == "auto":
-                schedule = "asap" if sampler.engine.device.type == "cuda" else "deterministic"
+                schedule = "asap" if stream.device.type == "cuda" else "deterministic"
             _run_streaming(
-                trajectories, active, episode, sampler.engine, executor, sessions, timings,
+                trajectories, active, episode, stream, executor, sessions, timings,
                 temperature=spec.temperature, top_p=spec.top_p, seed=seed or 0, schedule=schedule,
                 rejoin_steps=spec.rejoin_steps,
             )  # fmt: skip

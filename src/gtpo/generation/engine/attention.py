@@ -106,3 +106,11 @@ def set_plan(model: torch.nn.Module, plan: AttentionPlan) -> None:
     for module in model.modules():
         if hasattr(module, "layer_idx") and hasattr(module, "config"):
             setattr(module, PLAN_ATTRIBUTE, plan)
+
+
+def slots_index(slots: list[int], device: torch.device) -> slice | torch.Tensor:
+    """``slots`` as a plan's ``read_slots``: a slice when they are consecutive and ascending (views, no gathers),
+    else an index tensor."""
+    if slots == list(range(slots[0], slots[0] + len(slots))):
+        return slice(slots[0], slots[0] + len(slots))
+    return torch.tensor(slots, dtype=torch.long, device=device)

@@ -1,7 +1,8 @@
-"""``EngineSampler``: the generation engine behind the ``Sampler`` interface, and its handle for rollouts.
+"""``EngineSampler``: the generation engine behind the ``Sampler`` interface, and its ``TurnStream`` for rollouts.
 
-``gtpo.rollout.episode`` streams trajectories through ``sampler.engine`` directly; everything else that samples
-(evaluation with a batch call, benchmarks, the tiny model's rebuild) uses ``generate`` like any sampler.
+It is a ``StreamingSampler`` (``gtpo.generation.protocol``): ``gtpo.rollout.episode`` streams trajectories through
+``turn_stream()``, the engine itself; everything else that samples (evaluation with a batch call, benchmarks, the
+tiny model's rebuild) uses ``generate`` like any sampler.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from typing import Any
 import torch
 
 from gtpo.generation.engine.engine import EngineOptions, GenerationEngine
-from gtpo.generation.hf import Sample
+from gtpo.generation.protocol import Sample
 
 
 class EngineSampler:
-    """A ``Sampler`` over a ``GenerationEngine`` built from (a copy of) ``policy``."""
+    """A ``StreamingSampler`` over a ``GenerationEngine`` built from (a copy of) ``policy``."""
 
     def __init__(self, policy: torch.nn.Module, tokenizer: Any, options: EngineOptions | None = None) -> None:
         self.engine = GenerationEngine(policy, tokenizer, options)
@@ -46,6 +47,10 @@ class EngineSampler:
         finally:
             self.engine.reset()
         return samples  # type: ignore[return-value]
+
+    def turn_stream(self) -> GenerationEngine:
+        """The engine: turns submitted one at a time, returned as each one ends."""
+        return self.engine
 
     def sync_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         self.engine.sync_weights(named_tensors)
