@@ -333,3 +333,12 @@ def test_a_shipped_model_alias_without_its_files_names_the_rebuild(tmp_path, mon
     ):
         check_model_source("tiny-gone")
     check_model_source("tiny")  # the shipped default is there
+
+
+def test_demo_help_describes_the_demo_instead_of_running_it(capsys):
+    code, out, _ = _gtpo(["demo", "--help"], capsys)
+    assert code == 0 and out.startswith("usage: gtpo demo") and "A_gtpo" not in out
+    code, out, err = _gtpo(["demo", "--steps", "3"], capsys)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "no arguments" in err
+    code, out, _ = _gtpo(["demo"], capsys)
+    assert code == 0 and "A_gtpo" in out  # the worked table

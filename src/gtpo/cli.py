@@ -320,6 +320,14 @@ def _eval(argv: list[str]) -> None:
 
 
 def _demo(argv: list[str]) -> None:
+    if argv in (["-h"], ["--help"]):
+        print("usage: gtpo demo\n\nPrint GTPO and GRPO credit assignment worked through for one group of four")
+        print("trajectories (no model, no flags); every number comes from the functions the trainer uses.")
+        return
+    if argv:
+        from gtpo.config import ConfigError
+
+        raise ConfigError(f"gtpo demo takes no arguments, got {' '.join(argv)!r}; see gtpo demo --help")
     from gtpo.demo import main as demo_main
 
     demo_main()

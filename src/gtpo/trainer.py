@@ -1,7 +1,8 @@
 """The training loop: rollout -> credit assignment -> clipped policy update -> log / evaluate / checkpoint.
 
-The trainer orchestrates and holds no formula: rewards, returns, advantages and the loss are the pure
-functions of ``gtpo.method`` (rewards, advantages and losses, reached through ``gtpo.method.credit``).
+The trainer orchestrates and holds no formula: rewards, returns and advantages are the pure functions of
+``gtpo.method`` (reached through ``gtpo.method.credit``), the loss is ``gtpo.method.losses`` (reached through
+``gtpo.training.update``).
 
 Reproducibility: every step's sampling is seeded from (seed, step), and checkpoints carry the RNG, optimizer,
 scheduler and data-stream states, so a run resumed from step N continues exactly as if never interrupted.
@@ -22,26 +23,24 @@ import numpy as np
 import torch
 
 from gtpo import components
-from gtpo.config import ConfigError, TrainConfig, validate
-from gtpo.data.problems import load_eval_problems, load_train_problems
+from gtpo.config import TrainConfig, validate
+from gtpo.data.problems import fitting_prompts, load_eval_problems, load_train_problems
 from gtpo.data.stream import ProblemStream
 from gtpo.distributed import (
     DistContext,
     all_reduce_max,
     all_reduce_sum,
     barrier,
-    gather_objects,
     init_distributed,
     peer_failure,
     shard_indices,
-    strip_tokens,
     wrap_model,
 )
-from gtpo.eval.evaluate import EvalReport, evaluate_problems
+from gtpo.eval.evaluate import EvalReport, evaluate_sharded
 from gtpo.method.advantages import turns_to_tokens
 from gtpo.method.credit import bind_credit
 from gtpo.method.similarity import get_similarity
-from gtpo.model.policy import inference_weights, prompt_ids
+from gtpo.model.policy import inference_weights
 from gtpo.model.precision import autocast, computes_in_bf16, resolve_device
 from gtpo.model.source import check_model_source
 from gtpo.rollout.episode import is_void_trajectory, rollout_metrics
@@ -61,25 +60,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def split_overlong_prompts(
-    problems: list[Any], tokenizer: Any, system_prompt: str, max_total_tokens: int
-) -> tuple[list[Any], int]:
-    """(the problems whose prompt leaves room to generate, how many do not).
-
-    A prompt of ``max_total_tokens`` or more would be sampled as a trajectory cut by the budget before its first
-    token: a length-cut failure that teaches nothing and takes a slot in every group it is drawn for. Only
-    questions that could be that long are tokenized: a token holds at least one byte, so a question of fewer
-    UTF-8 bytes than the budget left after the chat template cannot fill it."""
-    room = max_total_tokens - len(prompt_ids(tokenizer, system_prompt, "")) - 8  # merges at the question's edges
-    fitting = [
-        p
-        for p in problems
-        if len(p.question.encode("utf-8")) < room
-        or len(prompt_ids(tokenizer, system_prompt, p.question)) < max_total_tokens
-    ]
-    return fitting, len(problems) - len(fitting)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -116,14 +96,9 @@ class Trainer:
         self.system_prompt = system_prompt_for(config.data)
         self.device = resolve_device(config.device, self.ctx.local_rank)
         policy, self.tokenizer = components.build_policy(config.model, self.device)
-        fitting, self.overlong_prompts = split_overlong_prompts(
+        fitting, self.overlong_prompts = fitting_prompts(
             train_problems, self.tokenizer, self.system_prompt, config.rollout.max_total_tokens
         )
-        if not fitting:
-            raise ConfigError(
-                f"rollout.max_total_tokens: all {len(train_problems)} training prompts are at least "
-                f"{config.rollout.max_total_tokens} tokens long; raise --rollout.max-total-tokens"
-            )
         self.stream = ProblemStream(fitting, config.seed)
         self._train_problems = len(train_problems)
         policy.eval()
@@ -363,9 +338,9 @@ class Trainer:
             return self._evaluate(progress)
 
     def _evaluate(self, progress: Any = None) -> EvalReport:
-        index = shard_indices(len(self.eval_problems), self.ctx)
-        report = evaluate_problems(
-            [self.eval_problems[i] for i in index],
+        return evaluate_sharded(
+            self.eval_problems,
+            self.ctx,
             name=self.cfg.data.eval,
             sampler=self.sampler,
             tokenizer=self.tokenizer,
@@ -374,20 +349,6 @@ class Trainer:
             k=self.cfg.eval.samples,
             seed=self.cfg.seed,
             on_progress=progress,
-        )
-        if not self.ctx.enabled:
-            return report
-        k, total = report.k, len(self.eval_problems)
-        rows = [
-            (row, [strip_tokens(t) for t in report.trajectories[i * k : (i + 1) * k]])
-            for i, row in enumerate(report.per_problem)
-        ]
-        gathered = gather_objects(rows, index, total, self.ctx)
-        return EvalReport(
-            name=report.name,
-            k=k,
-            per_problem=[row for row, _ in gathered],
-            trajectories=[t for _, trajs in gathered for t in trajs],
         )
 
     def save(self) -> Path | None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gtpo.distributed import DistContext, gather_objects, shard_indices, strip_tokens
 from gtpo.generation.protocol import StreamingSampler
 from gtpo.rollout.episode import rollout
 from gtpo.rollout.spec import EpisodeSpec
@@ -108,3 +109,24 @@ def read_eval_records(path: Path) -> list[dict[str, Any]]:
         return []
     by_step = {record["step"]: record for record in read_metrics(path)}
     return [by_step[step] for step in sorted(by_step)]
+
+
+def evaluate_sharded(problems: Sequence[Problem], ctx: DistContext, **kwargs: Any) -> EvalReport:
+    """``evaluate_problems`` (``kwargs``) with the problems dealt round-robin across torchrun's ranks and the
+    results gathered on every rank (turn records only), in problem order; one process: the plain evaluation."""
+    index = shard_indices(len(problems), ctx)
+    report = evaluate_problems([problems[i] for i in index], **kwargs)
+    if not ctx.enabled:
+        return report
+    k = report.k
+    rows = [
+        (row, [strip_tokens(t) for t in report.trajectories[i * k : (i + 1) * k]])
+        for i, row in enumerate(report.per_problem)
+    ]
+    gathered = gather_objects(rows, index, len(problems), ctx)
+    return EvalReport(
+        name=report.name,
+        k=k,
+        per_problem=[row for row, _ in gathered],
+        trajectories=[t for _, trajs in gathered for t in trajs],
+    )

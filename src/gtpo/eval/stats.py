@@ -49,11 +49,6 @@ def mean_pass_at_k(samples: CorrectMatrix | Sequence[tuple[int, int]], k: int) -
     return sum(pass_at_k(n, c, k) for n, c in counts) / len(counts)
 
 
-def avg_at_k(correct: CorrectMatrix) -> float:
-    """avg@k: the mean over problems of each problem's accuracy over its k samples (``eval/avg@k``)."""
-    return _mean(per_problem_accuracy(correct))
-
-
 def per_problem_accuracy(correct: CorrectMatrix) -> list[float]:
     """Each problem's fraction of correct samples."""
     if not correct:

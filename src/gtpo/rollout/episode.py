@@ -12,7 +12,8 @@ Episode rules (documented choices):
 - an opened, unclosed block that hits EOS or the token cap is an unparseable (invalid) call, and ends it;
 - after the last allowed turn no observation is appended ("max_turns"): nothing would read it;
 - the total budget (prompt + turns + observations) ends an episode with "length".
-Sandbox sessions are opened at a trajectory's first code call and closed when it ends.
+Sandbox sessions are opened at a trajectory's first code call (with its problem's setup code) and closed when
+the rollout returns.
 """
 
 from __future__ import annotations

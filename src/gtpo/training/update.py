@@ -88,17 +88,8 @@ class PolicyUpdate:
     def __call__(self, batch: TokenBatch, advantages: torch.Tensor, loss_mask: torch.Tensor) -> dict[str, float]:
         """One epoch = one optimizer step over the whole batch; ``update_epochs`` of them. All inputs [B, T]."""
         cfg, algo, optim = self.cfg, self.cfg.algo, self.cfg.optim
-        lengths = batch.attention_mask.sum(dim=1)
-        micro = pack_micro_batches(batch.input_ids, lengths, loss_mask, optim.micro_batch_tokens)
-        weights = [1.0] * len(micro)
-        # Every rank runs the same number of passes (DDP/FSDP collectives must match), at least one (so that a
-        # batch with nothing to train still logs its metrics): a rank with fewer repeats its first micro-batch,
-        # or a placeholder, with weight 0, which adds nothing to the gradient.
-        passes = max(int(all_reduce_max(len(micro), self.ctx, self.device)), 1)
-        filler = micro[0] if micro else _placeholder(batch.input_ids, lengths)
-        micro += [filler] * (passes - len(micro))
-        weights += [0.0] * (passes - len(weights))
-        micro = [m.to(self.device) for m in micro]
+        micro, weights = self._micro_batches(batch, loss_mask)
+        passes = len(micro)
         advantages, loss_mask = advantages.to(self.device), loss_mask.to(self.device)
         sampler_logp = batch.sampler_logprobs.to(self.device)
 
@@ -131,21 +122,8 @@ class PolicyUpdate:
                     for key, value in metrics.items():
                         sums[key] = sums.get(key, 0.0) + value
                     count += 1
-            params = [p for p in self.model.parameters() if p.requires_grad]
-            clip = optim.grad_clip if optim.grad_clip > 0 else float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-            # A non-finite loss or gradient (an overflow, a NaN in one micro-batch's logits) would poison every
-            # weight and AdamW's moments for good: that optimizer step is skipped. The norm is over the reduced
-            # gradients, so every rank takes the same decision.
-            if math.isfinite(grad_norm):
-                self.optimizer.step()
-                self.scheduler.step()
-            else:
-                skipped += 1
-            self.optimizer.zero_grad(set_to_none=True)
-            # autocast caches its bf16 copies of the weights until its outermost context exits (the trainer's
-            # may span the whole step): drop them, or the next epoch would compute with the old weights.
-            torch.clear_autocast_cache()
+            grad_norm = self._optimizer_step()
+            skipped += not math.isfinite(grad_norm)
         out = {f"loss/{k}": v / max(count, 1) for k, v in sums.items()}
         out["loss/total"] = total_loss / optim.update_epochs
         out["loss/is_mismatch_max"] = all_reduce_max(mismatch_max, self.ctx, self.device)
@@ -153,6 +131,40 @@ class PolicyUpdate:
         out["optim/nonfinite_skipped"] = float(skipped)
         out["perf/micro_batches"] = float(passes)
         return out
+
+    def _micro_batches(self, batch: TokenBatch, loss_mask: torch.Tensor) -> tuple[list[MicroBatch], list[float]]:
+        """The batch packed by token budget, on the device, with each micro-batch's weight (1, or 0 for a filler).
+
+        Every rank runs the same number of passes (DDP/FSDP collectives must match), at least one (so that a
+        batch with nothing to train still logs its metrics): a rank with fewer repeats its first micro-batch,
+        or a placeholder, with weight 0, which adds nothing to the gradient."""
+        lengths = batch.attention_mask.sum(dim=1)
+        micro = pack_micro_batches(batch.input_ids, lengths, loss_mask, self.cfg.optim.micro_batch_tokens)
+        weights = [1.0] * len(micro)
+        passes = max(int(all_reduce_max(len(micro), self.ctx, self.device)), 1)
+        filler = micro[0] if micro else _placeholder(batch.input_ids, lengths)
+        micro += [filler] * (passes - len(micro))
+        weights += [0.0] * (passes - len(weights))
+        return [m.to(self.device) for m in micro], weights
+
+    def _optimizer_step(self) -> float:
+        """Clip, step and zero the gradients; returns the gradient norm before clipping.
+
+        A non-finite loss or gradient (an overflow, a NaN in one micro-batch's logits) would poison every weight
+        and AdamW's moments for good: that optimizer step is skipped (a non-finite norm is returned). The norm is
+        over the reduced gradients, so every rank takes the same decision."""
+        optim = self.cfg.optim
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        clip = optim.grad_clip if optim.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        if math.isfinite(grad_norm):
+            self.optimizer.step()
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        # autocast caches its bf16 copies of the weights until its outermost context exits (the trainer's may
+        # span the whole step): drop them, or the next epoch would compute with the old weights.
+        torch.clear_autocast_cache()
+        return grad_norm
 
     def _pass(
         self,
