@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-from gtpo.tiny.build import DEFAULT_MODEL_DIR
+from gtpo.tiny import DEFAULT_MODEL_DIR
 
 ARCHITECTURES: dict[str, dict] = {
     # Qwen2.5-1.5B / Qwen2.5-Math-1.5B (config.json of the released checkpoints).

@@ -48,7 +48,7 @@ DEFAULTS = {  # per model: raw-decode shape (rows, new tokens) and rollout size 
 def model_dir(name: str) -> str | None:
     """The folder of a benchmark model, or None when it is not there (SmolLM2 must be prepared first)."""
     if name == "tiny":
-        from gtpo.tiny.build import DEFAULT_MODEL_DIR
+        from gtpo.tiny import DEFAULT_MODEL_DIR
 
         return str(DEFAULT_MODEL_DIR)
     return str(SMOLLM2_DIR) if (SMOLLM2_DIR / "config.json").is_file() else None
@@ -57,19 +57,21 @@ def model_dir(name: str) -> str | None:
 # ------------------------------------------------------------------------------------ model.generate sampler
 class GenerateSampler:
     """The ``Sampler`` interface over transformers' ``model.generate``: left-padded batch, sampling, and a
-    stopping criterion that ends each row by ``gtpo.generate.turn_end`` or its own token cap."""
+    stopping criterion that ends each row by ``gtpo.generation.stop.turn_end`` or its own token cap."""
 
     def __init__(self, model: Any, tokenizer: Any) -> None:
-        from gtpo.generate import _eos_ids, fence_token_ids
+        from gtpo.generation.stop import eos_token_ids, fence_token_ids
 
         self.model, self.tokenizer = model, tokenizer
-        self.eos_ids, self.fence_ids = _eos_ids(tokenizer), fence_token_ids(tokenizer)
+        self.eos_ids, self.fence_ids = eos_token_ids(tokenizer), fence_token_ids(tokenizer)
 
     def generate(self, contexts, max_new_tokens, *, temperature: float, top_p: float = 1.0, seed=None):
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
 
-        from gtpo.generate import Sample, left_padded, turn_end
+        from gtpo.generation.hf import left_padded
+        from gtpo.generation.protocol import Sample
+        from gtpo.generation.stop import turn_end
 
         rows, pad = len(contexts), self.tokenizer.pad_token_id or 0
         ids, mask = left_padded(contexts, pad)
@@ -125,10 +127,11 @@ def run_backend(backend: str, name: str, args: argparse.Namespace) -> dict[str, 
     """Measure one backend on one model in this process; returns the figures."""
     import torch
 
-    from gtpo.components import GENERIC_SYSTEM_PROMPT
     from gtpo.config import RolloutConfig
-    from gtpo.rollout import rollout
+    from gtpo.rollout.episode import rollout
+    from gtpo.rollout.spec import EpisodeSpec
     from gtpo.sandbox import SandboxPool
+    from gtpo.tasks import GENERIC_SYSTEM_PROMPT
     from gtpo.tasks.arith import SYSTEM_PROMPT, heldout_problems
 
     path = model_dir(name)
@@ -137,14 +140,14 @@ def run_backend(backend: str, name: str, args: argparse.Namespace) -> dict[str, 
     if backend == "vllm":
         from transformers import AutoTokenizer
 
-        from gtpo.generate import _eos_ids
-        from gtpo.generate_vllm import VLLMSampler
+        from gtpo.generation.stop import eos_token_ids
+        from gtpo.generation.vllm import VLLMSampler
 
         tokenizer = AutoTokenizer.from_pretrained(path)
         sampler: Any = VLLMSampler(
             path, dtype="float32", enforce_eager=args.vllm_eager, max_model_len=1024, tokenizer=tokenizer
         )
-        eos = sorted(_eos_ids(tokenizer))
+        eos = sorted(eos_token_ids(tokenizer))
 
         def raw(prompts, new, seed):
             params = [
@@ -157,12 +160,12 @@ def run_backend(backend: str, name: str, args: argparse.Namespace) -> dict[str, 
             return sum(len(o.outputs[0].token_ids) for o in outs)
 
     else:
-        from gtpo.policy import load_policy
+        from gtpo.model.policy import load_policy
 
         model, tokenizer = load_policy(path)
         model.eval()
         if backend == "engine":
-            from gtpo.engine import EngineOptions, EngineSampler
+            from gtpo.generation.engine import EngineOptions, EngineSampler
 
             rows = max(shape["rows"], shape["problems"] * shape["group"])
             sampler = EngineSampler(model, tokenizer, EngineOptions(slots=rows, max_len=1024, chunk=2))
@@ -211,11 +214,13 @@ def run_backend(backend: str, name: str, args: argparse.Namespace) -> dict[str, 
                 sampler,
                 tokenizer,
                 pool,
-                system_prompt=SYSTEM_PROMPT if name == "tiny" else GENERIC_SYSTEM_PROMPT,
-                max_turns=limits.max_turns,
-                max_new_tokens_per_turn=limits.max_new_tokens_per_turn,
-                max_total_tokens=limits.max_total_tokens,
-                temperature=1.0,
+                EpisodeSpec(
+                    system_prompt=SYSTEM_PROMPT if name == "tiny" else GENERIC_SYSTEM_PROMPT,
+                    max_turns=limits.max_turns,
+                    max_new_tokens_per_turn=limits.max_new_tokens_per_turn,
+                    max_total_tokens=limits.max_total_tokens,
+                    temperature=1.0,
+                ),
                 seed=rep,
             )
             wall = time.perf_counter() - t

@@ -1,9 +1,9 @@
 """Generation throughput: gtpo's engine against the reference sampler and transformers, same prompts, one run.
 
 Backends (each samples at temperature 1 from the same random prompts, ``--new`` tokens per row):
-- ``engine``: ``gtpo.engine.EngineSampler`` (continuous batching, slot KV cache, CUDA-graph decode on GPU),
-  what ``--rollout.backend engine`` (the default) trains with;
-- ``hf``: ``gtpo.generate.HFSampler``, the plain transformers loop (``--rollout.backend hf``), under the
+- ``engine``: ``gtpo.generation.engine.EngineSampler`` (continuous batching, slot KV cache, CUDA-graph decode on GPU),
+  what ``--generation.backend engine`` (the default) trains with;
+- ``hf``: ``gtpo.generation.hf.HFSampler``, the plain transformers loop (``--generation.backend hf``), under the
   trainer's autocast;
 - ``generate``: transformers' ``model.generate`` with its KV cache, sampling, EOS suppressed
   (``min_new_tokens``), under the same autocast;
@@ -36,11 +36,11 @@ from pathlib import Path
 import torch
 from architectures import ARCHITECTURES, random_model, tiny_tokenizer
 
-from gtpo.components import autocast
-from gtpo.engine import EngineOptions, EngineSampler
-from gtpo.generate import HFSampler
-from gtpo.policy import load_policy
-from gtpo.tiny.build import DEFAULT_MODEL_DIR
+from gtpo.generation.engine import EngineOptions, EngineSampler
+from gtpo.generation.hf import HFSampler
+from gtpo.model.policy import load_policy
+from gtpo.model.precision import autocast
+from gtpo.tiny import DEFAULT_MODEL_DIR
 
 BANDWIDTH = {"H200": 4.3e12, "H100": 3.0e12, "A100": 1.8e12}
 """Measured or nominal HBM bytes/s; only used to print the decode ceiling."""
@@ -118,7 +118,7 @@ def make_backends(model, tokenizer, device, rows: int, max_len: int, names: list
 
 def logprob_gap(model, tokenizer, device, prompts: list[list[int]], new: int) -> dict[str, float]:
     """Engine log-probs against the trainer's recomputation (``token_logprobs`` under the trainer's autocast)."""
-    from gtpo.policy import token_logprobs
+    from gtpo.model.policy import token_logprobs
 
     sampler = EngineSampler(model, tokenizer, EngineOptions(slots=len(prompts), max_len=len(prompts[0]) + new))
     samples = sampler.generate(prompts, [new] * len(prompts), temperature=1.0, seed=123)
@@ -153,7 +153,7 @@ def decode_step_times(model, tokenizer, device, rows: int, context: int, steps: 
             with torch.no_grad():
                 for _ in range(count):
                     state.step.zero_()  # one chunk column, rewritten each step
-                    engine._static_step(rows, span, False)
+                    engine.decoder.static_step(rows, span, False)
             _sync(device)
             if label == "timed":
                 times["graph_ms" if graphs else "eager_ms"] = (time.perf_counter() - start) / count * 1000

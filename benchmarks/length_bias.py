@@ -3,8 +3,8 @@
 Not a speed benchmark: a measurement of the estimator, with ``adv_norm="group"`` as the baseline measured in
 the same run. Synthetic groups under a *null* model in which the number of turns says nothing about success:
 each trajectory draws its turn count uniformly from 1..K and its correctness with probability p, independently;
-each turn makes an invalid call with probability q. Rewards are GTPO's (``gtpo.rewards.turn_rewards``, the
-default penalties, no shaping), advantages ``gtpo.advantages.gtpo_advantages``; GRPO puts its one advantage on
+each turn makes an invalid call with probability q. Rewards are GTPO's (``gtpo.method.rewards.turn_rewards``, the
+default penalties, no shaping), advantages ``gtpo.method.advantages.gtpo_advantages``; GRPO puts its one advantage on
 every turn. For every turn count n the script prints, per normalization:
 
 - ``weight/turn``: mean |sum of the trajectory's turn advantages| / n, relative to that of 1-turn trajectories.
@@ -27,8 +27,8 @@ import random
 
 import torch
 
-from gtpo.advantages import NORMS, grpo_advantages, gtpo_advantages
-from gtpo.rewards import format_ok, grpo_rewards, turn_rewards
+from gtpo.method.advantages import NORMS, grpo_advantages, gtpo_advantages
+from gtpo.method.rewards import format_ok, grpo_rewards, turn_rewards
 
 
 def null_groups(

@@ -5,8 +5,8 @@ Run: ``python benchmarks/lm_head_memory.py [--batch 4] [--tokens 1024] [--hidden
 Both paths score every token of ``batch`` sequences of ``tokens`` tokens with a Qwen2-shaped model (Qwen2.5-0.5B's
 hidden size and vocabulary by default, ``--layers`` decoder layers: the head is what differs, not the layers),
 forward and backward of the summed log-probs, float32 on the CPU:
-- ``chunked``: what the update runs, ``gtpo.policy.packed_token_logprobs`` (sequences packed into one row, the
-  LM head applied a chunk of rows at a time by ``gtpo.head_logprobs``, no [batch, T, V] tensor);
+- ``chunked``: what the update runs, ``gtpo.model.policy.packed_token_logprobs`` (sequences packed into one row, the
+  LM head applied a chunk of rows at a time by ``gtpo.model.head_logprobs``, no [batch, T, V] tensor);
 - ``naive``: ``model(ids).logits`` [batch, T, V] float32, ``log_softmax``, ``gather``.
 Each path runs in a fresh process, which reports two figures: the growth of its resident memory during the path
 (peak RSS from /proc, reset just before), and the peak of live tensor bytes that the path's own operations
@@ -100,7 +100,7 @@ def build_model(vocab: int, hidden: int, layers: int, seed: int = 0) -> torch.nn
 
 def chunked_logprobs(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """The update's path: packed rows, chunked head, every position but each sequence's first scored. [B, T-1]"""
-    from gtpo.policy import packed_token_logprobs
+    from gtpo.model.policy import packed_token_logprobs
 
     batch, width = ids.shape
     scored = torch.cat([torch.arange(1, width) + row * width for row in range(batch)])

@@ -3,7 +3,7 @@
 The model is built from its architecture config with random weights (``architectures.py``; no download), so
 this measures speed and memory, never quality. One run, interleaved, on the same tokens:
 
-- ``gtpo``: the trainer's update (``gtpo.update.PolicyUpdate``, what ``Trainer._update`` runs) with the
+- ``gtpo``: the trainer's update (``gtpo.training.update.PolicyUpdate``, what ``Trainer._update`` runs) with the
   trainer's settings: packed micro-batches of ``--micro-batch-tokens``, chunked LM-head log-probs on the loss
   tokens, one optimizer step (no old-log-prob pass), the trainer's autocast (bf16 on GPUs), fused AdamW;
 - ``plain``: the loop a transformers user writes: ``--plain-rows`` trajectories per micro-batch, right-padded
@@ -19,7 +19,7 @@ count for both methods: forward + backward (3x a forward) of the decoder on ever
 attention within each trajectory, plus the LM head on the tokens the loss scores; no credit for padding or
 recomputation. So the two MFUs differ exactly as the two speeds do.
 
-``--compile``: after those, the MLPs and norms are compiled (``gtpo.policy.compile_layers``, what
+``--compile``: after those, the MLPs and norms are compiled (``gtpo.model.policy.compile_layers``, what
 ``--model.compile`` does) and gtpo's update is timed again (the warm-up round pays the compilation).
 
 ``--memory-check``: one more gtpo update on ``--trajectories`` trajectories all of ``--max-len`` tokens (the
@@ -43,12 +43,12 @@ import torch
 from architectures import ARCHITECTURES, random_model
 from transformers import Qwen2Config
 
-from gtpo.batch import TokenBatch
-from gtpo.components import autocast
 from gtpo.config import from_dict
 from gtpo.distributed import DistContext
-from gtpo.policy import compile_layers
-from gtpo.update import PolicyUpdate, build_optimizer
+from gtpo.model.policy import compile_layers
+from gtpo.model.precision import autocast
+from gtpo.training.batch import TokenBatch
+from gtpo.training.update import PolicyUpdate, build_optimizer
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}
 """Dense bf16 peak per GPU (vendor datasheets, without sparsity), matched by substring of the device name."""

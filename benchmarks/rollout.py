@@ -22,13 +22,14 @@ import time
 import torch
 
 from gtpo.config import RolloutConfig
-from gtpo.engine import EngineOptions, EngineSampler
-from gtpo.generate import HFSampler
-from gtpo.policy import load_policy
-from gtpo.rollout import rollout, rollout_metrics
+from gtpo.generation.engine import EngineOptions, EngineSampler
+from gtpo.generation.hf import HFSampler
+from gtpo.model.policy import load_policy
+from gtpo.rollout.episode import rollout, rollout_metrics
+from gtpo.rollout.spec import EpisodeSpec
 from gtpo.sandbox import SandboxPool
 from gtpo.tasks.arith import SYSTEM_PROMPT, heldout_problems
-from gtpo.tiny.build import DEFAULT_MODEL_DIR
+from gtpo.tiny import DEFAULT_MODEL_DIR
 
 
 def one_rollout(sampler, tokenizer, problems, group: int, pool, seed: int, schedule: str) -> dict[str, float]:
@@ -40,13 +41,15 @@ def one_rollout(sampler, tokenizer, problems, group: int, pool, seed: int, sched
         sampler,
         tokenizer,
         pool,
-        system_prompt=SYSTEM_PROMPT,
-        max_turns=limits.max_turns,
-        max_new_tokens_per_turn=limits.max_new_tokens_per_turn,
-        max_total_tokens=limits.max_total_tokens,
-        temperature=1.0,
+        EpisodeSpec(
+            system_prompt=SYSTEM_PROMPT,
+            max_turns=limits.max_turns,
+            max_new_tokens_per_turn=limits.max_new_tokens_per_turn,
+            max_total_tokens=limits.max_total_tokens,
+            temperature=1.0,
+            schedule=schedule,
+        ),
         seed=seed,
-        schedule=schedule,
     )
     wall = time.perf_counter() - start
     metrics = rollout_metrics(result.trajectories)

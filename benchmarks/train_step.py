@@ -7,7 +7,7 @@ Run: ``python benchmarks/train_step.py [--steps 3] [--update-repeats 5] [--trl]`
 2. GTPO overhead: the credit assignment (rewards, shaping, returns, advantages) of GTPO and of GRPO on the
    *same* trajectories, repeated, as a share of the measured step time. This isolates what GTPO adds; whole
    steps differ between the two runs anyway because the policies sample different trajectories.
-3. Update: on the same rollout batches of the embedded default, the trainer's update (``gtpo.update``: packed
+3. Update: on the same rollout batches of the embedded default, the trainer's update (``gtpo.training.update``: packed
    micro-batches, chunked head, no old-log-prob pass at one epoch, no entropy) against the padded update it
    replaced (``padded_update`` below, as the trainer ran it up to commit 3ef4f66), interleaved and repeated.
 4. ``--trl``: TRL's GRPOTrainer on the same tiny model, same prompts x group size and completion budget,
@@ -24,14 +24,15 @@ import time
 
 import torch
 
-from gtpo.batch import TokenBatch
 from gtpo.config import TrainConfig
-from gtpo.credit import assign_credit
-from gtpo.losses import clipped_policy_loss
-from gtpo.policy import token_logprobs
-from gtpo.similarity import tfidf_code_similarity
+from gtpo.method.credit import assign_credit
+from gtpo.method.losses import clipped_policy_loss
+from gtpo.method.similarity import tfidf_code_similarity
+from gtpo.model.policy import token_logprobs
+from gtpo.rollout.groups import RoundShare
 from gtpo.trainer import Trainer
-from gtpo.update import _denominator
+from gtpo.training.batch import TokenBatch
+from gtpo.training.update import _denominator
 
 
 def credit_settings(algo: str) -> dict:
@@ -130,9 +131,9 @@ def trl_step_time(base: TrainConfig, steps: int) -> float:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from gtpo.components import model_path
-    from gtpo.grading import grade
-    from gtpo.policy import load_policy
+    from gtpo.data.grading import grade
+    from gtpo.model.policy import load_policy
+    from gtpo.model.source import model_path
     from gtpo.tasks.arith import SYSTEM_PROMPT, train_problems
     from gtpo.tools import extract_boxed
 
@@ -215,10 +216,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(dataclasses.replace(base, output_dir=tmp, eval_every=0, progress=False))
         problems = trainer.stream.take(base.rollout.problems_per_step)
-        copies = [p for p in problems for _ in range(base.rollout.group_size)]
-        trajectories, _ = trainer._rollout(copies, list(range(len(copies))))
-        for j, t in enumerate(trajectories):
-            t.group_id = j // base.rollout.group_size
+        g = base.rollout.group_size
+        copies = [p for p in problems for _ in range(g)]
+        indices = list(range(len(copies)))
+        share = RoundShare(copies, [j // g for j in indices], indices, seed=base.seed)
+        trajectories, _ = trainer.roll(share)
         trainer.close()
     gtpo_s = time_credit(trajectories, "gtpo", repeats=20)
     grpo_s = time_credit(trajectories, "grpo", repeats=20)

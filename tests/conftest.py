@@ -1,4 +1,4 @@
-"""Shared fixtures: a locally built tokenizer with a chat template and a tiny random Qwen2 model.
+"""Shared fixtures: a locally built tokenizer with a chat template and a tiny random Qwen2 model; a scripted sampler.
 
 Nothing downloads: the tokenizer is trained here on a few lines of TIR text, the model is built from a config.
 """
@@ -12,8 +12,14 @@ import os
 # update 9x slower (10.8 s vs 1.2 s at load average 11).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import pytest
 import torch
+
+from gtpo.generation.protocol import Sample, SampleFinish
+from gtpo.tools import has_closed_code_block
 
 torch.set_num_threads(1)  # in case torch was imported before the variable was set
 
@@ -67,6 +73,41 @@ def build_model(tokenizer, seed: int = 0):
     return Qwen2ForCausalLM(config).eval()
 
 
+class ScriptedSampler:
+    """Returns pre-written turns: for tests of the exact bookkeeping, with no model.
+
+    ``respond(context_text, turn_index) -> str`` gives the next turn's text; the text is tokenized as is and,
+    unless it ends with a closed python block, EOS is appended (the model ended its message). Log-probs are
+    0 (probability 1). ``turn_index`` counts the tool outputs already in the context.
+    """
+
+    def __init__(self, tokenizer: Any, respond: Callable[[str, int], str]) -> None:
+        self.tokenizer = tokenizer
+        self.respond = respond
+
+    def generate(
+        self,
+        contexts: Sequence[Sequence[int]],
+        max_new_tokens: Sequence[int],
+        *,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> list[Sample]:
+        samples = []
+        for context, cap in zip(contexts, max_new_tokens, strict=True):
+            text = self.tokenizer.decode(list(context))
+            reply = self.respond(text, text.count("```output"))
+            ids = self.tokenizer.encode(reply, add_special_tokens=False)
+            finish: SampleFinish = "stop" if has_closed_code_block(reply) else "eos"
+            if finish == "eos":
+                ids = [*ids, self.tokenizer.eos_token_id]
+            if len(ids) > cap:
+                ids, finish = ids[:cap], "length"
+            samples.append(Sample(ids, [0.0] * len(ids), finish))
+        return samples
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return build_tokenizer()
@@ -89,8 +130,8 @@ def model_dir(tmp_path_factory, tiny_tokenizer, tiny_model):
 @pytest.fixture(scope="session")
 def shipped_tiny():
     """The shipped tiny model and tokenizer: a policy that calls the tool and earns mixed rewards on arith."""
-    from gtpo.policy import load_policy
-    from gtpo.tiny.build import DEFAULT_MODEL_DIR
+    from gtpo.model.policy import load_policy
+    from gtpo.tiny import DEFAULT_MODEL_DIR
 
     model, tokenizer = load_policy(str(DEFAULT_MODEL_DIR))
     return model.eval(), tokenizer
@@ -112,7 +153,7 @@ QUICK_TRAIN_FLAGS = [
     "2",
     "--rollout.max-new-tokens-per-turn",
     "32",
-    "--rollout.sandbox-workers",
+    "--sandbox.workers",
     "1",
 ]
 """`gtpo train` flags for a run of the shipped tiny model that takes seconds a step."""

@@ -1,4 +1,4 @@
-"""gtpo.advantages: discounted turn returns, GTPO/GRPO normalization, broadcasting to tokens.
+"""gtpo.method.advantages: discounted turn returns, GTPO/GRPO normalization, broadcasting to tokens.
 
 Expected values are hand arithmetic; the vectorized code is also checked against a plain-Python loop on
 random ragged groups. The invariances tested are the ones that actually hold (see docs/algorithms.md):
@@ -15,8 +15,8 @@ import random
 import pytest
 import torch
 
-from gtpo.advantages import discounted_returns, grpo_advantages, gtpo_advantages, turns_to_tokens
-from gtpo.rewards import format_ok, grpo_rewards, turn_rewards
+from gtpo.method.advantages import discounted_returns, grpo_advantages, gtpo_advantages, turns_to_tokens
+from gtpo.method.rewards import format_ok, grpo_rewards, turn_rewards
 
 
 def _padded(rows: list[list[float]]) -> tuple[torch.Tensor, torch.Tensor]:

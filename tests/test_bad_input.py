@@ -254,7 +254,7 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_intact_one_as_the_line_say
     shutil.rmtree(bad)
     code, err = _run(argv, None, capsys)
     assert code == 0, err
-    from gtpo.metrics import read_metrics
+    from gtpo.run.metrics import read_metrics
 
     steps = [r["step"] for r in read_metrics(copy / "metrics.jsonl") if "loss/policy" in r or "reward/mean" in r]
     assert steps == [1, 2, 3]  # step 2 trained again from step 1's checkpoint, logged once
@@ -295,11 +295,12 @@ def test_version():
 # --- prompts longer than the budget ----------------------------------------------------------------------------
 
 
-def test_split_overlong_prompts_keeps_exactly_the_prompts_shorter_than_the_budget():
-    from gtpo.components import build_policy, system_prompt_for
+def test_fitting_prompts_keeps_exactly_the_prompts_shorter_than_the_budget():
+    from gtpo.components import build_policy
     from gtpo.config import DataConfig, ModelConfig
-    from gtpo.policy import prompt_ids
-    from gtpo.trainer import split_overlong_prompts
+    from gtpo.data.problems import fitting_prompts
+    from gtpo.model.policy import prompt_ids
+    from gtpo.tasks import system_prompt_for
     from gtpo.types import Problem
 
     _, tokenizer = build_policy(ModelConfig(), torch.device("cpu"))
@@ -307,7 +308,7 @@ def test_split_overlong_prompts_keeps_exactly_the_prompts_shorter_than_the_budge
     problems = [Problem(id=f"p{n}", question=_long_question(n), answer=str(n + 1)) for n in range(0, 400, 7)]
     lengths = [len(prompt_ids(tokenizer, system, p.question)) for p in problems]
     budget = sorted(lengths)[len(lengths) // 2]  # half the prompts reach it
-    fitting, dropped = split_overlong_prompts(problems, tokenizer, system, budget)
+    fitting, dropped = fitting_prompts(problems, tokenizer, system, budget)
     assert [p.id for p in fitting] == [p.id for p, n in zip(problems, lengths, strict=True) if n < budget]
     assert dropped == sum(n >= budget for n in lengths) > 0
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gtpo.batch import pack_micro_batches
+from gtpo.training.batch import pack_micro_batches
 
 
 def padded(lengths, trained_from=2):
@@ -32,10 +32,10 @@ def test_a_trajectory_longer_than_the_budget_gets_a_micro_batch_of_its_own():
     assert [m.rows.tolist() for m in micro] == [[0], [1, 2]]
 
 
-def test_row_cap_and_rows_without_loss_tokens():
+def test_rows_without_loss_tokens_are_not_packed():
     ids, lengths, mask = padded([3, 3, 3, 3, 3])
     mask[2] = 0  # e.g. filtered out: nothing to train, so it is not packed at all
-    micro = pack_micro_batches(ids, lengths, mask, token_budget=100, max_rows=2)
+    micro = pack_micro_batches(ids, lengths, mask, token_budget=6)
     assert [m.rows.tolist() for m in micro] == [[0, 1], [3, 4]]
 
 

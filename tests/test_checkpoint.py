@@ -5,8 +5,8 @@ import random
 import pytest
 import torch
 
-from gtpo.checkpoint import claim_run_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from gtpo.config import ConfigError
+from gtpo.run.checkpoint import claim_run_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 
 
 def _setup(seed):
@@ -101,7 +101,7 @@ def test_latest_is_the_newest_complete_checkpoint_whatever_the_pointer_says(tmp_
 
 
 def test_a_damaged_file_is_named_with_the_newest_intact_checkpoint(tmp_path):
-    from gtpo.checkpoint import DamagedCheckpoint, checkpoint_step, damage
+    from gtpo.run.checkpoint import DamagedCheckpoint, checkpoint_step, damage
 
     model, opt, sched = _setup(0)
     for step in (1, 2, 3):

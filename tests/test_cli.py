@@ -23,7 +23,7 @@ import pytest
 from conftest import QUICK_TRAIN_FLAGS as QUICK
 
 from gtpo import cli
-from gtpo.metrics import read_metrics
+from gtpo.run.metrics import read_metrics
 
 
 def _gtpo(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -323,13 +323,22 @@ def test_ctrl_c_during_the_first_evaluation_leaves_no_run_folder(tmp_path):
 
 
 def test_a_shipped_model_alias_without_its_files_names_the_rebuild(tmp_path, monkeypatch):
-    from gtpo import components
     from gtpo.config import ConfigError
-    from gtpo.tiny import build
+    from gtpo.model.source import check_model_source
+    from gtpo.tiny import SHIPPED_MODELS
 
-    monkeypatch.setitem(build.SHIPPED_MODELS, "tiny-gone", tmp_path)  # the folder exists, the model does not
+    monkeypatch.setitem(SHIPPED_MODELS, "tiny-gone", tmp_path)  # the folder exists, the model does not
     with pytest.raises(
         ConfigError, match=r"^model\.name_or_path 'tiny-gone': the shipped model is missing .*build-tiny"
     ):
-        components.check_model_source("tiny-gone")
-    components.check_model_source("tiny")  # the shipped default is there
+        check_model_source("tiny-gone")
+    check_model_source("tiny")  # the shipped default is there
+
+
+def test_demo_help_describes_the_demo_instead_of_running_it(capsys):
+    code, out, _ = _gtpo(["demo", "--help"], capsys)
+    assert code == 0 and out.startswith("usage: gtpo demo") and "A_gtpo" not in out
+    code, out, err = _gtpo(["demo", "--steps", "3"], capsys)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "no arguments" in err
+    code, out, _ = _gtpo(["demo"], capsys)
+    assert code == 0 and "A_gtpo" in out  # the worked table

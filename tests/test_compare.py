@@ -23,8 +23,8 @@ from gtpo.compare.stats import (
     t_quantile,
 )
 from gtpo.config import ConfigError, TrainConfig, from_dict, load_preset, to_dict
-from gtpo.evaluate import read_eval_records
-from gtpo.metrics import EVAL_FILE, METRICS_FILE, read_metrics
+from gtpo.eval.evaluate import read_eval_records
+from gtpo.run.metrics import EVAL_FILE, METRICS_FILE, read_metrics
 
 # Student t, two-sided 95%, from printed tables
 T95 = {1: 12.7062, 2: 4.3027, 4: 2.7764, 9: 2.2622, 30: 2.0423}
@@ -252,7 +252,6 @@ def _tiny_config(tmp_path, model_dir, **overrides):
             "max_total_tokens": 160,
             "sandbox_workers": 2,
         },
-        "optim": {"micro_batch_size": 4},
         "steps": 2,
         "eval_every": 2,
         "save_every": 1,
@@ -323,7 +322,7 @@ def test_killed_comparison_continues_where_it_stopped(tmp_path, model_dir):
 
 
 def test_eval_records_belong_to_the_run_directory_they_were_written_in(tmp_path):
-    from gtpo.checkpoint import claim_run_dir
+    from gtpo.run.checkpoint import claim_run_dir
 
     (tmp_path / EVAL_FILE).write_text('{"step": 0, "correct": [[true]]}\n')
     with pytest.raises(ConfigError, match="already holds a run"):

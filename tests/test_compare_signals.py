@@ -104,7 +104,7 @@ QUICK = [
     *("--device", "cpu", "--export", "none", "--eval-every", "1000", "--data.eval-limit", "2"),
     *("--steps", "200", "--seeds", "1"),
     *("--rollout.group-size", "2", "--rollout.problems-per-step", "1", "--rollout.max-turns", "2"),
-    *("--rollout.max-new-tokens-per-turn", "32", "--rollout.sandbox-workers", "1", "--variants", "gtpo,grpo"),
+    *("--rollout.max-new-tokens-per-turn", "32", "--sandbox.workers", "1", "--variants", "gtpo,grpo"),
 ]
 
 

@@ -48,3 +48,18 @@ def test_a_folder_named_like_a_shipped_preset_does_not_shadow_it(tmp_path, monke
     assert load_preset("qwen2.5-math-1.5b").rollout.group_size == 16
     with pytest.raises(ConfigError, match=r"no such file or shipped preset"):
         load_preset(str(tmp_path))
+
+
+def test_settings_under_their_former_names_are_read_and_retired_ones_refused():
+    from gtpo.config import renamed_flags
+
+    old = {"rollout": {"group_size": 4, "filter_groups": True, "overlong": "mask", "eval_temperature": 0.0}}
+    config = from_dict({**old, "optim": {"micro_batch_size": 0}})  # a run folder saved before the split
+    assert (config.rollout.group_size, config.filter.groups, config.overlong.mode) == (4, True, "mask")
+    assert config.eval.temperature == 0.0
+    with pytest.raises(ConfigError, match=r"optim\.micro_batch_size' was retired: optim\.micro_batch_tokens"):
+        from_dict({"optim": {"micro_batch_size": 2}})
+    argv, notes = renamed_flags(["--rollout.filter-groups", "--rollout.sandbox-workers=1", "--rollout.top-p", "1"])
+    assert argv == ["--filter.groups", "--sandbox.workers=1", "--rollout.top-p", "1"]
+    assert notes == ["note: --rollout.filter-groups is now --filter.groups",
+                     "note: --rollout.sandbox-workers is now --sandbox.workers"]  # fmt: skip

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from gtpo.advantages import gtpo_advantages
-from gtpo.credit import assign_credit
-from gtpo.similarity import tfidf_code_similarity
+from gtpo.method.advantages import gtpo_advantages
+from gtpo.method.credit import assign_credit
+from gtpo.method.similarity import tfidf_code_similarity
 from gtpo.types import Problem, Trajectory, Turn
 
 PROBLEM = Problem(id="p", question="q", answer="1")
@@ -91,7 +91,7 @@ def test_unknown_algo_is_refused():
 
 
 def test_outcome_penalties_land_on_the_last_turn_and_on_the_grpo_reward():
-    penalties = [-0.5, 0.0, -1.0, 0.0, -0.25]  # e.g. rollout.overlong="penalty"
+    penalties = [-0.5, 0.0, -1.0, 0.0, -0.25]  # e.g. overlong.mode="penalty"
     credit = _credit("gtpo", outcome_penalties=penalties)
     # the hand-made turn rewards of the test above, with each penalty added to the trajectory's last turn
     rewards = torch.tensor(

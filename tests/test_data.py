@@ -1,4 +1,4 @@
-"""gtpo.data: local files become Problems, benchmark answers are normalized, bad input gets a clear error."""
+"""gtpo.data.load: local files become Problems, benchmark answers are normalized, bad input gets a clear error."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gtpo.data import BENCHMARKS, DataError, answer_text, gsm8k_answer, load_benchmark, load_problems
+from gtpo.data.load import BENCHMARKS, DataError, answer_text, gsm8k_answer, load_benchmark, load_problems
 from gtpo.types import Problem
 
 FIXTURES = Path(__file__).parent / "fixtures" / "benchmarks"

@@ -2,10 +2,11 @@
 
 Trajectories are scripted per *global* trajectory index (so groups have reward variance, and each
 trajectory is the same whichever rank generates it); the batch of 3 x 3 = 9 trajectories splits 5/4 over
-two ranks, and at most two trajectories go in a micro-batch, so the ranks pack 3 and 2 micro-batches: the
-uneven path (a zero-weight pass) runs too. The gradients are compared through AdamW's first moment after one
-step (0.1 x the gradient); the parameters more loosely, since Adam's first step divides each gradient element
-by its own magnitude, which magnifies float summation-order noise on elements whose gradient is near zero.
+two ranks, and every trajectory is longer than the token budget of a micro-batch, so each gets its own: the
+ranks pack 5 and 4 micro-batches, and the uneven path (a zero-weight pass) runs too. The gradients are
+compared through AdamW's first moment after one step (0.1 x the gradient); the parameters more loosely, since
+Adam's first step divides each gradient element by its own magnitude, which magnifies float summation-order
+noise on elements whose gradient is near zero.
 The two ranks run a whole ``train()``, so they also write one run folder: rank 0's log, checkpoint, report and
 exported model.
 """
@@ -18,24 +19,28 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import ScriptedSampler
 from transformers import AutoModelForCausalLM
 
 from gtpo.config import from_dict
 from gtpo.distributed import DistContext, init_distributed, shard_indices
-from gtpo.generate import ScriptedSampler
-from gtpo.metrics import read_metrics
-from gtpo.rollout import rollout
+from gtpo.rollout.episode import rollout
+from gtpo.rollout.spec import EpisodeSpec
+from gtpo.run.metrics import read_metrics
 from gtpo.trainer import Trainer
 
 GROUP = 3
 
 
-class ScriptedTrainer(Trainer):
+def scripted_roll(trainer):
     """Trajectory j: right with tool use unless j % 3 == 1 (a wrong guess) or j % 3 == 2 (failed call first)."""
+    spec = EpisodeSpec(
+        system_prompt=trainer.system_prompt, max_turns=2, max_total_tokens=400, max_new_tokens_per_turn=64
+    )
 
-    def _rollout(self, problems, indices):
+    def roll(share):
         trajectories = []
-        for problem, j in zip(problems, indices, strict=True):
+        for problem, group_id, j in zip(share.problems, share.group_ids, share.indices, strict=True):
             expression = problem.question.replace("What is ", "").rstrip("?")
             if problem.question.startswith("Let x"):
                 expression = "0"
@@ -44,20 +49,18 @@ class ScriptedTrainer(Trainer):
                 1: ["\\boxed{1}"],
                 2: ["```python\nprint(y)\n```", "\\boxed{2}"],
             }[j % 3]
-            sampler = ScriptedSampler(self.tokenizer, lambda _ctx, turn, s=scripts: s[min(turn, len(s) - 1)])
-            result = rollout(
-                [problem],
-                1,
-                sampler,
-                self.tokenizer,
-                self.sandbox,
-                system_prompt=self.system_prompt,
-                max_turns=2,
-                max_total_tokens=400,
-                max_new_tokens_per_turn=64,
-            )
+            sampler = ScriptedSampler(trainer.tokenizer, lambda _ctx, turn, s=scripts: s[min(turn, len(s) - 1)])
+            result = rollout([problem], 1, sampler, trainer.tokenizer, trainer.sandbox, spec, group_ids=[group_id])
             trajectories += result.trajectories
         return trajectories, result.timings.as_dict()
+
+    return roll
+
+
+def scripted_trainer(config, ctx):
+    trainer = Trainer(config, ctx=ctx)
+    trainer.roll = scripted_roll(trainer)
+    return trainer
 
 
 def _config(model_dir, out, strategy="ddp"):
@@ -66,7 +69,7 @@ def _config(model_dir, out, strategy="ddp"):
             "model": {"name_or_path": model_dir},
             "data": {"eval": ""},
             "rollout": {"group_size": GROUP, "problems_per_step": 3, "sandbox_workers": 1},
-            "optim": {"micro_batch_size": 2, "lr": 1e-2, "warmup_steps": 0},
+            "optim": {"micro_batch_tokens": 1, "lr": 1e-2, "warmup_steps": 0},
             "strategy": strategy,
             "steps": 1,
             "eval_every": 0,
@@ -79,7 +82,7 @@ def _config(model_dir, out, strategy="ddp"):
 
 
 def _one_step(config, ctx=None):
-    trainer = ScriptedTrainer(config, ctx=ctx)
+    trainer = scripted_trainer(config, ctx)
     try:
         metrics = trainer.train_step()
     finally:
@@ -109,7 +112,7 @@ def _worker(rank, world, model_dir, out, strategy):
     """One whole ``train()`` of one step on two ranks, into one run folder (rank 0 writes it)."""
     ctx = _join(rank, world, out)
     config = dataclasses.replace(_config(model_dir, out / "run", strategy), export="merged")
-    trainer = ScriptedTrainer(config, ctx=ctx)
+    trainer = scripted_trainer(config, ctx)
     try:
         metrics = trainer.train()
     finally:
@@ -136,11 +139,11 @@ def test_two_gloo_ranks_equal_one_process(tmp_path, tiny_tokenizer, tiny_model, 
     tiny_tokenizer.save_pretrained(model_dir)
     single, single_metrics = _one_step(_config(str(model_dir), tmp_path / "single"))
     assert single_metrics["adv/abs_mean"] > 0 and 0 < single_metrics["reward/accuracy"] < 1
-    assert single_metrics["perf/micro_batches"] == 5  # 9 trajectories, at most 2 per micro-batch
+    assert single_metrics["perf/micro_batches"] == 9  # 9 trajectories, one per micro-batch
 
     mp.spawn(_worker, args=(2, str(model_dir), tmp_path, strategy), nprocs=2, join=True)
     two = torch.load(tmp_path / "two_ranks.pt", weights_only=False)
-    assert two["metrics"]["perf/micro_batches"] == 3  # rank 0 packs 5 trajectories; rank 1 runs a filler pass
+    assert two["metrics"]["perf/micro_batches"] == 5  # rank 0 packs 5 trajectories; rank 1 runs a filler pass
     for name, moment in _first_moments(single).items():
         torch.testing.assert_close(two["moments"][name], moment, atol=1e-9, rtol=1e-4, msg=name)
     for name, value in single.policy.state_dict().items():
@@ -164,7 +167,7 @@ def _bf16_worker(rank, world, out):
     from conftest import build_model, build_tokenizer
 
     from gtpo.distributed import wrap_model
-    from gtpo.policy import packed_attention_active, packed_token_logprobs
+    from gtpo.model.policy import packed_attention_active, packed_token_logprobs
 
     model = build_model(build_tokenizer())
     wrapped = wrap_model(model, ctx, "fsdp", bf16=True)
@@ -187,7 +190,7 @@ def _packed_example():
 
 def test_fsdp_bf16_gathers_bf16_weights_and_keeps_float32_gradients(tmp_path, tiny_model):
     """Both ranks score the same tokens, so the reduced gradient equals one process's (within bf16 rounding)."""
-    from gtpo.policy import packed_token_logprobs
+    from gtpo.model.policy import packed_token_logprobs
 
     ids, lengths, scored = _packed_example()
     reference = copy.deepcopy(tiny_model)

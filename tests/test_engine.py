@@ -14,13 +14,14 @@ import time
 import pytest
 import torch
 
-from gtpo.engine import EngineOptions, EngineSampler, GenerationEngine
-from gtpo.engine.sampling import counter_uniform, sample_tokens
-from gtpo.generate import HFSampler
-from gtpo.policy import load_policy, prompt_ids, token_logprobs
-from gtpo.rollout import rollout
+from gtpo.generation.engine import EngineOptions, EngineSampler, GenerationEngine
+from gtpo.generation.engine.sampling import counter_uniform, sample_tokens
+from gtpo.generation.hf import HFSampler
+from gtpo.model.policy import load_policy, prompt_ids, token_logprobs
+from gtpo.rollout.episode import rollout
+from gtpo.rollout.spec import EpisodeSpec
 from gtpo.tasks.arith import SYSTEM_PROMPT, heldout_problems
-from gtpo.tiny.build import DEFAULT_MODEL_DIR
+from gtpo.tiny import DEFAULT_MODEL_DIR
 from gtpo.tools import format_tool_output, has_closed_code_block
 from gtpo.types import ExecResult
 
@@ -187,6 +188,21 @@ def test_eviction_recomputes_and_stays_exact(shipped, contexts):
     assert [seconds[k].token_ids for k in range(3)] == [r.token_ids for r in reference]
 
 
+def test_slot_bytes_are_what_the_engine_allocates(shipped, monkeypatch):
+    """The per-slot figure that sizes the slots on a GPU (``slots_in_memory``) is one slot of the real cache."""
+    from gtpo.generation.engine.cache import slot_bytes, slots_in_memory
+
+    model, tokenizer = shipped
+    engine = GenerationEngine(model, tokenizer, EngineOptions(slots=3, max_len=64))
+    allocated = sum(t.numel() * t.element_size() for t in engine.k_cache + engine.v_cache)
+    dtype = next(model.parameters()).dtype
+    assert allocated == (3 + 1) * slot_bytes(model.config, 64, dtype)  # the slots and the spare one
+    assert slot_bytes(model.config, 64, torch.bfloat16) * dtype.itemsize == slot_bytes(model.config, 64, dtype) * 2
+    free = 4 * 10 * slot_bytes(model.config, 64, torch.bfloat16) + 1  # a quarter of it holds 10 bf16 slots
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free, 2 * free))
+    assert slots_in_memory(model, 64, torch.device("cuda")) == 10
+
+
 def test_requests_that_cannot_fit_are_refused(shipped, contexts):
     engine = _engine(shipped, max_len=64).engine
     with pytest.raises(ValueError, match="max_len 64"):
@@ -197,7 +213,7 @@ def test_requests_that_cannot_fit_are_refused(shipped, contexts):
 
 
 def test_weight_sync_changes_what_the_engine_samples(shipped, contexts):
-    from gtpo.policy import inference_weights
+    from gtpo.model.policy import inference_weights
 
     _, tokenizer = shipped
     sampler = _engine(shipped)
@@ -219,8 +235,8 @@ def test_weight_sync_changes_what_the_engine_samples(shipped, contexts):
 def test_inference_copy_is_the_policy_bit_for_bit_without_a_random_init(monkeypatch, tied):
     from transformers import PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 
-    from gtpo.engine.weights import build_inference_copy
-    from gtpo.policy import inference_weights
+    from gtpo.generation.engine.weights import build_inference_copy
+    from gtpo.model.policy import inference_weights
 
     config = Qwen2Config(
         vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -244,8 +260,8 @@ def test_inference_copy_is_the_policy_bit_for_bit_without_a_random_init(monkeypa
 
 
 def test_inference_copy_refuses_a_missing_weight_or_buffer(shipped):
-    from gtpo.engine.weights import build_inference_copy
-    from gtpo.policy import inference_weights
+    from gtpo.generation.engine.weights import build_inference_copy
+    from gtpo.model.policy import inference_weights
 
     model, _ = shipped
     weights = inference_weights(model)
@@ -300,19 +316,18 @@ class EchoExecutor:
         self.closed += 1
 
 
-def _rollout(sampler, tokenizer, executor, **kwargs):
+def _rollout(sampler, tokenizer, executor, seed=None, **episode):
     return rollout(
         heldout_problems()[:6],
         3,
         sampler,
         tokenizer,
         executor,
-        system_prompt=SYSTEM_PROMPT,
-        max_turns=4,
-        max_new_tokens_per_turn=64,
-        max_total_tokens=400,
+        EpisodeSpec(
+            system_prompt=SYSTEM_PROMPT, max_turns=4, max_new_tokens_per_turn=64, max_total_tokens=400, **episode
+        ),
+        seed=seed,
         grade_fn=lambda pred, ref: pred == ref,
-        **kwargs,
     ).trajectories
 
 
@@ -370,7 +385,7 @@ def test_cuda_graphs_equal_eager_on_gpu(shipped, contexts):
         graphs = EngineSampler(gpu_model, tokenizer, EngineOptions(**options, cuda_graphs=True))
         a = eager.generate(contexts, [64] * len(contexts), temperature=1.0, seed=4)
         b = graphs.generate(contexts, [64] * len(contexts), temperature=1.0, seed=4)
-        assert graphs.engine.graph_error is None and graphs.engine.graphs.graphs
+        assert graphs.engine.decoder.graph_error is None and graphs.engine.decoder.graphs.graphs
         assert [s.token_ids for s in a] == [s.token_ids for s in b]
         assert [s.logprobs for s in a] == [s.logprobs for s in b]
     finally:
@@ -379,19 +394,23 @@ def test_cuda_graphs_equal_eager_on_gpu(shipped, contexts):
 
 def test_backend_choice_and_settings_are_checked(shipped):
     from gtpo.components import build_sampler
-    from gtpo.config import ConfigError, RolloutConfig, TrainConfig, validate
-    from gtpo.engine.weights import check_supported
+    from gtpo.config import ConfigError, GenerationConfig, TrainConfig, validate
+    from gtpo.generation.engine.weights import check_supported
+    from gtpo.generation.protocol import StreamingSampler
 
     model, tokenizer = shipped
-    default = build_sampler(RolloutConfig(), model, tokenizer, "tiny")
-    assert isinstance(default, EngineSampler)
+    default = build_sampler(TrainConfig(), model, tokenizer)
+    assert isinstance(default, EngineSampler) and isinstance(default, StreamingSampler)
+    assert default.turn_stream() is default.engine
+    assert not isinstance(HFSampler(model, tokenizer), StreamingSampler)  # rolled out turn by turn
     assert (default.engine.options.slots, default.engine.options.max_len) == (64, 512)  # the whole default batch
-    assert isinstance(build_sampler(RolloutConfig(backend="hf"), model, tokenizer, "tiny"), HFSampler)
+    hf = TrainConfig(generation=GenerationConfig(backend="hf"))
+    assert isinstance(build_sampler(hf, model, tokenizer), HFSampler)
     for field, value in (("engine_slots", -1), ("engine_chunk", -2), ("rejoin_steps", 0)):
-        with pytest.raises(ConfigError, match=rf"rollout\.{field}"):
-            validate(TrainConfig(rollout=RolloutConfig(**{field: value})))
+        with pytest.raises(ConfigError, match=rf"generation\.{field}"):
+            validate(TrainConfig(generation=GenerationConfig(**{field: value})))
     with pytest.raises(ValueError, match="schedule"):
-        rollout([], 2, default, tokenizer, EchoExecutor(), system_prompt="", schedule="soon")
+        rollout([], 2, default, tokenizer, EchoExecutor(), EpisodeSpec(system_prompt="", schedule="soon"))
     sliding = type("Config", (), {"layer_types": ["full_attention", "sliding_attention"]})()
-    with pytest.raises(ValueError, match=r"--rollout\.backend hf"):
+    with pytest.raises(ValueError, match=r"--generation\.backend hf"):
         check_supported(sliding)

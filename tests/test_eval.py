@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from gtpo.eval_cli import EvalConfig, main, run
-from gtpo.eval_report import compare_runs, summarize, write_results
-from gtpo.evaluate import EvalReport
+from gtpo.eval.cli import EvalConfig, main, run
+from gtpo.eval.evaluate import EvalReport
+from gtpo.eval.report import compare_runs, summarize, write_results
 from gtpo.types import Problem, Trajectory, Turn
 
 
@@ -79,7 +79,7 @@ def test_any_model_folder_scores_with_default_flags(tmp_path, capsys):
     use (a default rollout config's 512-token engine could not hold a 512-token turn after the prompt)."""
     import shutil
 
-    from gtpo.tiny.build import DEFAULT_MODEL_DIR
+    from gtpo.tiny import DEFAULT_MODEL_DIR
 
     folder = tmp_path / "my-model"
     shutil.copytree(DEFAULT_MODEL_DIR, folder)
@@ -95,7 +95,7 @@ def test_any_model_folder_scores_with_default_flags(tmp_path, capsys):
 def test_checkpoint_samples_with_its_runs_caps_on_gtpo_engine(tmp_path):
     """A preset run's settings (vLLM backend, 8,192-token trajectories) reach the evaluation's sampler; vLLM gives
     way to the engine, which samples the checkpoint's trained weights."""
-    from gtpo.eval_cli import resolve_settings
+    from gtpo.eval.cli import resolve_settings
 
     step = tmp_path / "run" / "checkpoints" / "step_0000002"
     step.mkdir(parents=True)
@@ -104,5 +104,6 @@ def test_checkpoint_samples_with_its_runs_caps_on_gtpo_engine(tmp_path):
     (tmp_path / "run" / "config.json").write_text(json.dumps({"rollout": rollout}))
     cfg, sampling, note = resolve_settings(EvalConfig(checkpoint=str(step)))
     assert (cfg.max_total_tokens, cfg.max_new_tokens_per_turn, cfg.max_turns) == (8192, 1024, 5)
-    assert (sampling.backend, sampling.max_total_tokens, sampling.max_new_tokens_per_turn) == ("engine", 8192, 1024)
+    caps = (sampling.rollout.max_total_tokens, sampling.rollout.max_new_tokens_per_turn)
+    assert (sampling.generation.backend, *caps) == ("engine", 8192, 1024)  # from a run saved before the rename
     assert "the settings of run" in note

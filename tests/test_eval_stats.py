@@ -1,4 +1,4 @@
-"""gtpo.eval_stats: every expected number is written as the arithmetic that produces it."""
+"""gtpo.eval.stats: every expected number is written as the arithmetic that produces it."""
 
 from __future__ import annotations
 
@@ -6,13 +6,11 @@ import math
 
 import pytest
 
-from gtpo.eval_stats import (
+from gtpo.eval.stats import (
     accuracy_interval,
-    avg_at_k,
     mean_pass_at_k,
     paired_difference,
     pass_at_k,
-    per_problem_accuracy,
     wilson_interval,
 )
 
@@ -57,13 +55,6 @@ def test_mean_pass_at_k_from_flags_or_counts() -> None:
     assert mean_pass_at_k(matrix, 2) == pytest.approx((1 / 2 + 0 + 5 / 6) / 3)
     with pytest.raises(ValueError):
         mean_pass_at_k([], 1)
-
-
-def test_avg_at_k_weights_problems_equally() -> None:
-    assert avg_at_k([[T, T, F, F], [T, F, F, F]]) == pytest.approx((2 / 4 + 1 / 4) / 2)
-    assert avg_at_k([[T], [T, F]]) == pytest.approx((1 + 1 / 2) / 2)  # not the flat 2/3
-    with pytest.raises(ValueError, match="problem 1 has no samples"):
-        per_problem_accuracy([[T], []])
 
 
 def test_wilson_interval_hand_computed() -> None:

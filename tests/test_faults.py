@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gtpo.checkpoint import damage, latest_checkpoint
 from gtpo.config import from_dict
-from gtpo.metrics import read_metrics
+from gtpo.run.checkpoint import damage, latest_checkpoint
+from gtpo.run.metrics import read_metrics
 from gtpo.trainer import Trainer, TrainingDiverged
 
 
@@ -122,7 +122,7 @@ def test_non_finite_steps_in_a_row_stop_the_run_with_its_checkpoint_intact(tmp_p
 
 def _scripted(tokenizer, first_cells: list[str]):
     """Turn 0 of the n-th trajectory asked runs ``first_cells[n]`` (then ``print(1)``); turn 1 answers."""
-    from gtpo.generate import ScriptedSampler
+    from conftest import ScriptedSampler
 
     asked = {"n": 0}
 
@@ -237,7 +237,7 @@ def test_a_cell_that_hangs_or_exhausts_memory_ends_its_turn_not_the_step(tmp_pat
 KILL_AT = """
 import os, signal, sys
 import torch
-import gtpo.checkpoint as checkpoint
+import gtpo.run.checkpoint as checkpoint
 
 POINT, STEP = sys.argv[1], int(sys.argv[2])
 real_save, real_replace = torch.save, os.replace
@@ -284,7 +284,7 @@ main(sys.argv[3:])
 """
 TRAIN = ["train", "--device", "cpu", "--no-progress", "--export", "none", "--eval-every", "0", "--save-every", "1"]
 TRAIN += ["--keep-checkpoints", "1", "--rollout.group-size", "2", "--rollout.problems-per-step", "2"]
-TRAIN += ["--rollout.max-turns", "2", "--rollout.max-new-tokens-per-turn", "32", "--rollout.sandbox-workers", "1"]
+TRAIN += ["--rollout.max-turns", "2", "--rollout.max-new-tokens-per-turn", "32", "--sandbox.workers", "1"]
 
 
 def _gtpo(*argv: str, kill: tuple[str, int] | None = None) -> subprocess.CompletedProcess:

@@ -3,7 +3,7 @@
 The stand-in behaves as vLLM does with ``stop_token_ids``: it emits a pre-written reply's tokens up to and
 including the first stop token (or its token budget), and a resubmitted prompt continues the same reply.
 Checked here: prompts go in as token ids (a resubmitted turn as context + its tokens so far), sampled ids
-come back untouched, turns end by the shared rule (``gtpo.generate.turn_end``) even when the closing fence
+come back untouched, turns end by the shared rule (``gtpo.generation.stop``) even when the closing fence
 is followed by more text, log-probs are kept token for token, seeds differ per row and round, an unsupported
 or missing vllm gives one clear line, and weight sync drives vLLM's start/update/finish protocol with plain
 HF names (LoRA merged).
@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from gtpo.generate import EngineFailed, fence_token_ids
-from gtpo.generate_vllm import VLLMSampler, check_vllm_version, engine_dtype
-from gtpo.policy import inference_weights
+from gtpo.generation.protocol import EngineFailed
+from gtpo.generation.stop import fence_token_ids
+from gtpo.generation.vllm import VLLMSampler, check_vllm_version, engine_dtype
+from gtpo.model.policy import inference_weights
 
 
 @dataclass
@@ -95,7 +96,7 @@ def fake_vllm(monkeypatch):
 
 def test_missing_vllm_names_the_fix(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError
-    with pytest.raises(ImportError, match=r"gtpo\[vllm\].*install-vllm-cpu.sh.*--rollout.backend hf"):
+    with pytest.raises(ImportError, match=r"gtpo\[vllm\].*install-vllm-cpu.sh.*--generation.backend hf"):
         VLLMSampler("some/model")
 
 

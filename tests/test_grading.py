@@ -1,4 +1,4 @@
-"""gtpo.grading: equivalent forms are equal, wrong and garbage answers are not, nothing hangs or raises."""
+"""gtpo.data.grading: equivalent forms are equal, wrong and garbage answers are not, nothing hangs or raises."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from gtpo import grading
-from gtpo.grading import grade, grade_batch, normalize_answer
+from gtpo.data import grading
+from gtpo.data.grading import grade, grade_batch, normalize_answer
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gtpo.head_logprobs import head_logprobs
+from gtpo.model.head_logprobs import head_logprobs
 
 
 def reference(hidden, weight, bias, targets, temperature):

@@ -1,8 +1,10 @@
 """Data flows one way: lower layers never import higher ones, and nothing imports the trainer or the CLI.
 
 Layers, low to high (a module may import its own layer and below):
-  0 the nouns and the text protocol; 1 pure math and small utilities; 2 the outside world (sandbox, models,
-  data, grading); 3 episodes and credit; 4 evaluation and components; 5 the loop; 6 entry points.
+  0 the nouns and the text protocol; 1 pure math, settings and the run folder's files; 2 the outside world
+  (sandbox, models, data, generation); 3 episodes; 4 evaluation, the update, builders and what a run leaves
+  behind; 5 the loop; 6 entry points.
+A module's layer is that of the longest dotted prefix listed below (``generation.engine.decode`` -> ``generation``).
 """
 
 import ast
@@ -11,52 +13,50 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "gtpo"
 
 LAYERS = {
+    "__init__": 0,
     "types": 0,
     "tools": 0,
-    "advantages": 1,
-    "losses": 1,
-    "head_logprobs": 1,
-    "rewards": 1,
-    "similarity": 1,
-    "eval_stats": 1,
     "config": 1,
-    "problem_stream": 1,
-    "metrics": 1,
-    "checkpoint": 1,
+    "method": 1,  # rewards, shaping, advantages, credit, losses: pure
+    "model.head_logprobs": 1,
+    "eval.stats": 1,
+    "run.metrics": 1,
+    "run.checkpoint": 1,
     "sandbox": 2,
-    "grading": 2,
     "data": 2,
     "prepare": 2,  # real parts as model folders, built from package-registry files
-    "policy": 2,
-    "generate": 2,
-    "generate_vllm": 2,
-    "engine": 2,
-    "batch": 2,
+    "model": 2,
+    "generation": 2,
+    "training.batch": 2,
     "tasks": 2,
-    "tiny": 4,  # the rebuild pipeline trains and measures through the rollout
     "distributed": 2,
     "rollout": 3,
-    "credit": 3,
-    "groups": 3,
-    "evaluate": 4,
-    "eval_report": 4,
+    "tiny": 2,  # the shipped models: where they are, their config and tokenizer
+    "tiny.build": 4,  # the rebuild pipeline trains and measures through the rollout
+    "eval": 4,
     "components": 4,
-    "update": 4,
+    "training": 4,
     "run": 4,  # what a run prints and leaves behind: console, report, stop signals, HF export
     "demo": 4,
     "integrations": 4,
     "trainer": 5,
     "compare": 5,
-    "eval_cli": 6,
+    "eval.cli": 6,
     "cli": 6,
     "__main__": 6,
-    "__init__": 0,
 }
-ENTRY_POINTS = {"trainer", "cli", "__main__", "eval_cli"}
+ENTRY_POINTS = {"trainer", "cli", "__main__", "eval.cli"}
+MAY_IMPORT_ENTRY_POINTS = {"cli", "__main__", "compare", "eval.cli"}
 
 
-def _top(module: str) -> str:
-    return module.split(".")[1] if module.startswith("gtpo.") else ""
+def _layer_key(module: str) -> str | None:
+    """The longest listed dotted prefix of ``module`` (relative to ``gtpo``)."""
+    parts = module.split(".")
+    for n in range(len(parts), 0, -1):
+        key = ".".join(parts[:n])
+        if key in LAYERS:
+            return key
+    return None
 
 
 def _imports(path: Path) -> set[str]:
@@ -66,31 +66,68 @@ def _imports(path: Path) -> set[str]:
             if node.module == "gtpo":
                 found.update(alias.name for alias in node.names)
             elif node.module.startswith("gtpo."):
-                found.add(_top(node.module))
+                found.add(node.module.removeprefix("gtpo."))
         elif isinstance(node, ast.Import):
-            found.update(_top(alias.name) for alias in node.names if alias.name.startswith("gtpo."))
-    return found - {""}
+            found.update(a.name.removeprefix("gtpo.") for a in node.names if a.name.startswith("gtpo."))
+    return found
 
 
-def _owner(path: Path) -> str:
+def _module(path: Path) -> str:
     parts = path.relative_to(PACKAGE).with_suffix("").parts
-    return parts[0]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" and len(parts) > 1 else parts)
+
+
+def _sources() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
 
 
 def test_every_module_has_a_layer():
-    owners = {_owner(p) for p in PACKAGE.rglob("*.py")}
-    assert owners <= set(LAYERS), f"add to LAYERS: {sorted(owners - set(LAYERS))}"
+    missing = sorted(m for m in map(_module, _sources()) if _layer_key(m) is None)
+    assert not missing, f"add to LAYERS: {missing}"
 
 
 def test_no_module_imports_a_higher_layer_or_an_entry_point():
     problems = []
-    for path in PACKAGE.rglob("*.py"):
-        owner = _owner(path)
+    for path in _sources():
+        owner = _layer_key(_module(path))
         for imported in _imports(path):
-            if imported == owner:
+            key = _layer_key(imported)
+            if key is None or key == owner:
                 continue
-            if LAYERS.get(imported, 99) > LAYERS[owner]:
-                problems.append(f"{path.relative_to(PACKAGE)} (layer {LAYERS[owner]}) imports {imported}")
-            elif imported in ENTRY_POINTS and owner not in {"cli", "__main__", "compare", "eval_cli"}:
+            if LAYERS[key] > LAYERS[owner]:
+                where = f"{path.relative_to(PACKAGE)} (layer {LAYERS[owner]})"
+                problems.append(f"{where} imports {imported} ({LAYERS[key]})")
+            elif key in ENTRY_POINTS and owner not in MAY_IMPORT_ENTRY_POINTS:
                 problems.append(f"{path.relative_to(PACKAGE)} imports entry point {imported}")
     assert not problems, "\n".join(problems)
+
+
+def test_no_import_cycle_between_modules():
+    """Module-level imports only (those inside functions are deferred on purpose and cannot deadlock a start)."""
+    modules = {_module(p): p for p in _sources()}
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("gtpo"):
+                base = node.module.removeprefix("gtpo").removeprefix(".")
+                for alias in node.names:
+                    target = f"{base}.{alias.name}" if base else alias.name
+                    deps.add(target if target in modules else base)
+        graph[name] = {d for d in deps if d in modules and d != name and not name.startswith(d + ".")}
+    cycles = []
+
+    def visit(node: str, stack: list[str], done: set[str]) -> None:
+        if node in stack:
+            cycles.append(" -> ".join([*stack[stack.index(node) :], node]))
+            return
+        if node in done:
+            return
+        for dep in sorted(graph.get(node, ())):
+            visit(dep, [*stack, node], done)
+        done.add(node)
+
+    done: set[str] = set()
+    for name in sorted(graph):
+        visit(name, [], done)
+    assert not cycles, "\n".join(cycles)

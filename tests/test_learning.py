@@ -12,7 +12,7 @@ import dataclasses
 import pytest
 
 from gtpo.config import TrainConfig
-from gtpo.metrics import read_metrics
+from gtpo.run.metrics import read_metrics
 from gtpo.trainer import Trainer
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from gtpo.head_logprobs import head_logprobs
-from gtpo.policy import packed_token_logprobs
+from gtpo.model.head_logprobs import head_logprobs
+from gtpo.model.policy import packed_token_logprobs
 
 _path = Path(__file__).parents[1] / "benchmarks" / "lm_head_memory.py"
 _spec = importlib.util.spec_from_file_location("lm_head_memory", _path)

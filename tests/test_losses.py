@@ -1,4 +1,4 @@
-"""gtpo.losses: the clipped surrogate, its aggregation modes, gradient accumulation, KL and metrics.
+"""gtpo.method.losses: the clipped surrogate, its aggregation modes, gradient accumulation, KL and metrics.
 
 Single-token cases check the clip boundaries and their gradients by hand; a tiny softmax policy with a
 shared weight matrix checks that micro-batch gradients (given the global denominator) add up to the
@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from gtpo.losses import LOSS_AGGS, aggregate, clipped_policy_loss
+from gtpo.method.losses import LOSS_AGGS, aggregate, clipped_policy_loss
 
 
 def _one_token(ratio: float, advantage: float, **kwargs: object) -> tuple[float, float, dict[str, float]]:

@@ -2,7 +2,7 @@
 sandbox shows.
 
 Answers are checked by running the question itself in a real sandbox session opened with the problem's setup
-code (``gtpo.rollout.open_sessions``), not by the generator's own arithmetic.
+code (``gtpo.rollout.episode.open_sessions``), not by the generator's own arithmetic.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import random
 import re
 
 import pytest
+from conftest import ScriptedSampler
 
-from gtpo.generate import ScriptedSampler
-from gtpo.rollout import open_sessions, rollout
+from gtpo.rollout.episode import open_sessions, rollout
+from gtpo.rollout.spec import EpisodeSpec
 from gtpo.tasks import multistep
 from gtpo.tasks.multistep import KINDS, heldout_problems, make_problem, make_problems, train_problems
 from gtpo.tasks.multistep_traces import Notebook, make_traces
@@ -123,7 +124,7 @@ def test_rollout_preloads_each_session_and_never_shows_the_setup(pool, tiny_toke
     problem = Problem(id="p", question="What is lookup('kiwi') + 1?", answer="42", setup_code=setup)
     replies = ["```python\nprint(lookup('kiwi'))\n```", "```python\nprint(41 + 1)\n```", "\\boxed{42}"]
     sampler = ScriptedSampler(tiny_tokenizer, lambda text, turn: replies[turn])
-    result = rollout([problem], 3, sampler, tiny_tokenizer, pool, system_prompt="s", max_turns=4)
+    result = rollout([problem], 3, sampler, tiny_tokenizer, pool, EpisodeSpec(system_prompt="s", max_turns=4))
     for trajectory in result.trajectories:
         assert [t.tool_output for t in trajectory.turns[:2]] == ["41\n", "42\n"]
         assert trajectory.correct
@@ -169,22 +170,24 @@ def test_trace_mix_and_endings():
 
 
 def test_the_preset_selects_the_task_its_heldout_set_and_its_model():
-    from gtpo import components
     from gtpo.config import load_preset, validate
+    from gtpo.data.problems import load_eval_problems, load_train_problems
+    from gtpo.model.source import model_path
+    from gtpo.tasks import system_prompt_for
 
     config = validate(load_preset("multistep"))
-    train = components.load_train_problems(config.data, seed=0)
-    held = components.load_eval_problems(config.data)
+    train = load_train_problems(config.data, seed=0)
+    held = load_eval_problems(config.data)
     assert train[0].source == "multistep" and train[0].setup_code
     assert [p.id for p in held] == [p.id for p in heldout_problems()]
-    assert components.system_prompt_for(config.data) == multistep.SYSTEM_PROMPT
-    assert components.model_path(config.model.name_or_path).endswith("tiny-multistep")
-    assert components.model_path("tiny").endswith("tiny") and components.model_path("org/model") == "org/model"
+    assert system_prompt_for(config.data) == multistep.SYSTEM_PROMPT
+    assert model_path(config.model.name_or_path).endswith("tiny-multistep")
+    assert model_path("tiny").endswith("tiny") and model_path("org/model") == "org/model"
     assert config.rollout.max_turns == 6
 
 
 def test_gtpo_eval_knows_the_heldout_set_and_its_prompt():
-    from gtpo.eval_cli import EvalConfig, _task_of, load_sets
+    from gtpo.eval.cli import EvalConfig, _task_of, load_sets
 
     config = EvalConfig(benchmarks=("multistep-heldout",), limit=5)
     problems = load_sets(config)["multistep-heldout"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gtpo.components import enable_checkpointing
-from gtpo.policy import (
+from gtpo.model.policy import (
     check_packed_logprobs,
     checkpointing_active,
     compile_layers,

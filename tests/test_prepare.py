@@ -127,7 +127,7 @@ def test_an_unknown_name_lists_the_known_ones(capsys):
 
 
 def test_a_prepared_model_name_is_a_model_folder_and_an_unprepared_one_names_the_command(fake, tmp_path):
-    from gtpo.components import check_model_source, model_path
+    from gtpo.model.source import check_model_source, model_path
 
     with pytest.raises(ConfigError, match=r"run `gtpo prepare fake`"):
         check_model_source("fake")

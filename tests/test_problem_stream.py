@@ -1,6 +1,6 @@
 """The problem stream is a seeded permutation per epoch whose state resumes exactly."""
 
-from gtpo.problem_stream import ProblemStream
+from gtpo.data.stream import ProblemStream
 from gtpo.types import Problem
 
 PROBLEMS = [Problem(id=str(i), question=f"q{i}", answer=str(i)) for i in range(7)]

@@ -1,8 +1,10 @@
-"""The README's two first-run commands stay true: CI runs exactly the test command, the train one exists."""
+"""The README stays true: its two first-run commands (CI runs exactly the test one), and its layout table."""
 
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 
 
 def _readme_commands() -> list[str]:
@@ -21,3 +23,13 @@ def test_readme_opens_with_exactly_two_commands():
 def test_ci_runs_the_readme_test_command_verbatim():
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     assert _readme_commands()[1] in ci_lines
+
+
+def test_the_layout_table_names_every_module_and_package():
+    package = ROOT / "src" / "gtpo"
+    table = README.read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"`([\w]+(?:\.py|/))`", table))
+    present = {p.name for p in package.glob("*.py") if p.name != "__init__.py"}
+    present |= {f"{p.name}/" for p in package.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert present <= listed, f"add to the README's layout table: {sorted(present - listed)}"
+    assert listed <= present | {"engine/"}, f"no such module: {sorted(listed - present - {'engine/'})}"

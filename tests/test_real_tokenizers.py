@@ -24,11 +24,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from gtpo.batch import collate, pack_micro_batches
-from gtpo.generate import HFSampler, Sample
-from gtpo.policy import packed_token_logprobs, prompt_ids, token_logprobs
-from gtpo.rollout import rollout
+from gtpo.generation.hf import HFSampler
+from gtpo.generation.protocol import Sample
+from gtpo.model.policy import packed_token_logprobs, prompt_ids, token_logprobs
+from gtpo.rollout.episode import rollout
+from gtpo.rollout.spec import EpisodeSpec
 from gtpo.tools import format_tool_output
+from gtpo.training.batch import collate, pack_micro_batches
 from gtpo.types import ExecResult, Problem
 
 REAL = ("smollm2-135m-instruct", "qwen2.5-tokenizer")
@@ -205,7 +207,7 @@ def test_the_fences_that_are_single_tokens(tokenizer, request):
     sampler = HFSampler(ScriptedPolicy(vocab_size(tokenizer), lambda _: [], 0), tokenizer)
     for fence in FENCES:
         ids = encode(tokenizer, fence)
-        assert ids[turn_end(tokenizer, ids, fence.rindex("`") + 1) - 1] in sampler._fence_tokens
+        assert ids[turn_end(tokenizer, ids, fence.rindex("`") + 1) - 1] in sampler.stop.fence_ids
 
 
 def closing_variants(tokenizer) -> list[tuple[list[int], int]]:
@@ -230,8 +232,8 @@ def turn_end(tokenizer, ids: list[int], close_end: int) -> int:
 
 def test_a_turn_ends_at_the_token_that_closes_its_block(tokenizer, model):
     """HFSampler (driven token by token) and the engine's stop check end the turn exactly there."""
-    from gtpo.engine import EngineSampler
-    from gtpo.engine.engine import EngineOptions
+    from gtpo.generation.engine import EngineSampler
+    from gtpo.generation.engine.engine import EngineOptions
 
     engine = EngineSampler(model, tokenizer, EngineOptions(slots=2, max_len=256)).engine
     after = encode(tokenizer, " Then more text.")
@@ -301,9 +303,14 @@ def test_rollout_contract_with_a_scripted_policy(tokenizer, request):
     filler = encode(tokenizer, "z")[0]
     policy = ScriptedPolicy(vocab_size(tokenizer), script, filler)
     result = rollout(
-        problems, 2, HFSampler(policy, tokenizer), tokenizer, ReplyExecutor(),
-        system_prompt=SYSTEM, max_turns=3, max_new_tokens_per_turn=64, grade_fn=lambda p, r: p == r,
-    )  # fmt: skip
+        problems,
+        2,
+        HFSampler(policy, tokenizer),
+        tokenizer,
+        ReplyExecutor(),
+        EpisodeSpec(system_prompt=SYSTEM, max_turns=3, max_new_tokens_per_turn=64),
+        grade_fn=lambda p, r: p == r,
+    )
     for t in result.trajectories:
         assert len(t.input_ids) == len(t.loss_mask) == len(t.turn_ids) == len(t.sampler_logprobs)
         prompt = template_ids(tokenizer, t.problem.question)
@@ -376,8 +383,8 @@ def trainer_logprobs(model, trajectories, temperature: float) -> torch.Tensor:
 def test_sampler_logprobs_equal_the_updates_recomputation(tokenizer, model, engine):
     """A random Qwen2 with the real vocabulary size: a code turn with merged fences and a tool output that
     merges at both ends, then a sampled turn (HFSampler), or sampled turns only (the streaming engine)."""
-    from gtpo.engine import EngineSampler
-    from gtpo.engine.engine import EngineOptions
+    from gtpo.generation.engine import EngineSampler
+    from gtpo.generation.engine.engine import EngineOptions
 
     temperature = 0.8
     problems = [Problem(id=f"q{i}", question=f"What is {i} + 1?", answer="0") for i in range(2)]
@@ -387,9 +394,16 @@ def test_sampler_logprobs_equal_the_updates_recomputation(tokenizer, model, engi
     else:
         sampler = ForcedThenSampled(model, tokenizer, code_turn)
     result = rollout(
-        problems, 2, sampler, tokenizer, ReplyExecutor(), system_prompt=SYSTEM, max_turns=2,
-        max_new_tokens_per_turn=12, max_total_tokens=200, temperature=temperature, seed=1,
-    )  # fmt: skip
+        problems,
+        2,
+        sampler,
+        tokenizer,
+        ReplyExecutor(),
+        EpisodeSpec(
+            system_prompt=SYSTEM, max_turns=2, max_new_tokens_per_turn=12, max_total_tokens=200, temperature=temperature
+        ),
+        seed=1,
+    )
     recomputed = trainer_logprobs(model, result.trajectories, temperature)
     batch = collate(result.trajectories, 0)
     mask = batch.loss_mask.bool()
@@ -416,9 +430,18 @@ def test_an_observation_cut_by_the_token_budget_stays_untrained(tokenizer):
     keep = inside[0] if inside else len(obs) // 2
     policy = ScriptedPolicy(vocab_size(tokenizer), lambda _: turn + after, filler=after[0])
     result = rollout(
-        [problem], 1, HFSampler(policy, tokenizer), tokenizer, ReplyExecutor(), system_prompt=SYSTEM,
-        max_turns=3, max_new_tokens_per_turn=64, max_total_tokens=len(prompt) + len(turn) + keep,
-    )  # fmt: skip
+        [problem],
+        1,
+        HFSampler(policy, tokenizer),
+        tokenizer,
+        ReplyExecutor(),
+        EpisodeSpec(
+            system_prompt=SYSTEM,
+            max_turns=3,
+            max_new_tokens_per_turn=64,
+            max_total_tokens=len(prompt) + len(turn) + keep,
+        ),
+    )
     (t,) = result.trajectories
     assert t.input_ids == prompt + turn + obs[:keep] and t.finish_reason == "length"
     assert t.loss_mask == [0] * len(prompt) + [1] * len(turn) + [0] * keep
@@ -430,7 +453,7 @@ def test_the_contract_with_real_smollm2_weights():
     it, so that an observation surely follows), then the model samples (HFSampler). Whatever it writes, the lists
     align, the prompt is the template's, observations are their text's tokens, a code turn ends at its fence's
     last backtick, and the update's recomputation matches the sampler's log-probs. About a minute on 2 cores."""
-    from gtpo.policy import load_policy
+    from gtpo.model.policy import load_policy
     from gtpo.sandbox import SandboxLimits, SandboxPool
     from gtpo.tasks.arith import heldout_problems
 
@@ -439,10 +462,16 @@ def test_the_contract_with_real_smollm2_weights():
     code = encode(tokenizer, "I will compute it.\n```python\nprint(6 * 7)\n```")
     with SandboxPool(SandboxLimits(wall_time_s=2.0), max_workers=2) as pool:
         result = rollout(
-            heldout_problems()[:2], 2, ForcedThenSampled(model.eval(), tokenizer, code), tokenizer, pool,
-            system_prompt=system,
-            max_turns=2, max_new_tokens_per_turn=96, max_total_tokens=512, temperature=1.0, seed=0,
-        )  # fmt: skip
+            heldout_problems()[:2],
+            2,
+            ForcedThenSampled(model.eval(), tokenizer, code),
+            tokenizer,
+            pool,
+            EpisodeSpec(
+                system_prompt=system, max_turns=2, max_new_tokens_per_turn=96, max_total_tokens=512, temperature=1.0
+            ),
+            seed=0,
+        )
     for t in result.trajectories:
         assert len(t.input_ids) == len(t.loss_mask) == len(t.turn_ids) == len(t.sampler_logprobs)
         messages = [{"role": "system", "content": system}, {"role": "user", "content": t.problem.question}]

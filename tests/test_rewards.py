@@ -1,4 +1,4 @@
-"""gtpo.rewards: GTPO turn rewards and penalties, the GRPO reward, self-supervised accuracy shaping."""
+"""gtpo.method.rewards: GTPO turn rewards and penalties, the GRPO reward, self-supervised accuracy shaping."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from gtpo.rewards import format_ok, grpo_rewards, shaped_accuracy, turn_rewards
+from gtpo.method.rewards import format_ok, grpo_rewards, shaped_accuracy, turn_rewards
 
 # ---- turn_rewards ----------------------------------------------------------------------------------
 

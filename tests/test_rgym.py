@@ -10,8 +10,8 @@ from gtpo.config import ConfigError, DataConfig
 
 pytest.importorskip("reasoning_gym", reason="reasoning-gym is in the optional extra: pip install 'gtpo[real]'")
 
-from gtpo import components
-from gtpo.grading import grade_batch
+from gtpo.data.grading import grade_batch
+from gtpo.data.problems import load_eval_problems, load_train_problems
 from gtpo.tasks import rgym
 
 
@@ -25,17 +25,17 @@ def test_sources_parse_their_options():
 
 def test_train_and_heldout_sets_are_deterministic_and_disjoint():
     cfg = DataConfig(train="reasoning-gym:basic_arithmetic?size=300", eval="reasoning-gym:basic_arithmetic?size=40")
-    train, held = components.load_train_problems(cfg, seed=0), components.load_eval_problems(cfg)
+    train, held = load_train_problems(cfg, seed=0), load_eval_problems(cfg)
     assert len(held) == 40 and 0 < len(train) <= 300
     assert not {p.question for p in train} & {p.question for p in held}
-    assert [p.question for p in components.load_train_problems(cfg, seed=0)] == [p.question for p in train]
-    assert [p.question for p in components.load_train_problems(cfg, seed=1)] != [p.question for p in train]
+    assert [p.question for p in load_train_problems(cfg, seed=0)] == [p.question for p in train]
+    assert [p.question for p in load_train_problems(cfg, seed=1)] != [p.question for p in train]
     assert train[0].question.startswith("Calculate") and int(train[0].answer) == int(train[0].answer)
 
 
 def test_an_unknown_dataset_is_one_config_error():
     with pytest.raises(ConfigError, match=r"data.train 'reasoning-gym:no_such_set': reasoning-gym refused it"):
-        components.load_train_problems(DataConfig(train="reasoning-gym:no_such_set"), seed=0)
+        load_train_problems(DataConfig(train="reasoning-gym:no_such_set"), seed=0)
 
 
 @pytest.mark.parametrize("name", ["basic_arithmetic", "gsm_symbolic"])

@@ -4,12 +4,14 @@ import re
 
 import pytest
 import torch
+from conftest import ScriptedSampler
 
-from gtpo.batch import collate
-from gtpo.generate import HFSampler, ScriptedSampler
-from gtpo.policy import prompt_ids, token_logprobs
-from gtpo.rollout import is_void_trajectory, rollout, rollout_metrics
+from gtpo.generation.hf import HFSampler
+from gtpo.model.policy import prompt_ids, token_logprobs
+from gtpo.rollout.episode import is_void_trajectory, rollout, rollout_metrics
+from gtpo.rollout.spec import EpisodeSpec
 from gtpo.tools import format_tool_output
+from gtpo.training.batch import collate
 from gtpo.types import ExecResult, Problem
 
 SYSTEM = "Use python."
@@ -62,9 +64,8 @@ def _run(tokenizer, names, **kwargs):
         ScriptedSampler(tokenizer, _respond),
         tokenizer,
         executor,
-        system_prompt=SYSTEM,
+        EpisodeSpec(system_prompt=SYSTEM, **kwargs),
         grade_fn=lambda pred, ref: pred == ref,
-        **kwargs,
     )
     return result.trajectories, executor
 
@@ -155,11 +156,13 @@ def test_hf_sampler_with_real_sandbox_runs_the_policys_code(shipped_tiny):
             HFSampler(model, tokenizer),
             tokenizer,
             pool,
-            system_prompt=SYSTEM_PROMPT,
-            max_turns=2,
-            max_new_tokens_per_turn=32,
-            max_total_tokens=256,
-            temperature=1.0,
+            EpisodeSpec(
+                system_prompt=SYSTEM_PROMPT,
+                max_turns=2,
+                max_new_tokens_per_turn=32,
+                max_total_tokens=256,
+                temperature=1.0,
+            ),
             seed=0,
         )
     assert result.timings.generation_s > 0 and result.timings.sandbox_s > 0

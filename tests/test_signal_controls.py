@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from gtpo.losses import clipped_policy_loss, importance_weights
-from gtpo.rewards import informative_groups, overlong_penalty
+from gtpo.method.losses import clipped_policy_loss, importance_weights
+from gtpo.method.rewards import informative_groups, overlong_penalty
 
 # ---- overlong_penalty ---------------------------------------------------------------------------------
 
@@ -28,7 +28,7 @@ def test_overlong_penalty_factor_and_zero_buffer() -> None:
 def test_overlong_penalty_rejects_bad_settings() -> None:
     with pytest.raises(ValueError, match="buffer"):
         overlong_penalty([1], max_length=10, buffer=11)
-    with pytest.raises(ValueError, match="overlong_penalty"):
+    with pytest.raises(ValueError, match=r"overlong\.penalty"):
         overlong_penalty([1], max_length=10, buffer=2, factor=-1.0)
 
 

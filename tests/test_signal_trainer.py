@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import ScriptedSampler
+from transformers import AutoTokenizer
 
 from gtpo.config import from_dict
-from gtpo.generate import ScriptedSampler
-from gtpo.rollout import rollout
+from gtpo.data.problems import load_train_problems
 from gtpo.trainer import Trainer
 
 LONG = "let me think " * 40  # more tokens than a turn may have: the turn (and trajectory) is cut, "length"
@@ -30,41 +31,35 @@ class NoSandbox:
     def close(self) -> None: ...
 
 
-class ScriptedTrainer(Trainer):
-    """The n-th problem rolled out (in order) gets ``kinds[n]``; trajectory j of its group answers ``kind[j]``:
-    "R" right, "W" wrong, "L" cut by the length cap, "U" wrong with an unparseable call. Records what each step
-    trained on."""
+class KindScript:
+    """``respond`` for a ScriptedSampler: the n-th problem rolled out (in order) gets ``kinds[n]``; trajectory j
+    of its group answers ``kind[j]``: "R" right, "W" wrong, "L" cut by the length cap, "U" wrong with an
+    unparseable call. One turn per trajectory, called in trajectory order (the batch sampler's contract)."""
 
-    def __init__(self, config, kinds):
-        self.kinds, self.problems_seen, self.trained = list(kinds), [], []
-        super().__init__(config, executor=NoSandbox())
+    def __init__(self, kinds, group_size, problems):
+        self.kinds, self.group_size, self.calls, self.problems_seen = list(kinds), group_size, 0, []
+        self.answers = {p.question: (p.id, p.answer) for p in problems}
 
-    def _rollout(self, problems, indices):
-        g = self.cfg.rollout.group_size
-        trajectories = []
-        for problem, j in zip(problems, indices, strict=True):
-            if j % g == 0:
-                self.problems_seen.append(problem.id)
-            kind = self.kinds[len(self.problems_seen) - 1][j % g]
-            text = {"R": f"\\boxed{{{problem.answer}}}", "W": "\\boxed{-1}", "L": LONG, "U": UNCLOSED}[kind]
-            sampler = ScriptedSampler(self.tokenizer, lambda _ctx, _turn, text=text: text)
-            result = rollout(
-                [problem],
-                1,
-                sampler,
-                self.tokenizer,
-                self.sandbox,
-                system_prompt=self.system_prompt,
-                max_turns=1,
-                max_total_tokens=self.cfg.rollout.max_total_tokens,
-                max_new_tokens_per_turn=self.cfg.rollout.max_new_tokens_per_turn,
-            )
-            trajectories += result.trajectories
-        return trajectories, result.timings.as_dict()
+    def __call__(self, context, _turn):
+        question = max((q for q in self.answers if q in context), key=len)  # "1+2" is also in "11+2"
+        problem_id, answer = self.answers[question]
+        group, member = divmod(self.calls, self.group_size)
+        self.calls += 1
+        if member == 0:
+            self.problems_seen.append(problem_id)
+        kind = self.kinds[group][member]
+        return {"R": f"\\boxed{{{answer}}}", "W": "\\boxed{-1}", "L": LONG, "U": UNCLOSED}[kind]
 
-    def _update(self, batch, advantages, loss_mask):
+
+class RecordingUpdate:
+    """Wraps the trainer's update (a public component) to keep what each step trained on."""
+
+    def __init__(self, update):
+        self.update, self.trained = update, []
+
+    def __call__(self, batch, advantages, loss_mask):
         self.trained.append((batch, advantages, loss_mask))
-        return super()._update(batch, advantages, loss_mask)
+        return self.update(batch, advantages, loss_mask)
 
 
 def _trainer(model_dir, tmp_path, kinds, algo=None, **rollout):
@@ -72,9 +67,14 @@ def _trainer(model_dir, tmp_path, kinds, algo=None, **rollout):
         {
             "model": {"name_or_path": model_dir},
             "data": {"eval": ""},
-            "rollout": {"group_size": 2, "problems_per_step": 2, "max_new_tokens_per_turn": 24, **rollout},
+            "rollout": {
+                "group_size": 2,
+                "problems_per_step": 2,
+                "max_turns": 1,
+                "max_new_tokens_per_turn": 24,
+                **rollout,
+            },
             "algo": algo or {},
-            "optim": {"micro_batch_size": 4},
             "steps": 1,
             "eval_every": 0,
             "output_dir": str(tmp_path),
@@ -82,7 +82,12 @@ def _trainer(model_dir, tmp_path, kinds, algo=None, **rollout):
             "device": "cpu",
         }
     )
-    return ScriptedTrainer(config, kinds)
+    script = KindScript(kinds, 2, load_train_problems(config.data, config.seed))
+    sampler = ScriptedSampler(AutoTokenizer.from_pretrained(model_dir), script)
+    trainer = Trainer(config, sampler=sampler, executor=NoSandbox())
+    trainer.updater = RecordingUpdate(trainer.updater)
+    trainer.script, trainer.trained = script, trainer.updater.trained
+    return trainer
 
 
 def _step(trainer):

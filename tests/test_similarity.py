@@ -1,4 +1,4 @@
-"""gtpo.similarity: the TF-IDF code similarity, the optional embedding similarity, name lookup."""
+"""gtpo.method.similarity: the TF-IDF code similarity, the optional embedding similarity, name lookup."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from gtpo.similarity import EmbeddingSimilarity, code_tokens, get_similarity, tfidf_code_similarity
+from gtpo.method.similarity import EmbeddingSimilarity, code_tokens, get_similarity, tfidf_code_similarity
 
 SNIPPETS = [
     "from sympy import symbols, solve\nx = symbols('x')\nprint(solve(x**2 - 5*x + 6, x))",

@@ -7,10 +7,11 @@ import json
 import pytest
 import torch
 
-from gtpo.policy import prompt_ids
+from gtpo.model.policy import prompt_ids
 from gtpo.tasks.arith import SYSTEM_PROMPT, heldout_problems
 from gtpo.tasks.traces import make_traces
-from gtpo.tiny.build import DEFAULT_MODEL_DIR, build, tokenize_trace
+from gtpo.tiny import DEFAULT_MODEL_DIR
+from gtpo.tiny.build import build, tokenize_trace
 
 
 def test_shipped_asset_loads_with_plain_transformers():

@@ -5,15 +5,12 @@ from __future__ import annotations
 import pytest
 
 from gtpo.tools import (
-    CODE_CLOSE,
-    CODE_OPEN,
     DEFAULT_INVALID_STATUSES,
     extract_boxed,
     extract_code,
     format_tool_output,
     has_closed_code_block,
     is_invalid_call,
-    truncate_after_code_block,
 )
 
 # ---- extract_code / has_closed_code_block ------------------------------------------------------------
@@ -23,11 +20,6 @@ def test_complete_block() -> None:
     text = "Let me compute.\n```python\nx = 6 * 7\nprint(x)\n```"
     assert extract_code(text) == ("x = 6 * 7\nprint(x)", True, False)
     assert has_closed_code_block(text)
-
-
-def test_protocol_constants_build_a_block_that_parses() -> None:
-    text = "Reasoning.\n" + CODE_OPEN + "print(1)" + CODE_CLOSE
-    assert extract_code(text) == ("print(1)", True, False)
 
 
 def test_unclosed_block_is_a_parse_error() -> None:
@@ -75,19 +67,6 @@ def test_closing_fence_right_after_code() -> None:
 def test_blank_lines_inside_code_are_kept() -> None:
     code = "def f():\n    return 1\n\n\nprint(f())"
     assert extract_code(f"```python\n{code}\n```")[0] == code
-
-
-# ---- truncate_after_code_block -----------------------------------------------------------------------
-
-
-def test_truncate_keeps_text_up_to_the_first_closed_block() -> None:
-    head = "Think.\n```python\nprint(2)\n```"
-    assert truncate_after_code_block(head + "\n```output\n2\n```\nhallucinated more") == head
-
-
-def test_truncate_leaves_text_without_a_closed_block_alone() -> None:
-    for text in ("no code here", "```python\nunclosed"):
-        assert truncate_after_code_block(text) == text
 
 
 # ---- format_tool_output ------------------------------------------------------------------------------

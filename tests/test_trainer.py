@@ -15,16 +15,16 @@ import signal
 
 import pytest
 import torch
+from conftest import ScriptedSampler
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gtpo.config import ConfigError, from_dict
-from gtpo.eval_cli import EvalConfig, load_model
-from gtpo.generate import ScriptedSampler
-from gtpo.metrics import EVAL_FILE, read_metrics
-from gtpo.policy import load_policy
+from gtpo.eval.cli import EvalConfig, load_model
+from gtpo.model.policy import load_policy
 from gtpo.run.export import save_model_folder
+from gtpo.run.metrics import EVAL_FILE, read_metrics
 from gtpo.run.stop import TrainingStopped
-from gtpo.tiny.build import DEFAULT_MODEL_DIR
+from gtpo.tiny import DEFAULT_MODEL_DIR
 from gtpo.trainer import Trainer
 
 SEED = 0
@@ -311,9 +311,10 @@ def test_the_exported_folder_prompts_as_training_did(tmp_path):
     from gtpo import components
     from gtpo.config import DataConfig, ModelConfig
     from gtpo.run.export import PROMPT_FILE
+    from gtpo.tasks import system_prompt_for
 
     model, tokenizer = components.build_policy(ModelConfig(), torch.device("cpu"))
-    system = components.system_prompt_for(DataConfig()) + ' with "quotes", a \\ and ü'
+    system = system_prompt_for(DataConfig()) + ' with "quotes", a \\ and ü'
     before = tokenizer.chat_template
     out = save_model_folder(model, tokenizer, tmp_path / "model", system_prompt=system)
     assert tokenizer.chat_template == before  # the live tokenizer is unchanged
@@ -331,9 +332,9 @@ def _collect(correct_by_round: list[list[list[bool]]], problems_per_step: int, m
     """``collect_groups`` with scripted correctness (round -> group -> trajectory) and a batch-centred score:
     each row's advantage is its correctness minus the mean over the rows scored together (so credit depends on
     which rows were scored together, as batch normalization does)."""
-    from gtpo.credit import Credit
     from gtpo.distributed import DistContext
-    from gtpo.groups import collect_groups
+    from gtpo.method.credit import Credit
+    from gtpo.rollout.groups import collect_groups
     from gtpo.types import Problem, Trajectory
 
     group_size = len(correct_by_round[0][0])
@@ -344,9 +345,15 @@ def _collect(correct_by_round: list[list[list[bool]]], problems_per_step: int, m
         taken.extend(batch)
         return batch
 
-    def roll(problems, indices, round_index):
-        rows = [correct_by_round[round_index][j // group_size][j % group_size] for j in indices]
-        trajectories = [Trajectory(problem=p, group_id=-1, correct=c) for p, c in zip(problems, rows, strict=True)]
+    rounds = iter(range(len(correct_by_round)))
+
+    def roll(share):
+        round_index = next(rounds)
+        rows = [correct_by_round[round_index][j // group_size][j % group_size] for j in share.indices]
+        trajectories = [
+            Trajectory(problem=p, group_id=g, correct=c)
+            for p, g, c in zip(share.problems, share.group_ids, rows, strict=True)
+        ]
         return trajectories, {}
 
     def score(trajectories, lengths):
@@ -355,10 +362,11 @@ def _collect(correct_by_round: list[list[list[bool]]], problems_per_step: int, m
         return Credit(advantages, values, values.tolist(), {})
 
     out = collect_groups(
-        take, roll, score, DistContext(), problems_per_step=problems_per_step, group_size=group_size,
+        take, roll, DistContext(), problems_per_step=problems_per_step, group_size=group_size,
         max_total_tokens=64, filter_groups=True, max_extra_problems=max_extra,
     )  # fmt: skip
-    credit = out.credit or score(out.kept, out.kept_lengths)  # as the trainer does
+    assert next(rounds, None) is None  # every scripted round was rolled out
+    credit = score(out.kept, out.kept_lengths)  # as the trainer does: once, on the kept rows
     return out, credit
 
 

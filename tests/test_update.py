@@ -13,13 +13,13 @@ import dataclasses
 import pytest
 import torch
 
-from gtpo.batch import TokenBatch
 from gtpo.components import enable_checkpointing
 from gtpo.config import TrainConfig, from_dict
 from gtpo.distributed import DistContext
-from gtpo.losses import LOSS_AGGS, clipped_policy_loss
-from gtpo.policy import token_logprobs
-from gtpo.update import PolicyUpdate, _denominator
+from gtpo.method.losses import LOSS_AGGS, clipped_policy_loss
+from gtpo.model.policy import token_logprobs
+from gtpo.training.batch import TokenBatch
+from gtpo.training.update import PolicyUpdate, _denominator
 
 LENGTHS = [23, 7, 15, 30, 11, 19]
 
@@ -98,13 +98,13 @@ def test_packed_micro_batches_give_the_padded_loss_and_gradients(tiny_model, agg
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_entropy_bonus_gradients_match_and_a_row_cap_still_packs(tiny_model, checkpointing):
+def test_entropy_bonus_gradients_match_with_one_trajectory_per_micro_batch(tiny_model, checkpointing):
     batch, advantages, loss_mask = ragged_batch(tiny_model.config.vocab_size, seed=1)
-    cfg = config(checkpointing, micro_batch_size=2)
+    cfg = config(checkpointing, micro_batch_tokens=1)  # every trajectory is longer: one micro-batch each
     algo = {"loss_agg": "token-mean", "entropy_coef": 0.05}
     loss, expected = padded_gradients(tiny_model, batch, advantages, loss_mask, cfg, algo)
     metrics, grads = packed_gradients(tiny_model, batch, advantages, loss_mask, cfg, algo)
-    assert metrics["perf/micro_batches"] == 3  # six trajectories, at most two per micro-batch
+    assert metrics["perf/micro_batches"] == 6  # six trajectories, one per micro-batch
     assert metrics["loss/total"] == pytest.approx(loss, rel=1e-5)
     assert "loss/entropy" in metrics
     for name, grad in expected.items():

@@ -24,8 +24,6 @@ from verl.trainer.config import AlgoConfig
 from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 from verl.trainer.ppo.ray_trainer import compute_advantage
 
-from gtpo.advantages import gtpo_advantages, turns_to_tokens
-from gtpo.credit import assign_credit
 from gtpo.integrations.verl import GTPORewardManager, RewardSettings, gtpo_reward_tensor
 from gtpo.integrations.verl_advantage import compute_gtpo_advantage
 from gtpo.integrations.verl_parse import TOOL_CALLS_KEY, build_turns, parse_call, statuses_by_turn
@@ -37,7 +35,9 @@ from gtpo.integrations.verl_turns import (
     turn_rewards_from_tokens,
     turn_spans,
 )
-from gtpo.similarity import tfidf_code_similarity
+from gtpo.method.advantages import gtpo_advantages, turns_to_tokens
+from gtpo.method.credit import assign_credit
+from gtpo.method.similarity import tfidf_code_similarity
 from gtpo.types import Problem, Trajectory, Turn
 
 EPS = 1e-6
@@ -369,7 +369,7 @@ def test_reward_tensor_default_tfidf_shaping_keeps_a_near_miss_below_success(tin
 
 def test_verl_path_equals_gtpo_trainer_credit(tiny_tokenizer):
     """Reward tensor -> verl's compute_advantage('gtpo') gives what gtpo's own trainer computes
-    (gtpo.credit.assign_credit) for the same trajectories, written here as gtpo records by hand."""
+    (gtpo.method.credit.assign_credit) for the same trajectories, written here as gtpo records by hand."""
     data = reward_batch(tiny_tokenizer)
     scores, _ = gtpo_reward_tensor(data, tiny_tokenizer, similarity=constant_similarity)
     data.batch["token_level_rewards"] = scores

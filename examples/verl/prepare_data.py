@@ -4,7 +4,7 @@
 
 Each row holds what verl's RLHFDataset and gtpo's reward manager read: the chat (``prompt``), the reference
 answer (``reward_model.ground_truth``), ``data_source`` and ``extra_info.index``. Sources are anything
-``gtpo.data.load_problems`` takes (JSONL/JSON/parquet files or an HF dataset name; needs ``gtpo[data]``).
+``gtpo.data.load.load_problems`` takes (JSONL/JSON/parquet files or an HF dataset name; needs ``gtpo[data]``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ SYSTEM_PROMPT = (
 
 
 def rows(source: str, question_field: str, answer_field: str, limit: int | None) -> list[dict]:
-    from gtpo.data import load_problems
+    from gtpo.data.load import load_problems
 
     problems = load_problems(source, question_field=question_field, answer_field=answer_field, limit=limit)
     return [

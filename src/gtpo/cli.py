@@ -68,8 +68,11 @@ def _parse(argv: list[str], description: str, prog: str, extra: Any = None, **de
     command's own defaults for TrainConfig fields (under the preset's values and the flags)."""
     import tyro
 
-    from gtpo.config import TrainConfig, load_preset
+    from gtpo.config import TrainConfig, load_preset, renamed_flags
 
+    argv, notes = renamed_flags(argv)
+    for note in notes:
+        print(f"{prog}: {note}", file=sys.stderr)
     given, rest = _split_preset(argv)
     base = dataclasses.replace(TrainConfig(), **defaults)
     base = load_preset(given, base) if given else base
@@ -91,7 +94,7 @@ def _resume_hint(argv: list[str]) -> str:
 def train(argv: list[str]) -> None:
     args = _parse(argv, "Train with GTPO or GRPO. Flags override --preset NAME_OR_PATH.", "gtpo train")
     config = args.config
-    from gtpo.checkpoint import checkpoint_step
+    from gtpo.run.checkpoint import checkpoint_step
 
     if config.resume and (step := checkpoint_step(config.output_dir)) is not None and step >= config.steps:
         print(
@@ -100,8 +103,8 @@ def train(argv: list[str]) -> None:
         )
         return
     _quiet_transformers()
-    from gtpo.checkpoint import CheckpointWriteError
-    from gtpo.generate import EngineFailed
+    from gtpo.generation.protocol import EngineFailed
+    from gtpo.run.checkpoint import CheckpointWriteError
     from gtpo.run.stop import TrainingStopped, exit_on_next_signal
     from gtpo.trainer import Trainer, TrainingDiverged
 
@@ -148,7 +151,7 @@ def train(argv: list[str]) -> None:
 
 
 def _kept(trainer: Any) -> str:
-    from gtpo.checkpoint import latest_checkpoint
+    from gtpo.run.checkpoint import latest_checkpoint
 
     kept = latest_checkpoint(trainer.run_dir)
     return (
@@ -311,12 +314,20 @@ def _dispatch(argv: list[str]) -> None:
 
 
 def _eval(argv: list[str]) -> None:
-    from gtpo.eval_cli import main as eval_main
+    from gtpo.eval.cli import main as eval_main
 
     eval_main(argv)
 
 
 def _demo(argv: list[str]) -> None:
+    if argv in (["-h"], ["--help"]):
+        print("usage: gtpo demo\n\nPrint GTPO and GRPO credit assignment worked through for one group of four")
+        print("trajectories (no model, no flags); every number comes from the functions the trainer uses.")
+        return
+    if argv:
+        from gtpo.config import ConfigError
+
+        raise ConfigError(f"gtpo demo takes no arguments, got {' '.join(argv)!r}; see gtpo demo --help")
     from gtpo.demo import main as demo_main
 
     demo_main()

@@ -1,7 +1,7 @@
 """``gtpo demo``: GTPO and GRPO credit assignment worked through for one group of four trajectories.
 
 A first-run example that needs no model: the trajectories are written out by hand, and every number is
-computed by the same functions the trainer uses (``gtpo.rewards``, ``gtpo.advantages``).
+computed by the same functions the trainer uses (``gtpo.method.rewards``, ``gtpo.method.advantages``).
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-from gtpo.advantages import discounted_returns, grpo_advantages, gtpo_advantages
-from gtpo.rewards import format_ok, grpo_rewards, shaped_accuracy, turn_rewards
-from gtpo.similarity import tfidf_code_similarity
+from gtpo.method.advantages import discounted_returns, grpo_advantages, gtpo_advantages
+from gtpo.method.rewards import format_ok, grpo_rewards, shaped_accuracy, turn_rewards
+from gtpo.method.similarity import tfidf_code_similarity
 
 GAMMA = 0.9
 QUESTION = "What is the largest root of x^2 - 5x + 6 = 0?  (answer: 3)"

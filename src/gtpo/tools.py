@@ -12,8 +12,6 @@ from collections.abc import Collection
 
 from gtpo.types import ExecStatus
 
-CODE_OPEN = "```python\n"
-CODE_CLOSE = "\n```"
 OUTPUT_TEMPLATE = "\n```output\n{output}\n```\n"
 
 DEFAULT_INVALID_STATUSES: frozenset[str] = frozenset({"error", "timeout", "memory", "killed"})
@@ -40,12 +38,6 @@ def extract_code(text: str) -> tuple[str | None, bool, bool]:
     if "```python" in text:
         return None, True, True
     return None, False, False
-
-
-def truncate_after_code_block(text: str) -> str:
-    """Cut ``text`` right after the first complete python block (what a stop string would have kept)."""
-    match = _CLOSED_BLOCK.search(text)
-    return text if match is None else text[: match.end()]
 
 
 def format_tool_output(output: str) -> str:

@@ -1,7 +1,8 @@
 """The training loop: rollout -> credit assignment -> clipped policy update -> log / evaluate / checkpoint.
 
-The trainer orchestrates and holds no formula: rewards, returns, advantages and the loss are the pure
-functions of ``gtpo.rewards``, ``gtpo.advantages`` and ``gtpo.losses`` (reached through ``gtpo.credit``).
+The trainer orchestrates and holds no formula: rewards, returns and advantages are the pure functions of
+``gtpo.method`` (reached through ``gtpo.method.credit``), the loss is ``gtpo.method.losses`` (reached through
+``gtpo.training.update``).
 
 Reproducibility: every step's sampling is seeded from (seed, step), and checkpoints carry the RNG, optimizer,
 scheduler and data-stream states, so a run resumed from step N continues exactly as if never interrupted.
@@ -12,6 +13,7 @@ on the first update epoch for reasons that have nothing to do with the policy ch
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import time
 from pathlib import Path
@@ -21,60 +23,43 @@ import numpy as np
 import torch
 
 from gtpo import components
-from gtpo.advantages import turns_to_tokens
-from gtpo.batch import TokenBatch, collate
-from gtpo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from gtpo.config import ConfigError, TrainConfig, validate
-from gtpo.credit import Credit, assign_credit
+from gtpo.config import TrainConfig, validate
+from gtpo.data.problems import fitting_prompts, load_eval_problems, load_train_problems
+from gtpo.data.stream import ProblemStream
 from gtpo.distributed import (
     DistContext,
     all_reduce_max,
     all_reduce_sum,
     barrier,
-    gather_objects,
     init_distributed,
     peer_failure,
     shard_indices,
-    strip_tokens,
     wrap_model,
 )
-from gtpo.evaluate import EvalReport, evaluate_problems
-from gtpo.groups import StepGroups, collect_groups
-from gtpo.policy import inference_weights, prompt_ids
-from gtpo.problem_stream import ProblemStream
-from gtpo.rewards import overlong_penalty
-from gtpo.rollout import is_void_trajectory, rollout, rollout_metrics
+from gtpo.eval.evaluate import EvalReport, evaluate_sharded
+from gtpo.method.advantages import turns_to_tokens
+from gtpo.method.credit import bind_credit
+from gtpo.method.similarity import get_similarity
+from gtpo.model.policy import inference_weights
+from gtpo.model.precision import autocast, computes_in_bf16, resolve_device
+from gtpo.model.source import check_model_source
+from gtpo.rollout.episode import is_void_trajectory, rollout_metrics
+from gtpo.rollout.groups import RolloutFn, StepGroups, collect_groups, roll_round
+from gtpo.rollout.spec import episode_spec
+from gtpo.run.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from gtpo.run.export import export_final_policy
 from gtpo.run.recorder import RunRecorder
 from gtpo.run.stop import StopRequests
-from gtpo.similarity import get_similarity
+from gtpo.tasks import system_prompt_for
+from gtpo.training.batch import TokenBatch, collate
+from gtpo.training.update import PolicyUpdate, build_optimizer
 from gtpo.types import CodeExecutor, Trajectory
-from gtpo.update import PolicyUpdate, build_optimizer
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def split_overlong_prompts(
-    problems: list[Any], tokenizer: Any, system_prompt: str, max_total_tokens: int
-) -> tuple[list[Any], int]:
-    """(the problems whose prompt leaves room to generate, how many do not).
-
-    A prompt of ``max_total_tokens`` or more would be sampled as a trajectory cut by the budget before its first
-    token: a length-cut failure that teaches nothing and takes a slot in every group it is drawn for. Only
-    questions that could be that long are tokenized: a token holds at least one byte, so a question of fewer
-    UTF-8 bytes than the budget left after the chat template cannot fill it."""
-    room = max_total_tokens - len(prompt_ids(tokenizer, system_prompt, "")) - 8  # merges at the question's edges
-    fitting = [
-        p
-        for p in problems
-        if len(p.question.encode("utf-8")) < room
-        or len(prompt_ids(tokenizer, system_prompt, p.question)) < max_total_tokens
-    ]
-    return fitting, len(problems) - len(fitting)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -103,28 +88,23 @@ class Trainer:
         self.run_dir = Path(config.output_dir)
         self.recorder = RunRecorder(self.cfg, self.ctx.is_main)
         self.recorder.check()  # before anything slow: the folder (earlier run, writable, checkpoint to resume)
-        components.check_model_source(config.model.name_or_path)
+        check_model_source(config.model.name_or_path)
         seed_everything(config.seed)
         # Data before the model: a malformed file fails in seconds, not after a model has loaded.
-        train_problems = components.load_train_problems(config.data, config.seed)
-        self.eval_problems = components.load_eval_problems(config.data)
-        self.system_prompt = components.system_prompt_for(config.data)
-        self.device = components.resolve_device(config.device, self.ctx.local_rank)
+        train_problems = load_train_problems(config.data, config.seed)
+        self.eval_problems = load_eval_problems(config.data)
+        self.system_prompt = system_prompt_for(config.data)
+        self.device = resolve_device(config.device, self.ctx.local_rank)
         policy, self.tokenizer = components.build_policy(config.model, self.device)
-        fitting, self.overlong_prompts = split_overlong_prompts(
+        fitting, self.overlong_prompts = fitting_prompts(
             train_problems, self.tokenizer, self.system_prompt, config.rollout.max_total_tokens
         )
-        if not fitting:
-            raise ConfigError(
-                f"rollout.max_total_tokens: all {len(train_problems)} training prompts are at least "
-                f"{config.rollout.max_total_tokens} tokens long; raise --rollout.max-total-tokens"
-            )
         self.stream = ProblemStream(fitting, config.seed)
         self._train_problems = len(train_problems)
         policy.eval()
         self.policy = policy
         """The plain module: generation, log-probs without gradient, checkpoints."""
-        bf16 = components.computes_in_bf16(config.model.dtype, self.device)
+        bf16 = computes_in_bf16(config.model.dtype, self.device)
         self.model = wrap_model(policy, self.ctx, config.strategy, bf16=bf16)
         """What the update runs forward/backward through (DDP/FSDP2 under torchrun, else the policy)."""
         self.ref_model = components.build_reference(config.model, self.device) if config.algo.kl_coef > 0 else None
@@ -138,15 +118,19 @@ class Trainer:
             device=self.device,
             ref_model=self.ref_model,
         )
-        self.sampler = sampler or components.build_sampler(
-            config.rollout, self.policy, self.tokenizer, config.model.name_or_path, config.model.dtype
-        )
-        self.sandbox = executor or components.build_sandbox(config.rollout)
+        self.sampler = sampler or components.build_sampler(config, self.policy, self.tokenizer)
+        self.sandbox = executor or components.build_sandbox(config.sandbox)
+        self.episode = episode_spec(config, self.system_prompt)
+        """The rules of a training episode; held-out runs use ``episode.evaluation(...)``."""
         uses_shaping = config.algo.shaping and config.algo.algo == "gtpo"
-        self.similarity = get_similarity(config.algo.similarity) if uses_shaping else None
+        similarity = get_similarity(config.algo.similarity) if uses_shaping else None
+        self.credit, self.score = bind_credit(config, similarity)
+        """Credit for a batch of groups, and the trajectory reward that filtering by score compares."""
+        self.roll: RolloutFn = functools.partial(
+            roll_round, sampler=self.sampler, tokenizer=self.tokenizer, executor=self.sandbox, spec=self.episode
+        )
+        """How a round's share is rolled out (``gtpo.rollout.groups``); replace it to script rollouts."""
         self.step = 0
-        self._sampling_round = 0
-        """Which rollout of the step is running (> 0 only for rollout.filter_groups refills); seeds it."""
         self.finished = False
         """A resumed run already at ``steps``: ``train`` does nothing, and nothing in its folder changes."""
         self._last_batch: tuple[list[Trajectory], Any] | None = None
@@ -273,25 +257,25 @@ class Trainer:
         return self.step == self.cfg.steps or (every > 0 and self.step % every == 0)
 
     def train_step(self) -> dict[str, float]:
-        with components.autocast(self.cfg.model.dtype, self.device):
+        with autocast(self.cfg.model.dtype, self.device):
             return self._train_step()
 
     def _train_step(self) -> dict[str, float]:
-        cfg, r = self.cfg, self.cfg.rollout
+        cfg, _r = self.cfg, self.cfg.rollout
         start = time.perf_counter()
         sample = self._collect_groups()
         rollout_s = time.perf_counter() - start
         metrics = {**rollout_metrics(sample.generated), **sample.metrics}
-        if not sample.kept:  # rollout.filter_groups found no group with signal within its cap: no update
+        if not sample.kept:  # filter.groups found no group with signal within its cap: no update
             return {**metrics, "perf/step_s": time.perf_counter() - start, "perf/rollout_s": rollout_s}
 
-        credit = sample.credit or self._credit(sample.kept, sample.kept_lengths)
+        credit = self.credit(sample.kept, sample.kept_lengths)
         self._last_batch = (sample.kept, credit)  # shown in samples.jsonl at evaluations
         batch = collate(sample.local, self.tokenizer.pad_token_id)
         advantages = turns_to_tokens(credit.turn_advantages[sample.local_positions], batch.turn_ids)
         loss_mask = batch.loss_mask.to(torch.float32)
-        trained = [not (r.filter_void and is_void_trajectory(t)) for t in sample.local]
-        if r.overlong == "mask":  # DAPO's overlong filtering: no loss on trajectories cut by the budget
+        trained = [not (cfg.filter.void and is_void_trajectory(t)) for t in sample.local]
+        if cfg.overlong.mode == "mask":  # DAPO's overlong filtering: no loss on trajectories cut by the budget
             trained = [keep and t.finish_reason != "length" for keep, t in zip(trained, sample.local, strict=True)]
         loss_mask = loss_mask * torch.tensor(trained, dtype=torch.float32)[:, None]
         update_start = time.perf_counter()
@@ -317,75 +301,26 @@ class Trainer:
         return metrics
 
     def _collect_groups(self) -> StepGroups:
-        """This step's groups (``gtpo.groups``): rollouts through ``_rollout``, credit through ``_credit``."""
+        """This step's groups (``gtpo.rollout.groups``), rolled out by this run's sampler and sandbox."""
         r = self.cfg.rollout
-
-        def roll(problems: list[Any], indices: list[int], round_index: int) -> tuple[list[Trajectory], dict]:
-            self._sampling_round = round_index
-            return self._rollout(problems, indices)
-
         return collect_groups(
             self.stream.take,
-            roll,
-            self._credit,
+            self.roll,
             self.ctx,
             problems_per_step=r.problems_per_step,
             group_size=r.group_size,
             max_total_tokens=r.max_total_tokens,
-            filter_groups=r.filter_groups,
-            max_extra_problems=r.filter_max_extra_problems,
-            filter_metric=r.filter_metric,
+            filter_groups=self.cfg.filter.groups,
+            max_extra_problems=self.cfg.filter.max_extra_problems,
+            filter_metric=self.cfg.filter.metric,
+            score=self.score,
+            seed=step_seed(self.cfg.seed, self.step) + self.ctx.rank,
         )
-
-    def _credit(self, trajectories: list[Trajectory], lengths: list[int]) -> Credit:
-        """``assign_credit`` with this run's settings; ``lengths`` (tokens per trajectory) feed the overlong
-        penalty when ``rollout.overlong="penalty"``."""
-        algo, r = self.cfg.algo, self.cfg.rollout
-        penalties = None
-        if r.overlong == "penalty":
-            buffer = round(r.overlong_buffer * r.max_total_tokens)
-            penalties = overlong_penalty(lengths, r.max_total_tokens, buffer, r.overlong_penalty)
-        return assign_credit(
-            trajectories,
-            algo=algo.algo,
-            gamma=algo.gamma,
-            adv_norm=algo.adv_norm,
-            scale_by_std=algo.scale_by_std,
-            format_penalty=algo.format_penalty,
-            no_call_penalty=algo.no_call_penalty,
-            shaping=algo.shaping,
-            shaping_alpha=algo.shaping_alpha,
-            similarity=self.similarity,
-            outcome_penalties=penalties,
-        )
-
-    def _rollout(self, problems: list[Any], indices: list[int]) -> tuple[list[Trajectory], dict[str, float]]:
-        """One trajectory per entry of ``problems`` (a problem appears G times across the ranks);
-        ``indices`` are their positions in the global batch."""
-        r = self.cfg.rollout
-        with torch.no_grad():
-            result = rollout(
-                problems,
-                1,
-                self.sampler,
-                self.tokenizer,
-                self.sandbox,
-                system_prompt=self.system_prompt,
-                max_turns=r.max_turns,
-                max_total_tokens=r.max_total_tokens,
-                max_new_tokens_per_turn=r.max_new_tokens_per_turn,
-                temperature=r.temperature,
-                top_p=r.top_p,
-                invalid_statuses=frozenset(self.cfg.algo.invalid_statuses),
-                seed=step_seed(self.cfg.seed, self.step) + self.ctx.rank + 100_003 * self._sampling_round,
-                schedule=r.schedule,
-                rejoin_steps=r.rejoin_steps,
-            )
-        return result.trajectories, result.timings.as_dict()
 
     # --------------------------------------------------------------------------------------------- update
     def _update(self, batch: TokenBatch, advantages: torch.Tensor, loss_mask: torch.Tensor) -> dict[str, float]:
-        """The clipped-surrogate update (``gtpo.update``); then engines with their own weights get the new ones."""
+        """The clipped-surrogate update (``gtpo.training.update``); then engines with their own weights get the
+        new ones."""
         metrics = self.updater(batch, advantages, loss_mask)
         self._sync_sampler()
         return metrics
@@ -399,42 +334,21 @@ class Trainer:
     def evaluate(self, progress: Any = None) -> EvalReport:
         """Held-out evaluation, problems sharded across ranks and the results gathered on every rank.
         ``progress(n)`` is called as each chunk of n problems finishes."""
-        with components.autocast(self.cfg.model.dtype, self.device):
+        with autocast(self.cfg.model.dtype, self.device):
             return self._evaluate(progress)
 
     def _evaluate(self, progress: Any = None) -> EvalReport:
-        r = self.cfg.rollout
-        index = shard_indices(len(self.eval_problems), self.ctx)
-        report = evaluate_problems(
-            [self.eval_problems[i] for i in index],
+        return evaluate_sharded(
+            self.eval_problems,
+            self.ctx,
             name=self.cfg.data.eval,
             sampler=self.sampler,
             tokenizer=self.tokenizer,
             executor=self.sandbox,
-            system_prompt=self.system_prompt,
-            k=r.eval_samples,
-            temperature=r.eval_temperature,
-            max_turns=r.max_turns,
-            max_new_tokens_per_turn=r.max_new_tokens_per_turn,
-            max_total_tokens=r.max_total_tokens,
+            spec=self.episode.evaluation(self.cfg.eval.temperature),
+            k=self.cfg.eval.samples,
             seed=self.cfg.seed,
-            schedule=r.schedule,
-            rejoin_steps=r.rejoin_steps,
             on_progress=progress,
-        )
-        if not self.ctx.enabled:
-            return report
-        k, total = report.k, len(self.eval_problems)
-        rows = [
-            (row, [strip_tokens(t) for t in report.trajectories[i * k : (i + 1) * k]])
-            for i, row in enumerate(report.per_problem)
-        ]
-        gathered = gather_objects(rows, index, total, self.ctx)
-        return EvalReport(
-            name=report.name,
-            k=k,
-            per_problem=[row for row, _ in gathered],
-            trajectories=[t for _, trajs in gathered for t in trajs],
         )
 
     def save(self) -> Path | None:

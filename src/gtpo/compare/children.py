@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from gtpo.checkpoint import checkpoint_step, latest_checkpoint
+from gtpo.run.checkpoint import checkpoint_step, latest_checkpoint
 from gtpo.run.stop import SIGNALS, TrainingStopped, install_handlers, restore_handlers
 
 

@@ -27,8 +27,8 @@ from gtpo.compare.stats import (
     paired_interval,
     t_quantile,
 )
-from gtpo.evaluate import read_eval_records
-from gtpo.metrics import EVAL_FILE, METRICS_FILE, read_metrics
+from gtpo.eval.evaluate import read_eval_records
+from gtpo.run.metrics import EVAL_FILE, METRICS_FILE, read_metrics
 
 QUANTITIES = {
     "final": "final held-out avg@k",

@@ -24,9 +24,9 @@ from typing import Any, Literal
 
 import yaml
 
-from gtpo.checkpoint import latest_checkpoint
 from gtpo.compare.children import ChildRuns
 from gtpo.config import ConfigError, TrainConfig, from_dict, to_dict
+from gtpo.run.checkpoint import latest_checkpoint
 from gtpo.run.stop import TrainingStopped
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -37,11 +37,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "gtpo-noformat": {"algo": {"format_penalty": 0.0, "no_call_penalty": 0.0}},
     "gtpo-batchnorm": {"algo": {"adv_norm": "batch"}},
     "gtpo-turnindex": {"algo": {"adv_norm": "turn_index"}},
-    "gtpo-filter": {"rollout": {"filter_groups": True}},
+    "gtpo-filter": {"filter": {"groups": True}},
 }
 """Name -> overrides of the base config. gamma=1, no shaping, no format penalty: the paper's ablations;
 batch and per-turn-index normalization: the readings of its normalization set (docs/algorithms.md);
-gtpo-filter: DAPO's dynamic sampling (rollout.filter_groups), not part of the paper."""
+gtpo-filter: DAPO's dynamic sampling (filter.groups), not part of the paper."""
 DEFAULT_VARIANTS = ("gtpo", "grpo", "gtpo-gamma1", "gtpo-noshaping", "gtpo-noformat")
 
 PLAN_FILE = "compare_plan.json"

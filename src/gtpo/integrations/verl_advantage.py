@@ -5,7 +5,7 @@ trajectories sampled for one prompt). GTPO needs per-turn rewards and turn bound
 verl passes: turns are the runs of 1s in the multi-turn response mask, and a turn's reward is the sum of the
 token rewards in its region (``gtpo.integrations.verl_turns``), which ``GTPORewardManager`` and the
 ``gtpo_tool_agent`` loop put on the last token of each turn. The math itself is gtpo's:
-``discounted_returns``/``gtpo_advantages``/``turns_to_tokens`` from ``gtpo.advantages``, nothing re-derived.
+``discounted_returns``/``gtpo_advantages``/``turns_to_tokens`` from ``gtpo.method.advantages``, nothing re-derived.
 
 Settings come from verl's ``algorithm`` config: ``gamma`` (GTPO's default is 0.9, verl's is 1.0, so set it)
 and ``norm_adv_by_std_in_grpo`` (False: only subtract the mean, as ``scale_by_std=False`` in gtpo). The
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from verl.trainer.ppo.core_algos import register_adv_est
 
-from gtpo.advantages import discounted_returns, gtpo_advantages, turns_to_tokens
 from gtpo.integrations.verl_turns import turn_ids_from_mask, turn_rewards_from_tokens
+from gtpo.method.advantages import discounted_returns, gtpo_advantages, turns_to_tokens
 
 GTPO_DEFAULT_GAMMA = 0.9
 """Used only when verl passes no config (direct calls); a verl run takes ``algorithm.gamma``."""

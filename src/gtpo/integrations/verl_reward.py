@@ -1,7 +1,7 @@
 """GTPO turn rewards for verl: from decoded multi-turn responses to rewards on each turn's last token.
 
 Two entry points share one parser (``verl_parse``) and the trainer's reward step
-(``gtpo.credit.trajectory_turn_rewards``, over the math in ``gtpo.rewards``):
+(``gtpo.method.credit.trajectory_turn_rewards``, over the math in ``gtpo.method.rewards``):
 
 - ``gtpo_reward_tensor(data, tokenizer)``: a whole batch (a verl ``DataProto`` with ``responses``,
   ``response_mask``, ``uid`` and ground truths). Groups are whole here, so code-similarity shaping
@@ -30,11 +30,11 @@ from verl import DataProto
 from verl.experimental.reward_loop.reward_manager import register
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
-from gtpo.credit import TurnRewards, trajectory_turn_rewards
-from gtpo.grading import grade_batch
+from gtpo.data.grading import grade_batch
 from gtpo.integrations.verl_parse import TOOL_CALLS_KEY, build_turns, decode_segments, statuses_by_turn
 from gtpo.integrations.verl_turns import place_turn_rewards, turn_spans
-from gtpo.similarity import get_similarity
+from gtpo.method.credit import TurnRewards, trajectory_turn_rewards
+from gtpo.method.similarity import get_similarity
 from gtpo.types import Problem, Trajectory
 
 Similarity = Callable[[list[str], list[str]], torch.Tensor]
@@ -45,7 +45,7 @@ TURN_SPANS_KEY = "gtpo_turn_spans"
 CODE_KEY, ALPHA_KEY, SIMILARITY_KEY = "gtpo_code", "gtpo_shaping_alpha", "gtpo_similarity"
 """``reward_extra_info`` keys for the group step (``verl_shaping``): the trajectory's code, the shaping scale it
 still has to apply (0 when shaping is off or already applied) and the similarity's name
-(``gtpo.similarity.get_similarity``)."""
+(``gtpo.method.similarity.get_similarity``)."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def grade(trajectories: Sequence[Trajectory], timeout_s: float) -> None:
 def turn_rewards_for(
     trajectories: Sequence[Trajectory], settings: RewardSettings, similarity: Similarity | None
 ) -> TurnRewards:
-    """gtpo's turn rewards (``gtpo.credit.trajectory_turn_rewards``) with the settings of a verl run; shaping
+    """gtpo's turn rewards (``gtpo.method.credit.trajectory_turn_rewards``) with the settings of a verl run; shaping
     within ``group_id`` groups when ``settings.shaping`` and a similarity are given."""
     return trajectory_turn_rewards(
         trajectories,

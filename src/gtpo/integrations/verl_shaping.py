@@ -7,7 +7,8 @@ finished groups only, and it is a documented extension point (``trainer.v1.sampl
 reward manager records in ``reward_extra_info`` what shaping needs (``acc``, the code, ``shaping_alpha``, the
 similarity's name), and ``gtpo.integrations.verl_sampler``'s replay buffer calls ``shape_scores`` on each
 sampled batch, before the advantage step: a failed trajectory's last-turn reward gains its shaped accuracy
-(``gtpo.rewards.shaped_accuracy`` within its ``uid`` group, exactly as ``gtpo.credit.assign_credit`` does),
+(``gtpo.method.rewards.shaped_accuracy`` within its ``uid`` group, exactly as
+``gtpo.method.credit.assign_credit`` does),
 so the ``gtpo`` estimator then computes the trainer's credit.
 
 This module is pure torch on the batch's fields, no TransferQueue, so it is tested on verl's DataProto alone.
@@ -23,8 +24,8 @@ import torch
 
 from gtpo.integrations.verl_advantage import group_ids_from_index
 from gtpo.integrations.verl_reward import ALPHA_KEY, CODE_KEY, SIMILARITY_KEY
-from gtpo.rewards import shaped_accuracy
-from gtpo.similarity import get_similarity
+from gtpo.method.rewards import shaped_accuracy
+from gtpo.method.similarity import get_similarity
 
 Similarity = Callable[[list[str], list[str]], torch.Tensor]
 

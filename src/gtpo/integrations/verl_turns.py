@@ -2,7 +2,7 @@
 
 In a verl multi-turn rollout, ``response_mask`` is 1 on the tokens the model sampled and 0 on tool output
 (and padding), so each model turn is one contiguous run of 1s. These helpers turn that mask into gtpo's turn
-bookkeeping (``turn_ids``/``turn_mask``, see ``gtpo.advantages``), and move per-turn values between the turn
+bookkeeping (``turn_ids``/``turn_mask``, see ``gtpo.method.advantages``), and move per-turn values between the turn
 axis [B, K] and the token axis [B, T]. Pure torch, no verl import, so the reward side and the estimator
 agree on one definition of a turn.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from gtpo.advantages import turns_to_tokens
+from gtpo.method.advantages import turns_to_tokens
 
 
 def _runs(response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

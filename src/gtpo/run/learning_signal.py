@@ -71,7 +71,7 @@ def diagnose(window: list[tuple[int, Mapping[str, float]]]) -> dict[str, str]:
             f"{void:.0%} of trajectories in {steps} had a void turn (neither a code block nor an answer), which "
             f"the loss learns little from. {cut:.0%} ended at the token budget: check "
             "rollout.max_new_tokens_per_turn and rollout.max_total_tokens, and that the prompt explains the "
-            "python-block / \\boxed{} protocol (rollout.filter_void leaves such trajectories out of the loss)."
+            "python-block / \\boxed{} protocol (filter.void leaves such trajectories out of the loss)."
         )
     return found
 

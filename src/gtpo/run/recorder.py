@@ -18,15 +18,15 @@ from typing import Any
 
 import torch
 
-from gtpo.checkpoint import check_run_dir, claim_run_dir, latest_checkpoint
 from gtpo.config import ConfigError, TrainConfig, to_dict
-from gtpo.eval_stats import accuracy_interval
-from gtpo.evaluate import EvalReport, eval_record
-from gtpo.metrics import EVAL_FILE, METRICS_FILE, MetricLogger, append_record, read_metrics
+from gtpo.eval.evaluate import EvalReport, eval_record
+from gtpo.eval.stats import accuracy_interval
 from gtpo.run import report
+from gtpo.run.checkpoint import check_run_dir, claim_run_dir, latest_checkpoint
 from gtpo.run.console import Console
 from gtpo.run.export import MODEL_DIR
 from gtpo.run.learning_signal import WINDOW, SignalWatch
+from gtpo.run.metrics import EVAL_FILE, METRICS_FILE, MetricLogger, append_record, read_metrics
 from gtpo.run.stop import TrainingStopped
 from gtpo.types import Trajectory
 

@@ -3,7 +3,7 @@
 Built from ``metrics.jsonl`` records, so a resumed run reports its whole history, and a report can be rebuilt
 from any finished run. ``samples.jsonl`` holds a few full trajectories per evaluation (question, every turn's
 text, code, tool output, reward and advantage) so a person can read what the policy actually does.
-What is not here: the terminal output (``gtpo.run.console``) and the metrics themselves (``gtpo.metrics``).
+What is not here: the terminal output (``gtpo.run.console``) and the metrics themselves (``gtpo.run.metrics``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The multi-step embedded task: questions about a hidden table and a hidden function, 2 to 4 dependent calls.
 
 Every problem comes with hidden setup code (``Problem.setup_code``) that the rollout runs in the trajectory's
-sandbox session before the model's first cell (``gtpo.rollout.open_sessions``): a table read with
+sandbox session before the model's first cell (``gtpo.rollout.episode.open_sessions``): a table read with
 ``lookup(name)`` and a function ``f(x) = (a * x + b) % m``, both drawn per problem. The question names them but
 never shows their contents, so the model must call them, read the output and use it in a later call:
 

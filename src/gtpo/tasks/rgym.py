@@ -7,7 +7,7 @@ as YAML scalars (``3`` is an int, ``0.5`` a float). Without ``size``/``seed`` th
 from the run's seed and the held-out set 200 problems from ``HELDOUT_SEED``; training problems whose question is
 in a reasoning-gym held-out set of the same run are dropped.
 
-Answers are graded by gtpo's grader (``gtpo.grading``), not reasoning-gym's verifier: the two are compared on
+Answers are graded by gtpo's grader (``gtpo.data.grading``), not reasoning-gym's verifier: the two are compared on
 generated problems in tests/test_rgym.py.
 """
 

@@ -1,1 +1,9 @@
-"""The shipped tiny model: a locally built tokenizer and a few-MB Qwen2, warm-started on TIR traces."""
+"""The shipped tiny models: where they live, their aliases, and (``tiny.build``) how they are rebuilt."""
+
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+DEFAULT_MODEL_DIR = ASSETS / "tiny"
+MULTISTEP_MODEL_DIR = ASSETS / "tiny-multistep"
+SHIPPED_MODELS = {"tiny": DEFAULT_MODEL_DIR, "tiny-multistep": MULTISTEP_MODEL_DIR}
+"""``model.name_or_path`` aliases of the shipped models."""

@@ -20,17 +20,12 @@ from typing import Any
 
 import torch
 
-from gtpo.policy import prompt_ids
+from gtpo.model.policy import prompt_ids
 from gtpo.tasks.arith import SYSTEM_PROMPT
 from gtpo.tasks.traces import Trace
+from gtpo.tiny import DEFAULT_MODEL_DIR, MULTISTEP_MODEL_DIR
 from gtpo.tiny.model import new_model
 from gtpo.tiny.tokenizer import build_tokenizer
-
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
-DEFAULT_MODEL_DIR = ASSETS / "tiny"
-MULTISTEP_MODEL_DIR = ASSETS / "tiny-multistep"
-SHIPPED_MODELS = {"tiny": DEFAULT_MODEL_DIR, "tiny-multistep": MULTISTEP_MODEL_DIR}
-"""``model.name_or_path`` aliases of the shipped models."""
 
 
 @dataclass(frozen=True)
@@ -125,14 +120,13 @@ def measure(
     model: torch.nn.Module, tokenizer: Any, n: int = 96, temperature: float = 1.0, task: str = "arith"
 ) -> dict[str, float]:
     """Held-out accuracy and tool use of the warm-started model, through the real rollout and sandbox."""
-    from gtpo.config import RolloutConfig
-    from gtpo.generate import HFSampler
-    from gtpo.rollout import rollout, rollout_metrics
+    from gtpo.generation.hf import HFSampler
+    from gtpo.rollout.episode import rollout, rollout_metrics
+    from gtpo.rollout.spec import EpisodeSpec
     from gtpo.sandbox import SandboxPool
 
     recipe = RECIPES[task]
     module = importlib.import_module(recipe.task)
-    limits = RolloutConfig()  # the embedded default's length limits; the turn cap is the task's
     with SandboxPool() as pool:
         start = time.perf_counter()
         result = rollout(
@@ -141,11 +135,8 @@ def measure(
             HFSampler(model, tokenizer),
             tokenizer,
             pool,
-            system_prompt=module.SYSTEM_PROMPT,
-            max_turns=recipe.max_turns,
-            max_new_tokens_per_turn=limits.max_new_tokens_per_turn,
-            max_total_tokens=limits.max_total_tokens,
-            temperature=temperature,
+            # the embedded default's length limits (the spec's defaults); the turn cap is the task's
+            EpisodeSpec(system_prompt=module.SYSTEM_PROMPT, max_turns=recipe.max_turns, temperature=temperature),
             seed=0,
         )
         seconds = time.perf_counter() - start
@@ -185,7 +176,7 @@ def build(
     if start_from is not None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from gtpo.components import model_path
+        from gtpo.model.source import model_path
 
         folder = model_path(start_from)
         tokenizer = AutoTokenizer.from_pretrained(folder)

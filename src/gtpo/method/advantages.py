@@ -1,0 +1,148 @@
+"""Advantages: turn returns and their group normalization (GTPO), trajectory rewards normalized (GRPO).
+
+Pure tensor functions, vectorized over the batch (a loop over the K turn positions in
+``discounted_returns`` is the only loop). Shapes: B trajectories, K max turns, T tokens; turn tensors are
+[B, K] with ``turn_mask``; ``turn_ids`` [B, T] is the 0-based turn index on model tokens and -1 on prompt
+and observation tokens. See docs/algorithms.md for the equations and where each default comes from.
+
+What this is not: it reads no trajectories and computes no rewards (``gtpo.method.rewards``), and it knows
+nothing of the loss (``gtpo.method.losses``).
+
+Convention shared by GTPO and GRPO: the std of a normalization set is the *population* std (divide by n,
+not n - 1), so a set of one has std 0 and every set's advantages have unit mean square. A set whose values
+are all equal gets advantage exactly 0 (never NaN, never a rounding-error residue).
+"""
+
+from __future__ import annotations
+
+import torch
+
+NORMS: tuple[str, ...] = ("group", "turn_index", "batch")
+"""Normalization sets for GTPO returns (config field ``adv_norm``)."""
+
+
+def discounted_returns(turn_rewards: torch.Tensor, turn_mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """R[i, j] = sum over valid k >= j of gamma^(k - j) * r[i, k]; 0 on masked turns.
+
+    GTPO's return-based credit: a turn is credited with what happens after it, discounted by distance.
+    Masked (padding) turns contribute no reward and get return 0. Shapes: [B, K] in, [B, K] out.
+    """
+    _check_turn_tensors(turn_rewards, turn_mask)
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    mask = turn_mask.to(turn_rewards.dtype)
+    rewards = turn_rewards * mask
+    returns = torch.zeros_like(rewards)
+    carry = torch.zeros_like(rewards[:, 0])
+    for j in range(rewards.shape[1] - 1, -1, -1):  # K is a handful of turns; never a loop over tokens
+        carry = rewards[:, j] + gamma * carry
+        returns[:, j] = carry * mask[:, j]
+    return returns
+
+
+def gtpo_advantages(
+    turn_rewards: torch.Tensor,
+    turn_mask: torch.Tensor,
+    group_ids: torch.Tensor,
+    gamma: float,
+    norm: str = "group",
+    scale_by_std: bool = True,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """GTPO turn advantages: A[i, j] = (R[i, j] - mean_S) / (std_S + eps), 0 on masked turns.
+
+    The set S holding turn (i, j) is, for ``norm="group"``, every valid turn of every trajectory of i's
+    group (pooled); for ``norm="turn_index"``, turn j of the trajectories of i's group that have a turn j;
+    for ``norm="batch"``, every valid turn of the whole batch (groups are ignored: one third-party reading of
+    the paper). ``scale_by_std=False`` only subtracts the mean (Dr. GRPO). ``group_ids`` [B] may be any
+    integers.
+    """
+    if norm not in NORMS:
+        raise ValueError(f"norm (config adv_norm) must be one of {NORMS}, got {norm!r}")
+    returns = discounted_returns(turn_rewards, turn_mask, gamma)
+    group_index = _group_index(group_ids, turn_rewards.shape[0])
+    mask = turn_mask.bool()
+    k = turn_rewards.shape[1]
+    if norm == "group":
+        set_ids = group_index[:, None].expand(-1, k)
+    elif norm == "batch":
+        set_ids = torch.zeros_like(returns, dtype=torch.long)
+    else:
+        set_ids = group_index[:, None] * k + torch.arange(k, device=returns.device)[None, :]
+    advantages = torch.zeros_like(returns)
+    advantages[mask] = _normalize_within_sets(returns[mask], set_ids[mask], scale_by_std, eps)
+    return advantages
+
+
+def grpo_advantages(
+    rewards: torch.Tensor, group_ids: torch.Tensor, scale_by_std: bool = True, eps: float = 1e-6
+) -> torch.Tensor:
+    """GRPO: A[i] = (r[i] - mean_group) / (std_group + eps) with GTPO's std convention. Shapes: [B] -> [B]."""
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be a 1-D tensor [B], got shape {tuple(rewards.shape)}")
+    group_index = _group_index(group_ids, rewards.shape[0])
+    return _normalize_within_sets(rewards, group_index, scale_by_std, eps)
+
+
+def turns_to_tokens(turn_values: torch.Tensor, turn_ids: torch.Tensor) -> torch.Tensor:
+    """Broadcast each turn's value to that turn's tokens: out[i, t] = v[i, turn_ids[i, t]], 0 where -1.
+
+    Prompt and observation tokens (turn id -1) get 0, so they carry no advantage. [B, K] x [B, T] -> [B, T].
+    """
+    if turn_values.dim() != 2 or turn_ids.dim() != 2 or turn_values.shape[0] != turn_ids.shape[0]:
+        raise ValueError(
+            f"turn_values must be [B, K] and turn_ids [B, T] with the same B, got "
+            f"{tuple(turn_values.shape)} and {tuple(turn_ids.shape)}"
+        )
+    if turn_ids.numel() and (turn_ids.min() < -1 or turn_ids.max() >= turn_values.shape[1]):
+        raise ValueError(
+            f"turn_ids must be -1 (not a model token) or a turn index in [0, {turn_values.shape[1]}), "
+            f"got values in [{int(turn_ids.min())}, {int(turn_ids.max())}]"
+        )
+    is_model_token = turn_ids >= 0
+    gathered = turn_values.gather(1, turn_ids.clamp(min=0).long())
+    return torch.where(is_model_token, gathered, torch.zeros((), dtype=turn_values.dtype))
+
+
+def _normalize_within_sets(values: torch.Tensor, set_ids: torch.Tensor, scale_by_std: bool, eps: float) -> torch.Tensor:
+    """(v - mean_S) / (std_S + eps) per set S (population std), 0 for sets whose values are all equal.
+
+    Statistics run in float64 so that sums of rewards like 0.9 * 0.1 do not leave float32 residue.
+    ``set_ids`` [N] are non-negative ints; the sets need not be contiguous.
+    """
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    if values.numel() == 0:
+        return values.clone()
+    v = values.to(torch.float64)
+    ids = set_ids.long()
+    n_sets = int(ids.max()) + 1
+    counts = torch.zeros(n_sets, dtype=torch.float64, device=v.device).index_add_(0, ids, torch.ones_like(v))
+    sums = torch.zeros_like(counts).index_add_(0, ids, v)
+    centered = v - (sums / counts.clamp(min=1))[ids]
+    highest = torch.full_like(counts, -torch.inf).scatter_reduce(0, ids, v, "amax")
+    lowest = torch.full_like(counts, torch.inf).scatter_reduce(0, ids, v, "amin")
+    constant = (highest == lowest)[ids]  # also true for a set of one
+    if scale_by_std:
+        variance = torch.zeros_like(counts).index_add_(0, ids, centered**2) / counts.clamp(min=1)
+        centered = centered / (variance.sqrt()[ids] + eps)
+    return torch.where(constant, torch.zeros_like(centered), centered).to(values.dtype)
+
+
+def _group_index(group_ids: torch.Tensor, batch: int) -> torch.Tensor:
+    """Map arbitrary integer group ids [B] to 0..G-1."""
+    if group_ids.dim() != 1 or group_ids.shape[0] != batch:
+        raise ValueError(f"group_ids must be a 1-D tensor of length B={batch}, got {tuple(group_ids.shape)}")
+    if group_ids.is_floating_point():
+        raise ValueError("group_ids must be an integer tensor (one id per trajectory's problem)")
+    return torch.unique(group_ids, return_inverse=True)[1]
+
+
+def _check_turn_tensors(turn_rewards: torch.Tensor, turn_mask: torch.Tensor) -> None:
+    if turn_rewards.dim() != 2 or turn_rewards.shape != turn_mask.shape:
+        raise ValueError(
+            f"turn_rewards and turn_mask must both be [B, K], got {tuple(turn_rewards.shape)} and "
+            f"{tuple(turn_mask.shape)}"
+        )
+    if not turn_rewards.is_floating_point():
+        raise ValueError("turn_rewards must be a floating-point tensor")

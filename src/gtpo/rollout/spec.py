@@ -1,0 +1,60 @@
+"""One episode's rules, built once from the config and handed to every place that rolls out.
+
+Training rollouts, held-out evaluation and the tiny build's measurement run episodes by the same rules, so they
+take the same object: a frozen ``EpisodeSpec``. Its defaults are the config's (``RolloutConfig``,
+``GenerationConfig``, ``AlgoConfig``): there is no second set of caps to drift from the settings in use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from gtpo.config import AlgoConfig, GenerationConfig, RolloutConfig, TrainConfig
+
+SCHEDULES = ("auto", "deterministic", "asap")
+"""When a trajectory whose code ran re-enters generation (streaming samplers only; see ``gtpo.rollout.episode``)."""
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """How one multi-turn episode runs: the prompt, the length caps, sampling, and what counts as an invalid
+    call. ``schedule``/``rejoin_steps`` matter only to a streaming sampler (the engine)."""
+
+    system_prompt: str
+    max_turns: int = RolloutConfig.max_turns
+    max_total_tokens: int = RolloutConfig.max_total_tokens
+    """Prompt + every turn + every tool output."""
+    max_new_tokens_per_turn: int = RolloutConfig.max_new_tokens_per_turn
+    temperature: float = RolloutConfig.temperature
+    top_p: float = RolloutConfig.top_p
+    invalid_statuses: frozenset[str] = frozenset(AlgoConfig.invalid_statuses)
+    schedule: str = GenerationConfig.schedule
+    rejoin_steps: int = GenerationConfig.rejoin_steps
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule (config generation.schedule) must be one of {SCHEDULES}, got {self.schedule!r}")
+
+    def evaluation(self, temperature: float) -> EpisodeSpec:
+        """The same episode for held-out evaluation: sampled at ``temperature`` from the full distribution
+        (top_p 1) and graded with the default invalid-call statuses."""
+        return dataclasses.replace(
+            self, temperature=temperature, top_p=1.0, invalid_statuses=frozenset(AlgoConfig.invalid_statuses)
+        )
+
+
+def episode_spec(config: TrainConfig, system_prompt: str) -> EpisodeSpec:
+    """The training episode of ``config`` (``.evaluation(config.eval.temperature)`` for held-out runs)."""
+    r = config.rollout
+    return EpisodeSpec(
+        system_prompt=system_prompt,
+        max_turns=r.max_turns,
+        max_total_tokens=r.max_total_tokens,
+        max_new_tokens_per_turn=r.max_new_tokens_per_turn,
+        temperature=r.temperature,
+        top_p=r.top_p,
+        invalid_statuses=frozenset(config.algo.invalid_statuses),
+        schedule=config.generation.schedule,
+        rejoin_steps=config.generation.rejoin_steps,
+    )

@@ -1,0 +1,1 @@
+"""The policy update: packing trajectories into micro-batches and the optimizer step."""
