@@ -23,7 +23,16 @@ from gtpo.eval.report import RESULTS, compare_runs, markdown_table, write_result
 from gtpo.model.precision import autocast, resolve_device
 from gtpo.rollout.spec import EpisodeSpec
 from gtpo.run.export import load_checkpoint_policy, resolve_checkpoint
-from gtpo.tasks import ARITH, ARITH_HELDOUT, MULTISTEP, MULTISTEP_HELDOUT, TINY, system_prompt_for
+from gtpo.tasks import (
+    ARITH,
+    ARITH_HELDOUT,
+    MULTISTEP,
+    MULTISTEP_HELDOUT,
+    RELAY,
+    RELAY_HELDOUT,
+    TINY,
+    system_prompt_for,
+)
 from gtpo.types import ExecResult, Problem
 
 NO_TOOL_PROMPT = "Solve the problem step by step. Put the final answer in \\boxed{}."
@@ -37,7 +46,8 @@ class EvalConfig:
     """A gtpo checkpoint (runs/NAME/checkpoints/step_0000060) or a run directory (runs/NAME: its newest
     checkpoint): the run's model with the trained weights."""
     benchmarks: tuple[str, ...] = ("arith-heldout",)
-    """Benchmarks by name: arith-heldout, multistep-heldout, aime24, aime25, amc23, math500, svamp, gsm8k."""
+    """Benchmarks by name: arith-heldout, multistep-heldout, relay-heldout, aime24, aime25, amc23, math500, svamp,
+    gsm8k."""
     data_dir: str | None = None
     """Folder with local benchmark files named <benchmark>.jsonl or .parquet (else HF datasets, online)."""
     data: str | None = None
@@ -175,12 +185,12 @@ def load_sets(cfg: EvalConfig) -> dict[str, list[Problem]]:
     else:
         sets = {}
         for name in cfg.benchmarks:
-            if name in (ARITH_HELDOUT, MULTISTEP_HELDOUT):
+            if name in (ARITH_HELDOUT, MULTISTEP_HELDOUT, RELAY_HELDOUT):
                 sets[name] = load_eval_problems(DataConfig(eval=name, eval_limit=0))
             elif name in BENCHMARKS:
                 sets[name] = load_benchmark(name, path=_local_file(cfg.data_dir, name))
             else:
-                known = ", ".join([ARITH_HELDOUT, MULTISTEP_HELDOUT, *BENCHMARKS])
+                known = ", ".join([ARITH_HELDOUT, MULTISTEP_HELDOUT, RELAY_HELDOUT, *BENCHMARKS])
                 raise ConfigError(f"--benchmarks: unknown benchmark {name!r}; known: {known}")
     return {name: problems[: cfg.limit] if cfg.limit else problems for name, problems in sets.items()}
 
@@ -243,7 +253,7 @@ def run(cfg: EvalConfig) -> list[dict]:
 
 def _task_of(cfg: EvalConfig) -> str:
     """The embedded model answers in the embedded task's short protocol; everything else gets the generic one."""
-    embedded = {ARITH_HELDOUT: ARITH, MULTISTEP_HELDOUT: MULTISTEP}
+    embedded = {ARITH_HELDOUT: ARITH, MULTISTEP_HELDOUT: MULTISTEP, RELAY_HELDOUT: RELAY}
     if len(cfg.benchmarks) == 1 and cfg.benchmarks[0] in embedded and not cfg.data:
         return embedded[cfg.benchmarks[0]]
     return "generic"

@@ -18,7 +18,9 @@ ARITH = "arith"
 ARITH_HELDOUT = "arith-heldout"
 MULTISTEP = "multistep"
 MULTISTEP_HELDOUT = "multistep-heldout"
-EMBEDDED_TASKS = {ARITH: "gtpo.tasks.arith", MULTISTEP: "gtpo.tasks.multistep"}
+RELAY = "relay"
+RELAY_HELDOUT = "relay-heldout"
+EMBEDDED_TASKS = {ARITH: "gtpo.tasks.arith", MULTISTEP: "gtpo.tasks.multistep", RELAY: "gtpo.tasks.relay"}
 """Built-in tasks by ``data.train`` name -> module with SYSTEM_PROMPT, train_problems, heldout_problems; the
 held-out set of each is ``data.eval="<name>-heldout"``."""
 

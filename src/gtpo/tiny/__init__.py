@@ -5,5 +5,6 @@ from pathlib import Path
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEFAULT_MODEL_DIR = ASSETS / "tiny"
 MULTISTEP_MODEL_DIR = ASSETS / "tiny-multistep"
-SHIPPED_MODELS = {"tiny": DEFAULT_MODEL_DIR, "tiny-multistep": MULTISTEP_MODEL_DIR}
+RELAY_MODEL_DIR = ASSETS / "tiny-relay"
+SHIPPED_MODELS = {"tiny": DEFAULT_MODEL_DIR, "tiny-multistep": MULTISTEP_MODEL_DIR, "tiny-relay": RELAY_MODEL_DIR}
 """``model.name_or_path`` aliases of the shipped models."""

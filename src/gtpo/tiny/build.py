@@ -23,7 +23,7 @@ import torch
 from gtpo.model.policy import prompt_ids
 from gtpo.tasks.arith import SYSTEM_PROMPT
 from gtpo.tasks.traces import Trace
-from gtpo.tiny import DEFAULT_MODEL_DIR, MULTISTEP_MODEL_DIR
+from gtpo.tiny import DEFAULT_MODEL_DIR, MULTISTEP_MODEL_DIR, RELAY_MODEL_DIR
 from gtpo.tiny.model import new_model
 from gtpo.tiny.tokenizer import build_tokenizer
 
@@ -56,6 +56,17 @@ RECIPES = {
         800,
         20000,
         max_turns=6,
+        lr=1e-3,
+        init_from=DEFAULT_MODEL_DIR,
+    ),
+    # The relay task: two calls, the second typing in what the first showed (gtpo.tasks.relay).
+    "relay": Recipe(
+        "gtpo.tasks.relay",
+        "gtpo.tasks.relay_traces",
+        RELAY_MODEL_DIR,
+        800,
+        20000,
+        max_turns=5,
         lr=1e-3,
         init_from=DEFAULT_MODEL_DIR,
     ),

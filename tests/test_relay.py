@@ -1,0 +1,103 @@
+"""The relay task: the answer needs two calls, the second typing in what the first showed; mistakes are recoverable.
+
+Checked over generated problems by running cells exactly as a sandbox session shows them (``Notebook``), and
+once through the real sandbox."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from gtpo.sandbox import SandboxLimits, SandboxPool
+from gtpo.tasks import relay
+from gtpo.tasks.multistep_traces import Notebook
+from gtpo.tasks.relay_traces import make_trace, make_traces
+
+PROBLEMS = 300
+
+
+def _problems(seed: int = 5):
+    rng = random.Random(seed)
+    return [relay.make_problem(rng, relay.KINDS[i % len(relay.KINDS)]) for i in range(PROBLEMS)]
+
+
+def _composed(steps) -> list[str]:
+    """One-cell programs a model might write instead of two calls: the second call around the first."""
+    first, second = steps[0].code, steps[1].code
+    inner = second[second.index("(") + 1 : -1]
+    nested = second.replace(inner, first)
+    return [nested, f"print({nested})", f"r = {first}\n{second.replace(inner, 'r')}"]
+
+
+def test_the_intended_two_calls_give_the_answer_and_the_second_types_in_what_the_first_showed():
+    for question, answer, hidden, steps in _problems():
+        book = Notebook(hidden.setup_code())
+        first = book.run(steps[0].code).strip()
+        assert first == steps[0].shows
+        assert steps[0].shows in steps[1].code, question  # the second call is written with the first's output
+        assert book.run(steps[1].code).strip() == str(answer) == steps[1].shows
+
+
+def test_no_single_cell_composition_gives_the_answer():
+    """The tools show their result and return None, so a value cannot flow into the next call inside a cell."""
+    for _, answer, hidden, steps in _problems():
+        for program in _composed(steps):
+            shown = Notebook(hidden.setup_code()).run(program)
+            assert shown.strip().splitlines()[0] == steps[0].shows  # the inner call still shows its value
+            assert "Error" in shown and str(answer) not in shown.splitlines()[-1], program
+
+
+def test_every_mistake_is_recoverable_in_the_same_session():
+    for _, answer, hidden, steps in _problems():
+        book = Notebook(hidden.setup_code())
+        name = steps[0].code.split("'")[1] if "'" in steps[0].code else "kiwi"
+        for wrong in (f"lookup('{name}x')", f"lookup({name})", "f(x)", "f('7')", *_composed(steps)):
+            assert "Error" in book.run(wrong)
+        book.run(steps[0].code)
+        assert book.run(steps[1].code).strip() == str(answer)
+
+
+def test_a_wrong_name_lists_the_names_and_the_traceback_hides_the_setup():
+    _, _, hidden, _ = relay.make_problem(random.Random(1), "hop")
+    shown = Notebook(hidden.setup_code()).run("lookup('nope')")
+    assert "KeyError" in shown and all(name in shown for name in hidden.table)
+    assert "_T" not in shown and "<setup>" not in shown
+
+
+def test_the_real_sandbox_shows_the_same_as_the_notebook():
+    cases = _problems()[:6]
+    with SandboxPool(SandboxLimits(wall_time_s=5.0), max_workers=2) as pool:
+        for _, answer, hidden, steps in cases:
+            session = pool.open_session()
+            try:
+                (setup,) = pool.run_batch([(session, hidden.setup_code())])
+                assert setup.status == "ok" and setup.output == ""
+                (first,) = pool.run_batch([(session, steps[0].code)])
+                (composed,) = pool.run_batch([(session, _composed(steps)[0])])
+                (second,) = pool.run_batch([(session, steps[1].code)])
+            finally:
+                pool.close_session(session)
+            assert first.output.strip() == steps[0].shows
+            assert composed.status == "error"
+            assert second.output.strip() == str(answer)
+
+
+@pytest.mark.parametrize("style", ["clean", "fix", "quit", "guess"])
+def test_traces_answer_as_their_style_says(style):
+    rng = random.Random(3)
+    for _ in range(50):
+        trace = make_trace(rng, style)
+        final = trace.segments[-1][1]
+        calls = [text for kind, text in trace.segments if kind == "model" and text.startswith("```python")]
+        assert len(calls) == {"clean": 2, "fix": 3, "quit": 1, "guess": 0}[style]
+        right = final == f"\\boxed{{{trace.answer}}}"
+        assert right is (style in ("clean", "fix")), (style, trace.segments)
+
+
+def test_the_training_stream_shares_no_problem_with_the_held_out_set():
+    held = {(p.question, p.setup_code) for p in relay.heldout_problems()}
+    assert len(held) == 300
+    train = relay.train_problems(seed=0, n=3000)
+    assert not held & {(p.question, p.setup_code) for p in train}
+    assert len(make_traces(40, 0)) == 40
