@@ -101,3 +101,16 @@ def test_the_training_stream_shares_no_problem_with_the_held_out_set():
     train = relay.train_problems(seed=0, n=3000)
     assert not held & {(p.question, p.setup_code) for p in train}
     assert len(make_traces(40, 0)) == 40
+
+
+def test_the_preset_selects_the_task_its_heldout_set_and_its_model():
+    from gtpo.config import load_preset, validate
+    from gtpo.data.problems import load_eval_problems, load_train_problems
+    from gtpo.model.source import model_path
+    from gtpo.tasks import system_prompt_for
+
+    config = validate(load_preset("relay"))
+    assert load_train_problems(config.data, seed=0)[0].source == "relay"
+    assert [p.id for p in load_eval_problems(config.data)] == [p.id for p in relay.heldout_problems()]
+    assert system_prompt_for(config.data) == relay.SYSTEM_PROMPT
+    assert model_path(config.model.name_or_path).endswith("tiny-relay") and config.rollout.max_turns == 5
