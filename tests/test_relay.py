@@ -114,3 +114,25 @@ def test_the_preset_selects_the_task_its_heldout_set_and_its_model():
     assert [p.id for p in load_eval_problems(config.data)] == [p.id for p in relay.heldout_problems()]
     assert system_prompt_for(config.data) == relay.SYSTEM_PROMPT
     assert model_path(config.model.name_or_path).endswith("tiny-relay") and config.rollout.max_turns == 5
+
+
+def test_the_shipped_model_starts_between_a_fifth_and_two_fifths_right():
+    """The warm start leaves room both ways: the whole held-out set at the training temperature, sampled as a
+    run's step-0 evaluation samples it (measured: 0.313)."""
+    from gtpo.components import build_sampler
+    from gtpo.config import load_preset
+    from gtpo.eval.evaluate import evaluate_problems
+    from gtpo.model.policy import load_policy
+    from gtpo.model.source import model_path
+    from gtpo.rollout.spec import episode_spec
+
+    config = load_preset("relay")
+    model, tokenizer = load_policy(model_path(config.model.name_or_path))
+    spec = episode_spec(config, relay.SYSTEM_PROMPT).evaluation(config.eval.temperature)
+    with SandboxPool(SandboxLimits(wall_time_s=5.0), max_workers=2) as pool:
+        report = evaluate_problems(
+            relay.heldout_problems(), name="relay-heldout", sampler=build_sampler(config, model, tokenizer),
+            tokenizer=tokenizer, executor=pool, spec=spec, seed=0,
+        )  # fmt: skip
+    assert 0.20 <= report.accuracy <= 0.40, report.accuracy
+    assert report.metrics()["eval/tool_call_rate"] > 0.5
