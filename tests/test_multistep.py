@@ -18,7 +18,8 @@ from gtpo.rollout.episode import open_sessions, rollout
 from gtpo.rollout.spec import EpisodeSpec
 from gtpo.tasks import multistep
 from gtpo.tasks.multistep import KINDS, heldout_problems, make_problem, make_problems, train_problems
-from gtpo.tasks.multistep_traces import Notebook, make_traces
+from gtpo.tasks.multistep_traces import make_traces
+from gtpo.tasks.notebook import Notebook
 from gtpo.tools import extract_code, format_tool_output
 from gtpo.types import Problem
 

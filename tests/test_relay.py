@@ -11,7 +11,7 @@ import pytest
 
 from gtpo.sandbox import SandboxLimits, SandboxPool
 from gtpo.tasks import relay
-from gtpo.tasks.multistep_traces import Notebook
+from gtpo.tasks.notebook import Notebook
 from gtpo.tasks.relay_traces import make_trace, make_traces
 
 PROBLEMS = 300

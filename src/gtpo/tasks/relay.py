@@ -21,21 +21,16 @@ reserved seed and shares no (question, setup) pair with the training stream.
 
 from __future__ import annotations
 
-import json
 import random
-from dataclasses import asdict, dataclass
-from functools import cache
+from dataclasses import dataclass
 from pathlib import Path
 
-from gtpo.types import Problem
+from gtpo.tasks.hidden import HiddenState, HiddenStateTask
 
 SYSTEM_PROMPT = "Use python; lookup(name) and f(x) print their result and return None. Answer in \\boxed{}."
 KINDS = ("hop", "iter2", "hop_f")
-NAMES = ("kiwi", "plum", "fig", "lime", "pear", "date", "yam", "corn", "bean", "leek", "okra", "sage", "mint", "dill")
-TABLE_SIZE = 6
 HELDOUT_PATH = Path(__file__).resolve().parents[1] / "assets" / "tiny-relay" / "heldout.jsonl"
 HELDOUT_SEED = 3_000_017
-TRAIN_SIZE = 20_000
 
 TOOLS_SOURCE = (
     "def lookup(name):\n"
@@ -50,16 +45,8 @@ TOOLS_SOURCE = (
 
 
 @dataclass(frozen=True)
-class Hidden:
-    """The per-problem state the setup code creates: the table and f's constants."""
-
-    table: dict[str, int | str]
-    a: int
-    b: int
-    m: int
-
-    def f(self, x: int) -> int:
-        return (self.a * x + self.b) % self.m
+class Hidden(HiddenState):
+    """The tools show their values and return ``None``."""
 
     def setup_code(self) -> str:
         """One cell that defines the table, ``lookup`` and ``f``, compiled under the file name ``<setup>`` so that
@@ -76,16 +63,9 @@ class Step:
     shows: str
 
 
-def hidden_state(rng: random.Random) -> Hidden:
-    names = rng.sample(NAMES, TABLE_SIZE)
-    table: dict[str, int | str] = {name: rng.randint(10, 99) for name in names}
-    table[names[0]] = names[1]  # the entry a "hop" follows (a distractor for the other kinds)
-    return Hidden(table=table, a=rng.randint(2, 9), b=rng.randint(1, 99), m=rng.randint(101, 499))
-
-
 def make_problem(rng: random.Random, kind: str) -> tuple[str, int, Hidden, list[Step]]:
     """(question, answer, hidden state, the two intended calls in order)."""
-    hidden = hidden_state(rng)
+    hidden = Hidden.draw(rng)
     names = list(hidden.table)
     if kind == "hop":
         start, target = names[0], names[1]
@@ -106,43 +86,8 @@ def make_problem(rng: random.Random, kind: str) -> tuple[str, int, Hidden, list[
     raise ValueError(f"unknown relay kind {kind!r}; choose from {KINDS}")
 
 
-def make_problems(n: int, seed: int, kinds: tuple[str, ...] = KINDS, prefix: str = "relay") -> list[Problem]:
-    rng = random.Random(seed)
-    problems = []
-    for i in range(n):
-        question, answer, hidden, _ = make_problem(rng, kinds[i % len(kinds)])
-        problems.append(
-            Problem(
-                id=f"{prefix}-{seed}-{i}",
-                question=question,
-                answer=str(answer),
-                source="relay",
-                setup_code=hidden.setup_code(),
-            )
-        )
-    return problems
-
-
-@cache
-def _heldout_keys() -> frozenset[tuple[str, str]]:
-    return frozenset((p.question, p.setup_code) for p in heldout_problems())
-
-
-def train_problems(seed: int = 0, n: int = TRAIN_SIZE) -> list[Problem]:
-    """The training pool for a run seed, without any (question, setup) pair of the held-out set."""
-    if seed == HELDOUT_SEED:
-        raise ValueError(f"seed {HELDOUT_SEED} is reserved for the held-out set; use another seed")
-    held = _heldout_keys()
-    return [p for p in make_problems(n, seed) if (p.question, p.setup_code) not in held]
-
-
-def heldout_problems() -> list[Problem]:
-    """The shipped held-out set (regenerate with ``write_heldout``)."""
-    lines = HELDOUT_PATH.read_text().splitlines()
-    return [Problem(**json.loads(line)) for line in lines if line.strip()]
-
-
-def write_heldout(path: Path = HELDOUT_PATH, n: int = 300) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rows = [asdict(p) for p in make_problems(n, HELDOUT_SEED, prefix="heldout")]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+TASK = HiddenStateTask("relay", KINDS, make_problem, HELDOUT_PATH, HELDOUT_SEED)
+make_problems = TASK.make_problems
+train_problems = TASK.train_problems
+heldout_problems = TASK.heldout_problems
+write_heldout = TASK.write_heldout

@@ -10,17 +10,16 @@ Styles (``MIX``), in the spirit of the other tasks' traces:
 - ``guess``: a direct ``\\boxed{}`` of a plausible wrong number, no tool;
 - ``quit``: the first call, then ``\\boxed{}`` of its output (the intermediate value: wrong).
 
-Outputs come from running the trace's cells through ``Notebook`` (as a sandbox session shows them).
+Outputs come from running the trace's cells through ``gtpo.tasks.notebook`` (as a sandbox session shows them).
 """
 
 from __future__ import annotations
 
 import random
 
-from gtpo.tasks.multistep_traces import Notebook, _misspell
+from gtpo.tasks.notebook import TraceWriter, misspell
 from gtpo.tasks.relay import KINDS, make_problem
 from gtpo.tasks.traces import Trace, wrong_number
-from gtpo.tools import format_tool_output
 
 MIX = {"clean": 0.45, "fix": 0.25, "guess": 0.15, "quit": 0.15}
 
@@ -34,32 +33,22 @@ def _broken(first: str, second: str, rng: random.Random) -> tuple[int, str]:
         return 0, second.replace(second[second.index("(") + 1 : -1], first)
     if code.startswith("lookup('"):
         name = code[len("lookup('") : -2]
-        return which, f"lookup('{_misspell(name, rng)}')" if roll < 0.7 else f"lookup({name})"
+        return which, f"lookup('{misspell(name, rng)}')" if roll < 0.7 else f"lookup({name})"
     return which, "f(x)"
 
 
 def make_trace(rng: random.Random, style: str) -> Trace:
     question, answer, hidden, steps = make_problem(rng, rng.choice(KINDS))
-    segments: list[tuple[str, str]] = []
+    writer = TraceWriter(question, answer, hidden.setup_code())
     if style == "guess":
-        segments.append(("model", f"\\boxed{{{wrong_number(answer, rng)}}}"))
-        return Trace(question, str(answer), segments, hidden.setup_code())
-    notebook = Notebook(hidden.setup_code())
-
-    def call(code: str) -> str:
-        segments.append(("model", f"```python\n{code}\n```"))
-        output = notebook.run(code)
-        segments.append(("tool", format_tool_output(output)))
-        return output.strip()
-
+        return writer.boxed(wrong_number(answer, rng))
     broken_at, broken = _broken(steps[0].code, steps[1].code, rng) if style == "fix" else (-1, "")
     last = ""
     for index, step in enumerate(steps[: 1 if style == "quit" else 2]):
         if index == broken_at:
-            call(broken)
-        last = call(step.code)
-    segments.append(("model", f"\\boxed{{{last}}}"))
-    return Trace(question, str(answer), segments, hidden.setup_code())
+            writer.call(broken)
+        last = writer.call(step.code)
+    return writer.boxed(last)
 
 
 def make_traces(n: int, seed: int) -> list[Trace]:
