@@ -400,3 +400,17 @@ def test_intervals_of_proportions_stay_within_their_bounds_and_few_seeds_are_fla
     table = (tmp_path / "compare.md").read_text()
     assert "**Only 2 seeds: too few to tell most differences apart.** Each half-width is 12.7 standard errors" in table
     assert FEW_SEEDS == 5
+
+
+def test_plotted_bands_hold_their_mean_whatever_the_quantity():
+    """Each plotted curve's band is its interval cut at the quantity's bounds: a count such as turns per
+    trajectory (about 3) must not be cut at a proportion's 1.0, which drew the band from 1.0 to below the mean."""
+    from gtpo.compare.report import PLOTTED, bounds
+    from gtpo.compare.stats import clipped, mean_interval
+
+    typical = {"reward/accuracy": [0.5, 0.6, 0.7], "rollout/turns_mean": [3.0, 3.2, 3.4],
+               "rollout/invalid_call_rate": [0.1, 0.15, 0.2], "eval": [0.55, 0.6, 0.62]}  # fmt: skip
+    assert set(PLOTTED) | {"eval"} == set(typical)
+    for key, values in typical.items():
+        band = clipped(mean_interval(values, 0.95), *bounds(key))
+        assert band.lo <= min(values) and max(values) <= band.hi, (key, band)

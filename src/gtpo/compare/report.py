@@ -50,7 +50,8 @@ PLOTTED = {
     "rollout/invalid_call_rate": "train invalid calls / turn (5-step mean)",
 }
 SMOOTH = 5
-PROPORTIONS = ("final", "area", "invalid_rate", "recovery", "train_accuracy", "eval", *PLOTTED)
+PROPORTIONS = ("final", "area", "invalid_rate", "recovery", "train_accuracy", "eval", "reward/accuracy",
+               "rollout/invalid_call_rate")  # fmt: skip
 """Quantities in [0, 1] (their differences in [-1, 1]): intervals are clipped there (``stats.clipped``)."""
 NON_NEGATIVE = ("turns", "tokens", "step_s", "wall_s", "rollout/turns_mean")
 FEW_SEEDS = 5
