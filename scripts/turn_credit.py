@@ -27,7 +27,8 @@ import torch
 from gtpo import components
 from gtpo.config import from_dict
 from gtpo.data.problems import load_eval_problems
-from gtpo.method.credit import bind_credit
+from gtpo.method.advantages import call_sign_agreement
+from gtpo.method.credit import bind_credit, call_masks
 from gtpo.method.similarity import get_similarity
 from gtpo.rollout.episode import rollout
 from gtpo.rollout.spec import episode_spec
@@ -75,14 +76,7 @@ def agreement(config, trajectories, algo: str, adv_norm: str) -> tuple[float, in
     uses_shaping = settings.algo.shaping and algo == "gtpo"
     credit, _ = bind_credit(settings, get_similarity(settings.algo.similarity) if uses_shaping else None)
     advantages = credit(trajectories, [len(t.input_ids) for t in trajectories]).turn_advantages
-    right = total = 0
-    for i, t in enumerate(trajectories):
-        for k, turn in enumerate(t.turns):
-            a = float(advantages[i, k])
-            if turn.has_tool_call and a != 0.0:
-                total += 1
-                right += (a > 0) != turn.invalid_call
-    return right / max(total, 1), total
+    return call_sign_agreement(advantages, *call_masks(trajectories, advantages.shape[1]))
 
 
 def summarize(per_seed: list[dict]) -> dict:

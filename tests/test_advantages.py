@@ -15,7 +15,13 @@ import random
 import pytest
 import torch
 
-from gtpo.method.advantages import discounted_returns, grpo_advantages, gtpo_advantages, turns_to_tokens
+from gtpo.method.advantages import (
+    call_sign_agreement,
+    discounted_returns,
+    grpo_advantages,
+    gtpo_advantages,
+    turns_to_tokens,
+)
 from gtpo.method.rewards import format_ok, grpo_rewards, turn_rewards
 
 
@@ -398,3 +404,16 @@ def test_turns_to_tokens_rejects_out_of_range_turn_ids() -> None:
         turns_to_tokens(torch.zeros(1, 2), torch.tensor([[-2, 0]]))
     with pytest.raises(ValueError, match="same B"):
         turns_to_tokens(torch.zeros(2, 2), torch.tensor([[0, 1]]))
+
+
+def test_call_sign_agreement_counts_calls_with_a_signed_advantage() -> None:
+    # (0,0) valid +0.5 agrees; (0,1) valid -0.2 disagrees; (0,2) no call; (1,0) invalid -0.7 agrees;
+    # (1,1) advantage 0 not counted; (1,2) valid +0.3 agrees -> 3 of 4.
+    adv = torch.tensor([[0.5, -0.2, 0.9], [-0.7, 0.0, 0.3]])
+    is_call = torch.tensor([[True, True, False], [True, True, True]])
+    is_invalid = torch.tensor([[False, False, False], [True, False, False]])
+    assert call_sign_agreement(adv, is_call, is_invalid) == (0.75, 4)
+    share, counted = call_sign_agreement(torch.zeros(2, 3), is_call, is_invalid)
+    assert counted == 0 and math.isnan(share)
+    with pytest.raises(ValueError, match="one shape"):
+        call_sign_agreement(adv, is_call[:, :2], is_invalid)

@@ -102,3 +102,24 @@ def test_outcome_penalties_land_on_the_last_turn_and_on_the_grpo_reward():
     torch.testing.assert_close(credit.turn_advantages, expected)
     grpo = _credit("grpo", outcome_penalties=penalties)
     torch.testing.assert_close(grpo.trajectory_rewards, torch.tensor([0.0 - 0.5, 0.0, 0.0 - 1.0, 1.0, 1.0 - 0.25]))
+
+
+def test_pooled_turn_credit_pushes_down_the_valid_calls_of_a_group_that_is_all_right():
+    """Both trajectories call validly, then answer right: turn returns 0.9 and 1.0 (gamma 0.9, no penalties).
+    Pooled over the group's turns the call sits below the mean (0.95), so both calls get a negative advantage:
+    agreement 0 of 2. GRPO gives zero advantages (equal rewards) and per-turn-index normalization compares each
+    call only with the other call: nothing counted, so no metric."""
+    group = [_traj(0, True, [_turn("print(1)"), _turn()]), _traj(0, True, [_turn("print(2)"), _turn()])]
+    assert _credit("gtpo", group).metrics["adv/call_sign_agreement"] == 0.0
+    for algo, adv_norm in (("grpo", "group"), ("gtpo", "turn_index")):
+        assert "adv/call_sign_agreement" not in _credit(algo, group, adv_norm=adv_norm).metrics
+
+
+def test_call_sign_agreement_on_a_mixed_batch():
+    """_batch() by hand (gamma 0.9, pooled per group). GRPO: group 0's rewards min(acc, fmt_ok) are 0, 0, 0 (the
+    right one made an invalid call) and group 7's are equal: every advantage 0, nothing counted.
+    GTPO, group 0 returns: row 0: -0.1 + 0.9 * 0.9 = 0.71, 0.9, 1.0; row 1: -0.1; row 2: 0, 0 -> mean 0.418:
+    row 0's invalid call (0.71) is pushed up (wrong), its valid call (0.9) up (right), row 2's valid call (0)
+    down (wrong). Group 7: each valid call (0.9 against the pooled mean 0.95) down (wrong, twice). 1 of 5."""
+    assert "adv/call_sign_agreement" not in _credit("grpo").metrics
+    assert _credit("gtpo").metrics["adv/call_sign_agreement"] == pytest.approx(0.2)

@@ -84,6 +84,25 @@ def grpo_advantages(
     return _normalize_within_sets(rewards, group_index, scale_by_std, eps)
 
 
+def call_sign_agreement(
+    turn_advantages: torch.Tensor, is_call: torch.Tensor, is_invalid: torch.Tensor
+) -> tuple[float, int]:
+    """How often credit points the right way on tool calls: the share of tool-call turns with a non-zero
+    advantage whose sign matches the call (up for a valid call, down for an invalid one), and how many turns
+    were counted. A diagnostic of turn credit, not part of the loss: GRPO's one trajectory advantage pushes a
+    valid call down whenever its trajectory failed; turn credit can do better, or (pooled over turn positions)
+    worse. Shapes: [B, K] each (bool masks); (nan, 0) when no call has a non-zero advantage."""
+    if not turn_advantages.shape == is_call.shape == is_invalid.shape:
+        raise ValueError(
+            f"turn_advantages, is_call and is_invalid must have one shape [B, K], got {tuple(turn_advantages.shape)}, "
+            f"{tuple(is_call.shape)} and {tuple(is_invalid.shape)}"
+        )
+    counted = is_call & (turn_advantages != 0)
+    agrees = counted & ((turn_advantages > 0) != is_invalid)
+    n = int(counted.sum())
+    return (int(agrees.sum()) / n if n else float("nan")), n
+
+
 def turns_to_tokens(turn_values: torch.Tensor, turn_ids: torch.Tensor) -> torch.Tensor:
     """Broadcast each turn's value to that turn's tokens: out[i, t] = v[i, turn_ids[i, t]], 0 where -1.
 

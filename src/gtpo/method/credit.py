@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from gtpo.config import TrainConfig
-from gtpo.method.advantages import grpo_advantages, gtpo_advantages
+from gtpo.method.advantages import call_sign_agreement, grpo_advantages, gtpo_advantages
 from gtpo.method.rewards import format_ok, grpo_rewards, overlong_penalty, shaped_accuracy, turn_rewards
 from gtpo.types import Trajectory
 
@@ -123,8 +123,22 @@ def assign_credit(
         "reward/shaped_mean": sum(shaped) / len(shaped) if shaped else 0.0,
         "adv/abs_mean": valid_adv.abs().mean().item() if valid_adv.numel() else 0.0,
     }
+    agreement, counted = call_sign_agreement(turn_adv, *call_masks(trajectories, turn_adv.shape[1]))
+    if counted:
+        metrics["adv/call_sign_agreement"] = agreement
     shown = rewards_bk if algo == "gtpo" else torch.where(turn_mask, traj_rewards[:, None], torch.zeros(()))
     return Credit(turn_adv, traj_rewards, acc, metrics, turn_rewards=shown)
+
+
+def call_masks(trajectories: Sequence[Trajectory], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, K] masks of the turns that call the tool, and of those calls that are invalid."""
+    is_call = torch.zeros(len(trajectories), width, dtype=torch.bool)
+    is_invalid = torch.zeros_like(is_call)
+    for i, t in enumerate(trajectories):
+        for k, turn in enumerate(t.turns[:width]):
+            is_call[i, k] = turn.has_tool_call
+            is_invalid[i, k] = turn.invalid_call
+    return is_call, is_invalid
 
 
 def trajectory_rewards(
