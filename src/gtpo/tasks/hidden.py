@@ -33,9 +33,6 @@ class HiddenState:
     def f(self, x: int) -> int:
         return (self.a * x + self.b) % self.m
 
-    def lookup(self, name: str) -> int | str:
-        return self.table[name]
-
     def setup_code(self) -> str:
         """The cell that creates this state in a session; each task writes its own tools."""
         raise NotImplementedError
