@@ -65,7 +65,9 @@ class GenerateSampler:
         self.model, self.tokenizer = model, tokenizer
         self.eos_ids, self.fence_ids = eos_token_ids(tokenizer), fence_token_ids(tokenizer)
 
-    def generate(self, contexts, max_new_tokens, *, temperature: float, top_p: float = 1.0, seed=None):
+    def generate(
+        self, contexts, max_new_tokens, *, temperature: float, top_p: float = 1.0, seed=None, stop_at_code_block=True
+    ):
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -87,7 +89,7 @@ class GenerateSampler:
                     if done[r]:
                         continue
                     new[r].append(last[r])
-                    reason = turn_end(new[r], sampler.tokenizer, sampler.eos_ids, sampler.fence_ids)
+                    reason = turn_end(new[r], sampler.tokenizer, sampler.eos_ids, sampler.fence_ids, stop_at_code_block)
                     if reason is not None:
                         finish[r], done[r] = reason, True
                     elif len(new[r]) >= max_new_tokens[r]:
@@ -128,6 +130,7 @@ def run_backend(backend: str, name: str, args: argparse.Namespace) -> dict[str, 
     import torch
 
     from gtpo.config import RolloutConfig
+    from gtpo.envs.python_tool import python_tool_envs
     from gtpo.rollout.episode import rollout
     from gtpo.rollout.spec import EpisodeSpec
     from gtpo.sandbox import SandboxPool
@@ -213,7 +216,7 @@ def run_backend(backend: str, name: str, args: argparse.Namespace) -> dict[str, 
                 shape["group"] if rep else 2,
                 sampler,
                 tokenizer,
-                pool,
+                python_tool_envs(pool, max_turns=limits.max_turns),
                 EpisodeSpec(
                     system_prompt=SYSTEM_PROMPT if name == "tiny" else GENERIC_SYSTEM_PROMPT,
                     max_turns=limits.max_turns,

@@ -22,6 +22,7 @@ import time
 import torch
 
 from gtpo.config import RolloutConfig
+from gtpo.envs.python_tool import python_tool_envs
 from gtpo.generation.engine import EngineOptions, EngineSampler
 from gtpo.generation.hf import HFSampler
 from gtpo.model.policy import load_policy
@@ -40,7 +41,7 @@ def one_rollout(sampler, tokenizer, problems, group: int, pool, seed: int, sched
         group,
         sampler,
         tokenizer,
-        pool,
+        python_tool_envs(pool, max_turns=limits.max_turns),
         EpisodeSpec(
             system_prompt=SYSTEM_PROMPT,
             max_turns=limits.max_turns,
@@ -57,7 +58,7 @@ def one_rollout(sampler, tokenizer, problems, group: int, pool, seed: int, sched
         "wall_s": wall,
         "trajectories_per_s": len(result.trajectories) / wall,
         "gen_tokens_per_s": sum(sum(t.loss_mask) for t in result.trajectories) / wall,
-        "idle_for_sandbox": result.timings.sandbox_s / wall,
+        "idle_for_sandbox": result.timings.env_s / wall,
         "turns_mean": metrics["rollout/turns_mean"],
         "accuracy": metrics["reward/accuracy"],
     }

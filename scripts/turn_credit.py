@@ -27,6 +27,7 @@ import torch
 from gtpo import components
 from gtpo.config import from_dict
 from gtpo.data.problems import load_eval_problems
+from gtpo.envs.python_tool import python_tool_envs
 from gtpo.method.advantages import call_sign_agreement
 from gtpo.method.credit import bind_credit, call_masks
 from gtpo.method.similarity import get_similarity
@@ -45,7 +46,7 @@ def rollouts(run: Path, problems: int, seed: int):
     try:
         with torch.no_grad():
             out = rollout(held, config.rollout.group_size, components.build_sampler(config, policy, tokenizer),
-                          tokenizer, sandbox, spec, seed=seed)  # fmt: skip
+                          tokenizer, python_tool_envs(sandbox, max_turns=spec.max_turns), spec, seed=seed)  # fmt: skip
     finally:
         sandbox.close()
     return config, name, out.trajectories

@@ -93,13 +93,14 @@ class ScriptedSampler:
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int | None = None,
+        stop_at_code_block: bool = True,
     ) -> list[Sample]:
         samples = []
         for context, cap in zip(contexts, max_new_tokens, strict=True):
             text = self.tokenizer.decode(list(context))
             reply = self.respond(text, text.count("```output"))
             ids = self.tokenizer.encode(reply, add_special_tokens=False)
-            finish: SampleFinish = "stop" if has_closed_code_block(reply) else "eos"
+            finish: SampleFinish = "stop" if stop_at_code_block and has_closed_code_block(reply) else "eos"
             if finish == "eos":
                 ids = [*ids, self.tokenizer.eos_token_id]
             if len(ids) > cap:

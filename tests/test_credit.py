@@ -1,6 +1,7 @@
 """Credit glue: trajectory records reach the pure reward/advantage functions unchanged."""
 
 import math
+import statistics
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ PROBLEM = Problem(id="p", question="q", answer="1")
 
 
 def _traj(group, correct, turns):
+    """A math-task record as the rollout leaves it: the environment rewarded the last turn 1 if correct."""
+    turns[-1].reward = float(correct)
     return Trajectory(problem=PROBLEM, group_id=group, turns=turns, correct=correct)
 
 
@@ -123,3 +126,52 @@ def test_call_sign_agreement_on_a_mixed_batch():
     down (wrong). Group 7: each valid call (0.9 against the pooled mean 0.95) down (wrong, twice). 1 of 5."""
     assert "adv/call_sign_agreement" not in _credit("grpo").metrics
     assert _credit("gtpo").metrics["adv/call_sign_agreement"] == pytest.approx(0.2)
+
+
+# ------------------------------------------------------------------------------------ environment rewards
+def _game_turn(reward, invalid=False):
+    return Turn(text="t", has_tool_call=True, invalid_call=invalid, reward=reward)
+
+
+def _game_batch():
+    """A game without tools (no no-call penalty): row 0 moves (0.25), makes an invalid move, then wins (1.0);
+    row 1 moves twice (0.25 each) and runs out of turns."""
+    won = [_game_turn(0.25), _game_turn(0.0, invalid=True), _game_turn(1.0)]
+    return [
+        Trajectory(problem=PROBLEM, group_id=0, turns=won, correct=True, uses_tools=False),
+        Trajectory(problem=PROBLEM, group_id=0, turns=[_game_turn(0.25), _game_turn(0.25)], uses_tools=False),
+    ]
+
+
+def test_gtpo_turn_rewards_are_the_environments_rewards_plus_the_format_penalty():
+    credit = _credit("gtpo", _game_batch())
+    torch.testing.assert_close(credit.turn_rewards, torch.tensor([[0.25, -0.1, 1.0], [0.25, 0.25, 0.0]]))
+    # Returns by hand (gamma 0.9): row 0: 1.0, -0.1 + 0.9 = 0.8, 0.25 + 0.9 * 0.8 = 0.97; row 1: 0.25, 0.475.
+    returns = [0.97, 0.8, 1.0, 0.475, 0.25]
+    mean, std = statistics.fmean(returns), statistics.pstdev(returns)
+    expected = torch.tensor(
+        [[(r - mean) / (std + 1e-6) for r in returns[:3]], [*((r - mean) / (std + 1e-6) for r in returns[3:]), 0.0]]
+    )
+    torch.testing.assert_close(credit.turn_advantages, expected)
+
+
+def test_a_first_turn_without_a_call_is_penalized_only_where_the_environment_offers_a_tool():
+    quiet = [_game_turn(0.0), _game_turn(1.0)]
+    for turn in quiet:
+        turn.has_tool_call = False
+    game = Trajectory(problem=PROBLEM, group_id=0, turns=quiet, correct=True, uses_tools=False)
+    tool = Trajectory(problem=PROBLEM, group_id=0, turns=[Turn(text="t"), Turn(text="t", reward=1.0)], correct=True)
+    credit = _credit("gtpo", [game, tool])
+    torch.testing.assert_close(credit.turn_rewards, torch.tensor([[0.0, 1.0], [-0.1, 1.0]]))
+
+
+@pytest.mark.parametrize(("episode_return", "rewards"), [("sum", [0.0, 0.5]), ("last", [0.0, 0.25])])
+def test_grpo_rewards_the_episode_return_and_caps_a_format_violation_at_zero(episode_return, rewards):
+    # row 0 returns 1.25 (sum) or 1.0 (last) but made an invalid move: 0; row 1 is clean: 0.5 or 0.25
+    credit = _credit("grpo", _game_batch(), episode_return=episode_return)
+    torch.testing.assert_close(credit.trajectory_rewards, torch.tensor(rewards))
+    mean, std = statistics.fmean(rewards), statistics.pstdev(rewards)
+    expected = torch.tensor(
+        [[(rewards[0] - mean) / (std + 1e-6)] * 3, [(rewards[1] - mean) / (std + 1e-6)] * 2 + [0.0]]
+    )
+    torch.testing.assert_close(credit.turn_advantages, expected)

@@ -50,7 +50,7 @@ def scripted_roll(trainer):
                 2: ["```python\nprint(y)\n```", "\\boxed{2}"],
             }[j % 3]
             sampler = ScriptedSampler(trainer.tokenizer, lambda _ctx, turn, s=scripts: s[min(turn, len(s) - 1)])
-            result = rollout([problem], 1, sampler, trainer.tokenizer, trainer.sandbox, spec, group_ids=[group_id])
+            result = rollout([problem], 1, sampler, trainer.tokenizer, trainer.train_envs, spec, group_ids=[group_id])
             trajectories += result.trajectories
         return trajectories, result.timings.as_dict()
 

@@ -14,6 +14,7 @@ import time
 import pytest
 import torch
 
+from gtpo.envs.python_tool import python_tool_envs
 from gtpo.generation.engine import EngineOptions, EngineSampler, GenerationEngine
 from gtpo.generation.engine.sampling import counter_uniform, sample_tokens
 from gtpo.generation.hf import HFSampler
@@ -322,12 +323,11 @@ def _rollout(sampler, tokenizer, executor, seed=None, **episode):
         3,
         sampler,
         tokenizer,
-        executor,
+        python_tool_envs(executor, max_turns=4, grade=lambda pred, ref: pred == ref),
         EpisodeSpec(
             system_prompt=SYSTEM_PROMPT, max_turns=4, max_new_tokens_per_turn=64, max_total_tokens=400, **episode
         ),
         seed=seed,
-        grade_fn=lambda pred, ref: pred == ref,
     ).trajectories
 
 
@@ -410,7 +410,9 @@ def test_backend_choice_and_settings_are_checked(shipped):
         with pytest.raises(ConfigError, match=rf"generation\.{field}"):
             validate(TrainConfig(generation=GenerationConfig(**{field: value})))
     with pytest.raises(ValueError, match="schedule"):
-        rollout([], 2, default, tokenizer, EchoExecutor(), EpisodeSpec(system_prompt="", schedule="soon"))
+        rollout(
+            [], 2, default, tokenizer, python_tool_envs(EchoExecutor()), EpisodeSpec(system_prompt="", schedule="soon")
+        )
     sliding = type("Config", (), {"layer_types": ["full_attention", "sliding_attention"]})()
     with pytest.raises(ValueError, match=r"--generation\.backend hf"):
         check_supported(sliding)

@@ -29,6 +29,7 @@ LAYERS = {
     "generation": 2,
     "training.batch": 2,
     "tasks": 2,
+    "envs": 2,  # environments: the math tool episode, GEM games, user classes
     "distributed": 2,
     "rollout": 3,
     "tiny": 2,  # the shipped models: where they are, their config and tokenizer

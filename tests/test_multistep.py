@@ -2,7 +2,7 @@
 sandbox shows.
 
 Answers are checked by running the question itself in a real sandbox session opened with the problem's setup
-code (``gtpo.rollout.episode.open_sessions``), not by the generator's own arithmetic.
+code (``gtpo.envs.python_tool.open_sessions``), not by the generator's own arithmetic.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import re
 import pytest
 from conftest import ScriptedSampler
 
-from gtpo.rollout.episode import open_sessions, rollout
+from gtpo.envs.python_tool import open_sessions, python_tool_envs
+from gtpo.rollout.episode import rollout
 from gtpo.rollout.spec import EpisodeSpec
 from gtpo.tasks import multistep
 from gtpo.tasks.multistep import KINDS, heldout_problems, make_problem, make_problems, train_problems
@@ -125,7 +126,8 @@ def test_rollout_preloads_each_session_and_never_shows_the_setup(pool, tiny_toke
     problem = Problem(id="p", question="What is lookup('kiwi') + 1?", answer="42", setup_code=setup)
     replies = ["```python\nprint(lookup('kiwi'))\n```", "```python\nprint(41 + 1)\n```", "\\boxed{42}"]
     sampler = ScriptedSampler(tiny_tokenizer, lambda text, turn: replies[turn])
-    result = rollout([problem], 3, sampler, tiny_tokenizer, pool, EpisodeSpec(system_prompt="s", max_turns=4))
+    envs = python_tool_envs(pool, max_turns=4)
+    result = rollout([problem], 3, sampler, tiny_tokenizer, envs, EpisodeSpec(system_prompt="s", max_turns=4))
     for trajectory in result.trajectories:
         assert [t.tool_output for t in trajectory.turns[:2]] == ["41\n", "42\n"]
         assert trajectory.correct

@@ -24,6 +24,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from gtpo.envs.python_tool import python_tool_envs
 from gtpo.generation.hf import HFSampler
 from gtpo.generation.protocol import Sample
 from gtpo.model.policy import packed_token_logprobs, prompt_ids, token_logprobs
@@ -307,9 +308,8 @@ def test_rollout_contract_with_a_scripted_policy(tokenizer, request):
         2,
         HFSampler(policy, tokenizer),
         tokenizer,
-        ReplyExecutor(),
+        python_tool_envs(ReplyExecutor(), max_turns=3, grade=lambda p, r: p == r),
         EpisodeSpec(system_prompt=SYSTEM, max_turns=3, max_new_tokens_per_turn=64),
-        grade_fn=lambda p, r: p == r,
     )
     for t in result.trajectories:
         assert len(t.input_ids) == len(t.loss_mask) == len(t.turn_ids) == len(t.sampler_logprobs)
@@ -354,10 +354,17 @@ class ForcedThenSampled:
     def __init__(self, model, tokenizer, forced: list[int]) -> None:
         self.model, self.forced, self.free, self.calls = model, forced, HFSampler(model, tokenizer), 0
 
-    def generate(self, contexts, max_new_tokens, *, temperature, top_p=1.0, seed=None):
+    def generate(self, contexts, max_new_tokens, *, temperature, top_p=1.0, seed=None, stop_at_code_block=True):
         self.calls += 1
         if self.calls > 1:
-            return self.free.generate(contexts, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+            return self.free.generate(
+                contexts,
+                max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                seed=seed,
+                stop_at_code_block=stop_at_code_block,
+            )
         samples = []
         for context in contexts:
             ids = torch.tensor([[*context, *self.forced]])
@@ -398,7 +405,7 @@ def test_sampler_logprobs_equal_the_updates_recomputation(tokenizer, model, engi
         2,
         sampler,
         tokenizer,
-        ReplyExecutor(),
+        python_tool_envs(ReplyExecutor(), max_turns=2),
         EpisodeSpec(
             system_prompt=SYSTEM, max_turns=2, max_new_tokens_per_turn=12, max_total_tokens=200, temperature=temperature
         ),
@@ -434,7 +441,7 @@ def test_an_observation_cut_by_the_token_budget_stays_untrained(tokenizer):
         1,
         HFSampler(policy, tokenizer),
         tokenizer,
-        ReplyExecutor(),
+        python_tool_envs(ReplyExecutor(), max_turns=3),
         EpisodeSpec(
             system_prompt=SYSTEM,
             max_turns=3,
@@ -466,7 +473,7 @@ def test_the_contract_with_real_smollm2_weights():
             2,
             ForcedThenSampled(model.eval(), tokenizer, code),
             tokenizer,
-            pool,
+            python_tool_envs(pool, max_turns=2),
             EpisodeSpec(
                 system_prompt=system, max_turns=2, max_new_tokens_per_turn=96, max_total_tokens=512, temperature=1.0
             ),

@@ -121,6 +121,7 @@ def test_the_shipped_model_starts_between_a_fifth_and_two_fifths_right():
     run's step-0 evaluation samples it (measured 0.313 and 0.327: one thread or two change the float sums)."""
     from gtpo.components import build_sampler
     from gtpo.config import load_preset
+    from gtpo.envs.python_tool import python_tool_envs
     from gtpo.eval.evaluate import evaluate_problems
     from gtpo.model.policy import load_policy
     from gtpo.model.source import model_path
@@ -132,7 +133,7 @@ def test_the_shipped_model_starts_between_a_fifth_and_two_fifths_right():
     with SandboxPool(SandboxLimits(wall_time_s=5.0), max_workers=2) as pool:
         report = evaluate_problems(
             relay.heldout_problems(), name="relay-heldout", sampler=build_sampler(config, model, tokenizer),
-            tokenizer=tokenizer, executor=pool, spec=spec, seed=0,
+            tokenizer=tokenizer, make_env=python_tool_envs(pool, max_turns=spec.max_turns), spec=spec, seed=0,
         )  # fmt: skip
     assert 0.20 <= report.accuracy <= 0.40, report.accuracy
     assert report.metrics()["eval/tool_call_rate"] > 0.5

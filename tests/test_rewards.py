@@ -8,7 +8,14 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from gtpo.method.rewards import format_ok, grpo_rewards, shaped_accuracy, turn_rewards
+from gtpo.method.rewards import (
+    episode_returns,
+    format_ok,
+    grpo_episode_rewards,
+    grpo_rewards,
+    shaped_accuracy,
+    turn_rewards,
+)
 
 # ---- turn_rewards ----------------------------------------------------------------------------------
 
@@ -169,3 +176,33 @@ def test_bad_shaping_input_is_an_error() -> None:
         shaped_accuracy([True, False], ["x"], [0, 0])
     with pytest.raises(ValueError, match="shape"):
         shaped_accuracy([True, False], ["x", "y"], [0, 0], similarity=_fixed_similarity([[0.5, 0.5]]))
+
+
+# ------------------------------------------------------------------------------- environment step rewards
+def test_step_rewards_add_to_the_format_terms_turn_by_turn() -> None:
+    # a game: 0.25 for a good move, an invalid move (0 from the game, -0.1 from GTPO), 1.0 for the win
+    rewards, _ = turn_rewards([0.0], [[False, True, False]], [True], step_rewards=[[0.25, 0.0, 1.0]])
+    torch.testing.assert_close(rewards, torch.tensor([[0.25, -0.1, 1.0]]))
+    # acc still lands on the last turn, on top of the environment's reward there (a shaped failure)
+    rewards, _ = turn_rewards([0.3], [[False, False]], [False], step_rewards=[[0.25, 0.0]])
+    torch.testing.assert_close(rewards, torch.tensor([[0.25 - 0.1, 0.0 + 0.3]]))
+    with pytest.raises(ValueError, match="one per turn"):
+        turn_rewards([0.0], [[False, False]], [True], step_rewards=[[1.0]])
+
+
+def test_episode_returns_sum_or_take_the_last_step() -> None:
+    steps = [[0.25, 0.0, 1.0], [0.5], []]
+    assert episode_returns(steps) == [1.25, 0.5, 0.0]
+    assert episode_returns(steps, "last") == [1.0, 0.5, 0.0]
+    with pytest.raises(ValueError, match="episode_return"):
+        episode_returns(steps, "mean")
+
+
+def test_grpo_episode_reward_caps_a_format_violation_at_zero() -> None:
+    # clean: the return as is; a violation: at most 0 (a negative return stays negative)
+    assert grpo_episode_rewards([1.25, -0.3, 0.7, -0.3], [True, True, False, False]).tolist() == pytest.approx(
+        [1.25, -0.3, 0.0, -0.3]
+    )
+    # 0/1 returns: exactly the paper's min(acc, fmt)
+    correct, fmt = [True, True, False, False], [True, False, True, False]
+    assert grpo_episode_rewards([float(c) for c in correct], fmt).tolist() == grpo_rewards(correct, fmt).tolist()

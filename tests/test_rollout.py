@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import ScriptedSampler
 
+from gtpo.envs.python_tool import python_tool_envs
 from gtpo.generation.hf import HFSampler
 from gtpo.model.policy import prompt_ids, token_logprobs
 from gtpo.rollout.episode import is_void_trajectory, rollout, rollout_metrics
@@ -63,9 +64,8 @@ def _run(tokenizer, names, **kwargs):
         2,
         ScriptedSampler(tokenizer, _respond),
         tokenizer,
-        executor,
+        python_tool_envs(executor, max_turns=kwargs.get("max_turns"), grade=lambda pred, ref: pred == ref),
         EpisodeSpec(system_prompt=SYSTEM, **kwargs),
-        grade_fn=lambda pred, ref: pred == ref,
     )
     return result.trajectories, executor
 
@@ -155,7 +155,7 @@ def test_hf_sampler_with_real_sandbox_runs_the_policys_code(shipped_tiny):
             3,
             HFSampler(model, tokenizer),
             tokenizer,
-            pool,
+            python_tool_envs(pool, max_turns=2),
             EpisodeSpec(
                 system_prompt=SYSTEM_PROMPT,
                 max_turns=2,
@@ -165,7 +165,7 @@ def test_hf_sampler_with_real_sandbox_runs_the_policys_code(shipped_tiny):
             ),
             seed=0,
         )
-    assert result.timings.generation_s > 0 and result.timings.sandbox_s > 0
+    assert result.timings.generation_s > 0 and result.timings.env_s > 0
     ran = [turn for t in result.trajectories for turn in t.turns if turn.exec_status is not None]
     prints = [turn for turn in ran if re.fullmatch(r"print\([\d\s*%+]+\)", turn.code or "")]
     assert prints, "the policy printed no arithmetic: the sandbox's output was never checked"

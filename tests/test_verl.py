@@ -478,6 +478,7 @@ def trainer_records():
     """The four responses as gtpo's own rollout records them (turn records, by hand)."""
 
     def traj(group, correct, turns):
+        turns[-1].reward = float(correct)  # the math environment's reward on the last step
         return Trajectory(
             problem=Problem(id=str(group), question="", answer=""), group_id=group, turns=turns, correct=correct
         )

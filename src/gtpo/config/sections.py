@@ -70,6 +70,9 @@ class RolloutConfig:
     """Sampling temperature; log-probs for the loss use the same temperature."""
     top_p: float = 1.0
     """Nucleus sampling threshold."""
+    step_timeout_s: float = 60.0
+    """An environment call (reset or step) that takes longer ends its trajectory ("env_timeout") and the batch goes
+    on. The math task's sandbox has its own per-cell limit (sandbox.timeout_s); this bounds any environment."""
 
 
 @dataclass
@@ -129,6 +132,11 @@ class AlgoConfig:
     """Penalty on turn 1 when it makes no tool call."""
     invalid_statuses: tuple[str, ...] = ("error", "timeout", "memory", "killed")
     """Execution statuses that make a tool call invalid (an unparseable block always does)."""
+    episode_return: Literal["sum", "last"] = "sum"
+    """GRPO's trajectory reward from an environment's step rewards: their sum (the episode's return) or the last
+    step's reward. The math task rewards only its last step, so both agree there. A trajectory with a format
+    violation (an invalid action, or no tool call on turn 1 where the environment offers a tool) scores at most
+    0, the paper's min(acc, fmt) for 0/1 outcomes."""
     shaping: bool = True
     """Self-supervised reward shaping: failed trajectories earn code similarity to the group's successes."""
     shaping_alpha: float = 0.5

@@ -1,5 +1,6 @@
-"""The problems a run trains and evaluates on, from its ``data`` settings: a built-in task, a reasoning-gym
-source, a local file, or a Hugging Face data set (offline: one line at once, see ``gtpo.data.hub``)."""
+"""Question/answer problems from a run's ``data`` settings: a built-in task, a reasoning-gym source, a local file,
+or a Hugging Face data set (offline: one line at once, see ``gtpo.data.hub``). Environment sources (GEM, a user's
+class) are ``gtpo.envs.sources``', which hands everything else to this module."""
 
 from __future__ import annotations
 
@@ -7,10 +8,8 @@ import contextlib
 import importlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from gtpo.config import ConfigError, DataConfig
-from gtpo.model.policy import prompt_ids
 from gtpo.tasks import EMBEDDED_TASKS, rgym
 from gtpo.types import Problem
 
@@ -80,27 +79,3 @@ def _from_hub(field: str, name: str, dataset: str) -> Iterator[None]:
             f"{field} {name!r}: the data set {dataset} is not in the local cache and {state}; give a local copy "
             f"(--{field} PATH to a .jsonl/.json/.parquet file){none}"
         ) from None
-
-
-def fitting_prompts(
-    problems: list[Problem], tokenizer: Any, system_prompt: str, max_total_tokens: int
-) -> tuple[list[Problem], int]:
-    """(the problems whose prompt leaves room to generate, how many do not); none fitting is a ConfigError.
-
-    A prompt of ``max_total_tokens`` or more would be sampled as a trajectory cut by the budget before its first
-    token: a length-cut failure that teaches nothing and takes a slot in every group it is drawn for. Only
-    questions that could be that long are tokenized: a token holds at least one byte, so a question of fewer
-    UTF-8 bytes than the budget left after the chat template cannot fill it."""
-    room = max_total_tokens - len(prompt_ids(tokenizer, system_prompt, "")) - 8  # merges at the question's edges
-    fitting = [
-        p
-        for p in problems
-        if len(p.question.encode("utf-8")) < room
-        or len(prompt_ids(tokenizer, system_prompt, p.question)) < max_total_tokens
-    ]
-    if not fitting:
-        raise ConfigError(
-            f"rollout.max_total_tokens: all {len(problems)} training prompts are at least "
-            f"{max_total_tokens} tokens long; raise --rollout.max-total-tokens"
-        )
-    return fitting, len(problems) - len(fitting)

@@ -18,6 +18,7 @@ from gtpo import components
 from gtpo.config import ConfigError, DataConfig, ModelConfig, TrainConfig, from_dict
 from gtpo.data.load import BENCHMARKS, load_benchmark, load_problems
 from gtpo.data.problems import load_eval_problems
+from gtpo.envs.sources import env_factory, env_problems, env_system_prompt, is_env_source
 from gtpo.eval.evaluate import EvalReport, evaluate_problems
 from gtpo.eval.report import RESULTS, compare_runs, markdown_table, write_results
 from gtpo.model.precision import autocast, resolve_device
@@ -47,7 +48,7 @@ class EvalConfig:
     checkpoint): the run's model with the trained weights."""
     benchmarks: tuple[str, ...] = ("arith-heldout",)
     """Benchmarks by name: arith-heldout, multistep-heldout, relay-heldout, aime24, aime25, amc23, math500, svamp,
-    gsm8k."""
+    gsm8k; or an environment's held-out instances: gem:ENV_ID[?...], module.path:ClassName[?...]."""
     data_dir: str | None = None
     """Folder with local benchmark files named <benchmark>.jsonl or .parquet (else HF datasets, online)."""
     data: str | None = None
@@ -185,12 +186,14 @@ def load_sets(cfg: EvalConfig) -> dict[str, list[Problem]]:
     else:
         sets = {}
         for name in cfg.benchmarks:
-            if name in (ARITH_HELDOUT, MULTISTEP_HELDOUT, RELAY_HELDOUT):
+            if is_env_source(name):
+                sets[name] = env_problems(name, "--benchmarks", heldout=True)
+            elif name in (ARITH_HELDOUT, MULTISTEP_HELDOUT, RELAY_HELDOUT):
                 sets[name] = load_eval_problems(DataConfig(eval=name, eval_limit=0))
             elif name in BENCHMARKS:
                 sets[name] = load_benchmark(name, path=_local_file(cfg.data_dir, name))
             else:
-                known = ", ".join([ARITH_HELDOUT, MULTISTEP_HELDOUT, RELAY_HELDOUT, *BENCHMARKS])
+                known = ", ".join([ARITH_HELDOUT, MULTISTEP_HELDOUT, RELAY_HELDOUT, *BENCHMARKS, "gem:ENV_ID"])
                 raise ConfigError(f"--benchmarks: unknown benchmark {name!r}; known: {known}")
     return {name: problems[: cfg.limit] if cfg.limit else problems for name, problems in sets.items()}
 
@@ -228,15 +231,18 @@ def run(cfg: EvalConfig) -> list[dict]:
     try:
         with torch.no_grad(), autocast("auto", device):
             for name, problems in sets.items():
+                environment = is_env_source(name)
                 reports.append(
                     evaluate_problems(
                         problems,
                         name=name,
                         sampler=sampler,
                         tokenizer=tokenizer,
-                        executor=executor,
+                        make_env=env_factory(name, "--benchmarks", sandbox=executor, max_turns=turns),
                         spec=EpisodeSpec(
-                            system_prompt=system,
+                            system_prompt=(cfg.system_prompt or env_system_prompt(name, "--benchmarks") or system)
+                            if environment
+                            else system,
                             max_turns=turns,
                             max_total_tokens=cfg.max_total_tokens,
                             max_new_tokens_per_turn=cfg.max_new_tokens_per_turn,

@@ -1,4 +1,5 @@
-"""Evaluation: sample k trajectories per held-out problem with the training protocol, and score them.
+"""Evaluation: sample k trajectories per held-out problem (or environment instance) with the training protocol,
+and score them.
 
 The trainer's scheduled evaluations and ``gtpo eval`` both call ``evaluate_problems``, so a number seen during
 training and one seen afterwards are computed by the same code.
@@ -12,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from gtpo.distributed import DistContext, gather_objects, shard_indices, strip_tokens
+from gtpo.envs.base import EnvFactory
 from gtpo.generation.protocol import StreamingSampler
 from gtpo.rollout.episode import rollout
 from gtpo.rollout.spec import EpisodeSpec
 from gtpo.run.metrics import read_metrics
-from gtpo.types import CodeExecutor, Problem, Trajectory
+from gtpo.types import Problem, Trajectory
 
 
 @dataclass
@@ -53,16 +55,15 @@ def evaluate_problems(
     name: str,
     sampler: Any,
     tokenizer: Any,
-    executor: CodeExecutor,
+    make_env: EnvFactory,
     spec: EpisodeSpec,
     k: int = 1,
     batch_problems: int | None = None,
     seed: int | None = 0,
-    grade_fn: Callable[[str | None, str], bool] | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> EvalReport:
-    """Roll out ``k`` samples per problem by the rules of ``spec`` (in chunks of ``batch_problems``) and
-    collect correctness.
+    """Roll out ``k`` samples per problem by the rules of ``spec``, each in its own environment from ``make_env``
+    (in chunks of ``batch_problems``), and collect success.
 
     ``batch_problems`` None: all problems in one rollout with the engine (its queue keeps every slot busy),
     32 at a time with batch samplers (their padded batches grow with the longest row). ``on_progress(n)`` is
@@ -80,7 +81,7 @@ def evaluate_problems(
     for start in range(0, len(problems), batch_problems):
         chunk = list(problems[start : start + batch_problems])
         seed_here = None if seed is None else seed + start
-        out = rollout(chunk, k, sampler, tokenizer, executor, spec, seed=seed_here, grade_fn=grade_fn)
+        out = rollout(chunk, k, sampler, tokenizer, make_env, spec, seed=seed_here)
         trajectories.extend(out.trajectories)
         if on_progress is not None:
             on_progress(len(chunk))

@@ -54,6 +54,7 @@ class HFSampler:
         temperature: float,
         top_p: float = 1.0,
         seed: int | None = None,
+        stop_at_code_block: bool = True,
     ) -> list[Sample]:
         if not contexts:
             return []
@@ -82,7 +83,7 @@ class HFSampler:
                 sample = samples[row]
                 sample.token_ids.append(token)
                 sample.logprobs.append(float(logps[row]))
-                finish = self.stop.ends(sample.token_ids)
+                finish = self.stop.ends(sample.token_ids, stop_at_code_block)
                 if finish is not None:
                     sample.finish, done[row] = finish, True
                 elif len(sample.token_ids) >= max_new_tokens[row]:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import torch
 
 SampleFinish = Literal["stop", "eos", "length"]
-"""Why a turn ended: a closed python block ("stop": the rollout runs the code), EOS, or its token cap."""
+"""Why a turn ended: a closed python block ("stop": the environment runs the code), EOS, or its token cap."""
 
 
 @dataclass
@@ -43,7 +43,11 @@ class Sampler(Protocol):
         temperature: float,
         top_p: float = 1.0,
         seed: int | None = None,
-    ) -> list[Sample]: ...
+        stop_at_code_block: bool = True,
+    ) -> list[Sample]:
+        """One turn for each context, ended by ``gtpo.generation.stop``'s rule (``stop_at_code_block`` False: at
+        EOS or the cap only)."""
+        ...
 
 
 class TurnStream(Protocol):
@@ -62,7 +66,15 @@ class TurnStream(Protocol):
     def has_work(self) -> bool: ...
 
     def submit(
-        self, key: int, tokens: list[int], max_new_tokens: int, *, temperature: float, top_p: float = 1.0, seed: int = 0
+        self,
+        key: int,
+        tokens: list[int],
+        max_new_tokens: int,
+        *,
+        temperature: float,
+        top_p: float = 1.0,
+        seed: int = 0,
+        stop_at_code_block: bool = True,
     ) -> None:
         """Queue one turn of sequence ``key``: continue ``tokens`` by up to ``max_new_tokens`` tokens."""
         ...

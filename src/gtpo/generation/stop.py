@@ -1,8 +1,9 @@
 """The one turn-stop rule of every backend (``HFSampler``, the engine, ``VLLMSampler``).
 
 A turn ends at an EOS token ("eos"), or at a token that can close a fence once the decoded turn holds a closed
-python block ("stop": the rollout runs the code). The token cap ("length") is the caller's to check. Only EOS and
-fence tokens can end a turn, so the (decoding) closed-block check runs at fence tokens only.
+python block ("stop": the environment runs the code). The token cap ("length") is the caller's to check. Only EOS
+and fence tokens can end a turn, so the (decoding) closed-block check runs at fence tokens only. Environments whose
+turns are whole messages (``stop_at_code_block`` off: games, chat observations) end turns at EOS only.
 """
 
 from __future__ import annotations
@@ -35,13 +36,20 @@ def fence_token_ids(tokenizer: Any) -> set[int]:
     return {i for tok, i in tokenizer.get_vocab().items() if "`" in tokenizer.convert_tokens_to_string([tok])}
 
 
-def turn_end(token_ids: Sequence[int], tokenizer: Any, eos_ids: set[int], fence_ids: set[int]) -> SampleFinish | None:
+def turn_end(
+    token_ids: Sequence[int], tokenizer: Any, eos_ids: set[int], fence_ids: set[int], code_blocks: bool = True
+) -> SampleFinish | None:
     """Whether a turn whose sampled tokens so far are ``token_ids`` ends at its last token, and why (see the
-    module docstring). Decoding only at fence tokens keeps the check off the common path."""
+    module docstring); ``code_blocks`` False ends turns at EOS only. Decoding only at fence tokens keeps the check
+    off the common path."""
     last = token_ids[-1]
     if last in eos_ids:
         return "eos"
-    if last in fence_ids and has_closed_code_block(tokenizer.decode(list(token_ids), skip_special_tokens=True)):
+    if (
+        code_blocks
+        and last in fence_ids
+        and has_closed_code_block(tokenizer.decode(list(token_ids), skip_special_tokens=True))
+    ):
         return "stop"
     return None
 
@@ -63,6 +71,6 @@ class TurnStop:
         """The tokens at which a turn can end (EOS and fence tokens), sorted; at any other token it goes on."""
         return sorted(self.eos_ids | self.fence_ids)
 
-    def ends(self, token_ids: Sequence[int]) -> SampleFinish | None:
+    def ends(self, token_ids: Sequence[int], code_blocks: bool = True) -> SampleFinish | None:
         """``turn_end`` of ``token_ids``, the turn's sampled tokens so far."""
-        return turn_end(token_ids, self.tokenizer, self.eos_ids, self.fence_ids)
+        return turn_end(token_ids, self.tokenizer, self.eos_ids, self.fence_ids, code_blocks)

@@ -138,8 +138,10 @@ class VLLMSampler:
         temperature: float,
         top_p: float = 1.0,
         seed: int | None = None,
+        stop_at_code_block: bool = True,
     ) -> list[Sample]:
-        """One turn for each context; rows with no token budget get an empty ``length`` sample."""
+        """One turn for each context; rows with no token budget get an empty ``length`` sample. Without
+        ``stop_at_code_block`` a turn ends at EOS or its cap only (fence stops are resubmitted, as below)."""
         samples = [Sample([], [], "length") for _ in contexts]
         live = [row for row, cap in enumerate(max_new_tokens) if cap > 0]
         for round_ in range(max((int(c) for c in max_new_tokens), default=0)):
@@ -147,7 +149,15 @@ class VLLMSampler:
                 break
             prompts = [{"prompt_token_ids": [*contexts[r], *samples[r].token_ids]} for r in live]
             params = [
-                self._params(int(max_new_tokens[r]) - len(samples[r].token_ids), temperature, top_p, seed, r, round_)
+                self._params(
+                    int(max_new_tokens[r]) - len(samples[r].token_ids),
+                    temperature,
+                    top_p,
+                    seed,
+                    r,
+                    round_,
+                    stop_at_code_block,
+                )
                 for r in live
             ]
             with _engine_call("generating a turn"):
@@ -156,25 +166,34 @@ class VLLMSampler:
             live = [
                 r
                 for r, out in zip(live, outputs, strict=True)
-                if self._extend(samples[r], out.outputs[0], int(max_new_tokens[r]))
+                if self._extend(samples[r], out.outputs[0], int(max_new_tokens[r]), stop_at_code_block)
             ]
         return samples
 
-    def _params(self, budget: int, temperature: float, top_p: float, seed: int | None, row: int, round_: int) -> Any:
+    def _params(
+        self,
+        budget: int,
+        temperature: float,
+        top_p: float,
+        seed: int | None,
+        row: int,
+        round_: int,
+        code_blocks: bool = True,
+    ) -> Any:
         """One request's sampling parameters. Each (row, round) gets its own seed, so a resubmitted turn does
-        not replay the random numbers it already used."""
+        not replay the random numbers it already used. Without code-block stops only EOS ids stop vLLM."""
         return self.vllm.SamplingParams(
             n=1,
             temperature=max(temperature, 0.0),
             top_p=top_p,
             max_tokens=budget,
-            stop_token_ids=self.stop.stop_ids,
+            stop_token_ids=self.stop.stop_ids if code_blocks else sorted(self.stop.eos_ids),
             logprobs=0,
             detokenize=False,
             seed=None if seed is None else ((seed * _SEED_MIX + row) * _SEED_MIX + round_) % 2**63,
         )
 
-    def _extend(self, sample: Sample, completion: Any, cap: int) -> bool:
+    def _extend(self, sample: Sample, completion: Any, cap: int, code_blocks: bool = True) -> bool:
         """Append one vLLM completion to ``sample``; True if the turn goes on (it stopped at a fence token that
         closed no block)."""
         ids = list(completion.token_ids)
@@ -185,14 +204,14 @@ class VLLMSampler:
         sample.logprobs.extend(
             _sampled_logprob(step, token) for step, token in zip(completion.logprobs, ids, strict=True)
         )
-        finish: SampleFinish | None = self.stop.ends(sample.token_ids)
+        finish: SampleFinish | None = self.stop.ends(sample.token_ids, code_blocks)
         if finish is not None:
             sample.finish = finish
             return False
         if len(sample.token_ids) >= cap:
             sample.finish = "length"
             return False
-        if ids[-1] in self.stop.fence_ids:
+        if code_blocks and ids[-1] in self.stop.fence_ids:
             return True
         # vLLM ended the turn for a reason of its own: an EOS id of the model's generation config that the
         # tokenizer does not name (the model ended its message), or the model's length limit.

@@ -78,10 +78,13 @@ def read_trajectory(
 
 
 def grade(trajectories: Sequence[Trajectory], timeout_s: float) -> None:
-    """Set ``correct`` on each trajectory with gtpo's grader (math-verify in a worker process)."""
+    """Set ``correct`` on each trajectory with gtpo's grader (math-verify in a worker process), and reward the
+    last turn with it (1 if correct), as the math environment's last step does."""
     verdicts = grade_batch([t.final_answer for t in trajectories], [t.problem.answer for t in trajectories], timeout_s)
     for trajectory, verdict in zip(trajectories, verdicts, strict=True):
         trajectory.correct = trajectory.final_answer is not None and verdict
+        if trajectory.turns:
+            trajectory.turns[-1].reward = float(trajectory.correct)
 
 
 def turn_rewards_for(

@@ -1,8 +1,15 @@
-"""Credit assignment: graded trajectories -> rewards -> advantages on every model token.
+"""Credit assignment: finished trajectories -> rewards -> advantages on every model token.
 
-This is the one place that reads trajectory records (turns, correctness, code) and hands plain lists and
-tensors to the pure math in ``gtpo.method.rewards`` and ``gtpo.method.advantages``. It holds no formula of its own; see
-docs/algorithms.md for the equations and the function that implements each.
+This is the one place that reads trajectory records (each turn's environment reward, invalid actions, success,
+code) and hands plain lists and tensors to the pure math in ``gtpo.method.rewards`` and
+``gtpo.method.advantages``. It holds no formula of its own; see docs/algorithms.md for the equations and the
+function that implements each.
+
+From an environment's step rewards: GTPO's turn reward is the step's reward plus the format penalty on an invalid
+action (and, where the environment offers a tool, on a first turn that calls none), plus shaping and length
+penalties on the last turn; GRPO's trajectory reward is the episode's return (``algo.episode_return``), at most 0
+with a format violation. The math task rewards only its last step (1 if correct), which makes both the paper's
+formulas.
 """
 
 from __future__ import annotations
@@ -14,7 +21,14 @@ import torch
 
 from gtpo.config import TrainConfig
 from gtpo.method.advantages import call_sign_agreement, grpo_advantages, gtpo_advantages
-from gtpo.method.rewards import format_ok, grpo_rewards, overlong_penalty, shaped_accuracy, turn_rewards
+from gtpo.method.rewards import (
+    episode_returns,
+    format_ok,
+    grpo_episode_rewards,
+    overlong_penalty,
+    shaped_accuracy,
+    turn_rewards,
+)
 from gtpo.types import Trajectory
 
 Similarity = Callable[[list[str], list[str]], torch.Tensor]
@@ -30,7 +44,7 @@ class Credit:
 
     turn_advantages: torch.Tensor
     trajectory_rewards: torch.Tensor
-    """[B]: GRPO's min(acc, fmt_ok), or GTPO's undiscounted sum of turn rewards."""
+    """[B]: GRPO's episode return (at most 0 with a format violation), or GTPO's undiscounted sum of turn rewards."""
     accuracy_values: list[float]
     """Per trajectory acc after shaping (1/0 without shaping)."""
     metrics: dict[str, float]
@@ -57,12 +71,16 @@ def trajectory_turn_rewards(
     similarity: Similarity | None,
     outcome_penalties: Sequence[float] | None = None,
 ) -> TurnRewards:
-    """Turn rewards of graded trajectories; shaping within ``group_id`` groups when ``similarity`` is given
-    (None: acc is 1/0). ``outcome_penalties`` (e.g. ``rewards.overlong_penalty``) add to the last turn, where
-    acc lands. Shared by ``assign_credit`` and the verl reward (``gtpo.integrations.verl_reward``)."""
+    """Turn rewards of finished trajectories: each turn's environment reward, format penalties, and on the last
+    turn GTPO's shaping (within ``group_id`` groups when ``similarity`` is given; it lifts a failed trajectory's
+    last turn by alpha x its code's similarity to the group's successes) and ``outcome_penalties`` (e.g.
+    ``rewards.overlong_penalty``). Shared by ``assign_credit`` and the verl reward
+    (``gtpo.integrations.verl_reward``)."""
     correct = [t.correct for t in trajectories]
     invalid = [[turn.invalid_call for turn in t.turns] or [False] for t in trajectories]
-    first_call = [bool(t.turns) and t.turns[0].has_tool_call for t in trajectories]
+    steps = [[turn.reward for turn in t.turns] or [0.0] for t in trajectories]
+    # The no-call penalty is for environments that offer a tool; elsewhere every first turn counts as calling.
+    first_call = [(bool(t.turns) and t.turns[0].has_tool_call) if t.uses_tools else True for t in trajectories]
     if similarity is not None:
         groups = [t.group_id for t in trajectories]
         acc = shaped_accuracy(
@@ -70,9 +88,12 @@ def trajectory_turn_rewards(
         )
     else:
         acc = [float(c) for c in correct]
-    outcome = acc if outcome_penalties is None else [a + p for a, p in zip(acc, outcome_penalties, strict=True)]
+    # What lands on the last turn beyond the environment's own reward: the shaped value of a failure.
+    outcome = [0.0 if c else a for a, c in zip(acc, correct, strict=True)]
+    if outcome_penalties is not None:
+        outcome = [o + p for o, p in zip(outcome, outcome_penalties, strict=True)]
     rewards, mask = turn_rewards(
-        outcome, invalid, first_call, format_penalty=format_penalty, no_call_penalty=no_call_penalty
+        outcome, invalid, first_call, format_penalty=format_penalty, no_call_penalty=no_call_penalty, step_rewards=steps
     )
     return TurnRewards(rewards, mask, acc, format_ok(invalid, first_call))
 
@@ -90,6 +111,7 @@ def assign_credit(
     shaping_alpha: float,
     similarity: Similarity | None,
     outcome_penalties: Sequence[float] | None = None,
+    episode_return: str = "sum",
 ) -> Credit:
     """Advantages for whole groups. Needs only turn records, so a group split across ranks can be
     gathered without its token lists (see gtpo.distributed). ``outcome_penalties`` (one per trajectory, <= 0)
@@ -105,6 +127,7 @@ def assign_credit(
         shaping_alpha=shaping_alpha,
         similarity=similarity,
         outcome_penalties=outcome_penalties,
+        episode_return=episode_return,
     )
     rewards_bk, turn_mask, acc, fmt_ok = turns.rewards, turns.mask, turns.acc, turns.fmt_ok
     if algo == "grpo":
@@ -151,6 +174,7 @@ def trajectory_rewards(
     shaping_alpha: float,
     similarity: Similarity | None,
     outcome_penalties: Sequence[float] | None = None,
+    episode_return: str = "sum",
 ) -> list[float]:
     """Each trajectory's reward as ``assign_credit`` computes it (``Credit.trajectory_rewards``), without the
     advantages: what group filtering by score compares within a group."""
@@ -163,6 +187,7 @@ def trajectory_rewards(
         shaping_alpha=shaping_alpha,
         similarity=similarity,
         outcome_penalties=outcome_penalties,
+        episode_return=episode_return,
     )
     return rewards.tolist()
 
@@ -177,9 +202,11 @@ def _rewards(
     shaping_alpha: float,
     similarity: Similarity | None,
     outcome_penalties: Sequence[float] | None,
+    episode_return: str,
 ) -> tuple[TurnRewards, torch.Tensor]:
-    """Turn rewards (GTPO's, shaped when on) and the trajectory reward [B]: GRPO's min(acc, fmt_ok), or GTPO's
-    undiscounted sum of turn rewards; ``outcome_penalties`` added to both."""
+    """Turn rewards (GTPO's, shaped when on) and the trajectory reward [B]: GRPO's episode return (sum or last step
+    reward, at most 0 with a format violation), or GTPO's undiscounted sum of turn rewards; ``outcome_penalties``
+    added to both."""
     if algo not in ("gtpo", "grpo"):
         raise ValueError(f"algo.algo must be 'gtpo' or 'grpo', got {algo!r}")
     if shaping and algo == "gtpo" and similarity is None:
@@ -193,7 +220,8 @@ def _rewards(
         outcome_penalties=outcome_penalties,
     )
     if algo == "grpo":
-        rewards = grpo_rewards([t.correct for t in trajectories], turns.fmt_ok).to(torch.float32)
+        returns = episode_returns([[turn.reward for turn in t.turns] for t in trajectories], episode_return)
+        rewards = grpo_episode_rewards(returns, turns.fmt_ok)
         if outcome_penalties is not None:
             rewards = rewards + torch.tensor(outcome_penalties, dtype=torch.float32)
     else:
@@ -212,6 +240,7 @@ def bind_credit(config: TrainConfig, similarity: Similarity | None) -> tuple[Cre
         "shaping": algo.shaping,
         "shaping_alpha": algo.shaping_alpha,
         "similarity": similarity,
+        "episode_return": algo.episode_return,
     }
     buffer = round(overlong.buffer * cap)
 

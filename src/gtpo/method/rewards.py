@@ -24,14 +24,24 @@ def turn_rewards(
     first_turn_has_call: Sequence[bool],
     format_penalty: float = 0.1,
     no_call_penalty: float = 0.1,
+    step_rewards: Sequence[Sequence[float]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """GTPO turn rewards r[i, j] = acc[i, j] + fmt[i, j] and the turn mask: ([B, K] float, [B, K] bool).
+    """GTPO turn rewards r[i, j] = s[i, j] + acc[i, j] + fmt[i, j] and the turn mask: ([B, K] float, [B, K] bool).
 
     acc[i] lands on trajectory i's last turn (0 on earlier turns); fmt is -format_penalty on every turn
-    with an invalid tool call and -no_call_penalty on turn 1 if it makes no tool call (the two add).
-    ``len(invalid_calls[i])`` is trajectory i's number of turns; K is the largest.
+    with an invalid tool call (an invalid action) and -no_call_penalty on turn 1 if it makes no tool call (the
+    two add). s[i, j] is the environment's reward for turn j (``step_rewards``; None: 0 everywhere, the paper's
+    case, where the outcome is all of acc). ``len(invalid_calls[i])`` is trajectory i's number of turns; K is
+    the largest.
     """
     _check_lengths(acc=acc, invalid_calls=invalid_calls, first_turn_has_call=first_turn_has_call)
+    if step_rewards is not None:
+        _check_lengths(acc=acc, step_rewards=step_rewards)
+        for i, (steps, calls) in enumerate(zip(step_rewards, invalid_calls, strict=True)):
+            if len(steps) != len(calls):
+                raise ValueError(
+                    f"step_rewards[{i}] has {len(steps)} entries and invalid_calls[{i}] {len(calls)}: one per turn"
+                )
     if format_penalty < 0 or no_call_penalty < 0:
         raise ValueError(
             f"format_penalty and no_call_penalty are subtracted and must be >= 0 (0 disables), got "
@@ -45,6 +55,8 @@ def turn_rewards(
     mask = torch.zeros(b, k, dtype=torch.bool)
     for i, (calls, n) in enumerate(zip(invalid_calls, turn_counts, strict=True)):
         mask[i, :n] = True
+        if step_rewards is not None:
+            rewards[i, :n] += torch.tensor(step_rewards[i], dtype=torch.float32)
         rewards[i, n - 1] += acc[i]
         rewards[i, :n] -= format_penalty * torch.tensor(calls, dtype=torch.float32)
         if not first_turn_has_call[i]:
@@ -66,6 +78,26 @@ def grpo_rewards(correct: Sequence[bool], fmt_ok: Sequence[bool]) -> torch.Tenso
     """GRPO's one reward per trajectory, r = min(acc, fmt) with both 0/1: 1 iff correct and format-ok. [B]."""
     _check_lengths(correct=correct, fmt_ok=fmt_ok)
     return torch.tensor([float(min(bool(c), bool(f))) for c, f in zip(correct, fmt_ok, strict=True)])
+
+
+def episode_returns(step_rewards: Sequence[Sequence[float]], kind: str = "sum") -> list[float]:
+    """Each trajectory's return from its environment's step rewards: their sum (undiscounted), or the last one.
+    A trajectory without a step returns 0."""
+    if kind not in ("sum", "last"):
+        raise ValueError(f"kind (config algo.episode_return) must be 'sum' or 'last', got {kind!r}")
+    if kind == "last":
+        return [float(steps[-1]) if steps else 0.0 for steps in step_rewards]
+    return [float(sum(steps)) for steps in step_rewards]
+
+
+def grpo_episode_rewards(returns: Sequence[float], fmt_ok: Sequence[bool]) -> torch.Tensor:
+    """GRPO's one reward per trajectory from an environment's episode return R: R if the format is clean, else
+    min(R, 0), so a format violation never scores above 0. For 0/1 returns this is the paper's min(acc, fmt)
+    (``grpo_rewards``). [B] float32."""
+    _check_lengths(returns=returns, fmt_ok=fmt_ok)
+    return torch.tensor(
+        [float(r) if ok else min(float(r), 0.0) for r, ok in zip(returns, fmt_ok, strict=True)], dtype=torch.float32
+    )
 
 
 def shaped_accuracy(

@@ -14,8 +14,8 @@ from gtpo.config import ConfigError
 def model_path(name_or_path: str) -> str:
     """Map a shipped model's alias ("tiny", "tiny-multistep") or a ``gtpo prepare`` model name
     ("smollm2-135m-instruct") to its directory; anything else is passed to transformers as is."""
+    from gtpo.model.shipped import SHIPPED_MODELS
     from gtpo.prepare import PARTS, prepared_dir
-    from gtpo.tiny import SHIPPED_MODELS
 
     if name_or_path in PARTS and PARTS[name_or_path].is_model and not Path(name_or_path).exists():
         return str(prepared_dir(name_or_path))

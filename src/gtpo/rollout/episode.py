@@ -1,54 +1,70 @@
-"""Multi-turn TIR episodes: generate a turn, run its code in the trajectory's sandbox session, append the
-output, repeat; then grade. Produces ``Trajectory`` records with exact token bookkeeping.
+"""Multi-turn episodes against environments: generate a turn, step the trajectory's environment with it, append
+the observation, repeat. Produces ``Trajectory`` records with exact token bookkeeping.
 
-Bookkeeping without re-tokenization drift: model tokens are kept exactly as sampled, and only the inserted
-tool output is tokenized (on its own, as plain text: control-token text a program prints stays text). So
-``input_ids`` is prompt + turn 1 tokens + observation 1 tokens + turn 2 tokens + ..., and decoding a turn's
-tokens gives back that turn's text.
+The rollout knows the environment interface (``gtpo.envs.base``), not any task: the math TIR episode is one
+environment (``gtpo.envs.python_tool``), a game or a user's class another. Each trajectory gets its own
+environment, reset with its problem's seed (the G trajectories of a group start alike).
+
+Bookkeeping without re-tokenization drift: model tokens are kept exactly as sampled, and only the observation is
+tokenized (``gtpo.rollout.observation``: inline text, or a chat message rendered by the model's template). So
+``input_ids`` is prompt + turn 1 tokens + observation 1 tokens + turn 2 tokens + ..., decoding a turn's tokens
+gives back that turn's text, and the tokens the trainer scores are those the sampler saw.
 
 Episode rules (documented choices):
-- a turn with a closed python block runs it, even if it also has a ``\\boxed{}`` (the answer is not final);
-- a turn with a ``\\boxed{}`` and no closed block ends the episode ("answer"); EOS without one ends it ("eos");
-- an opened, unclosed block that hits EOS or the token cap is an unparseable (invalid) call, and ends it;
-- after the last allowed turn no observation is appended ("max_turns"): nothing would read it;
-- the total budget (prompt + turns + observations) ends an episode with "length".
-Sandbox sessions are opened at a trajectory's first code call (with its problem's setup code) and closed when
-the rollout returns.
+- the environment ends an episode by ``terminated`` or ``truncated``;
+- an environment with inline observations continues only a turn that stopped at a tool call (a closed python
+  block): a message the model ends itself (EOS) or that hits the per-turn cap ends the episode ("eos", "length");
+- after the last allowed turn (``max_turns``) no observation is appended ("max_turns"): nothing would read it;
+- the total budget (prompt + turns + observations) ends an episode with "length";
+- an environment that raises, returns a malformed step, or takes longer than ``step_timeout_s`` ends that
+  trajectory ("env_error" / "env_timeout", the reason in ``Trajectory.error``); the others go on.
+Environment calls (reset, step) run on threads of their own, off the decoding thread. A step that hangs cannot
+be stopped (a Python thread cannot be killed): its trajectory ends at the deadline and the thread, a daemon, is
+abandoned (it does not keep the process from exiting).
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections.abc import Callable, Collection, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
+from gtpo.envs.base import (
+    ANSWER,
+    CODE,
+    FINISH,
+    INVALID_ACTION,
+    SUCCESS,
+    TOOL_CALL,
+    EnvFactory,
+    EnvFormat,
+    StepResult,
+    checked_reset,
+    checked_step,
+    env_format,
+)
 from gtpo.generation.protocol import Sample, Sampler, StreamingSampler
 from gtpo.model.policy import prompt_ids
+from gtpo.rollout.observation import ObservationTokens
 from gtpo.rollout.spec import EpisodeSpec
-from gtpo.tools import (
-    extract_boxed,
-    extract_code,
-    format_tool_output,
-    is_invalid_call,
-)
-from gtpo.types import CodeExecutor, ExecResult, Problem, Trajectory, Turn
-
-GradeFn = Callable[[str | None, str], bool]
+from gtpo.types import Problem, Trajectory, Turn
 
 
 @dataclass
 class RolloutTimings:
-    """Wall seconds of one rollout call. ``sandbox_s`` is the time the generator sat idle waiting for
-    code to finish (with a streaming sampler most code runs while other trajectories decode)."""
+    """Wall seconds of one rollout call. ``env_s`` is the time the generator sat idle waiting for environment
+    steps (with a streaming sampler most steps run while other trajectories decode)."""
 
     generation_s: float = 0.0
-    sandbox_s: float = 0.0
-    grading_s: float = 0.0
+    env_s: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
-        return {"generation_s": self.generation_s, "sandbox_s": self.sandbox_s, "grading_s": self.grading_s}
+        return {"generation_s": self.generation_s, "env_s": self.env_s}
 
 
 @dataclass
@@ -58,64 +74,110 @@ class RolloutResult:
 
 
 @dataclass
-class _Episode:
-    """What both drivers share: the limits of an episode and how a turn and a tool result change it."""
+class _Failure:
+    """An environment call that raised or ran out of time: it ends its trajectory."""
+
+    reason: str
+    """"env_error" or "env_timeout"."""
+    message: str
+
+
+Outcome = StepResult | _Failure
+
+
+class _Steps:
+    """Environment calls, each on a daemon thread of its own (one that hangs is abandoned, and cannot hold up
+    the others or the process's exit), each with a deadline. A sandbox bounds its own concurrency."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> tuple[Future, float]:
+        future: Future = Future()
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(fn(*args))
+            except BaseException as err:
+                future.set_exception(err)
+
+        threading.Thread(target=run, name="gtpo-env", daemon=True).start()
+        return future, time.monotonic() + self.timeout_s
+
+    @staticmethod
+    def outcome(call: tuple[Future, float], what: str) -> Any:
+        future, deadline = call
+        try:
+            return future.result(timeout=max(deadline - time.monotonic(), 0.0))
+        except FutureTimeout:
+            return _Failure("env_timeout", f"{what} took longer than the step time limit")
+        except (Exception, SystemExit) as err:  # the environment's own error: it ends this trajectory only
+            return _Failure("env_error", f"{what} raised {type(err).__name__}: {err}"[:2000])
+
+
+@dataclass
+class _Episodes:
+    """What both drivers share: the limits of an episode and how a turn and an environment step change it."""
 
     tokenizer: Any
     max_turns: int
     max_total_tokens: int
     max_new_tokens_per_turn: int
-    invalid_statuses: Collection[str]
+    formats: list[EnvFormat]
+    observations: dict[str, ObservationTokens] = field(default_factory=dict)
 
     def cap(self, trajectory: Trajectory) -> int:
         return min(self.max_new_tokens_per_turn, self.max_total_tokens - len(trajectory.input_ids))
 
-    def add_turn(self, trajectory: Trajectory, sample: Sample) -> str | None:
-        """Append a sampled turn; return its code if it must run (closed block), else end the episode."""
+    def add_turn(self, trajectory: Trajectory, sample: Sample) -> str:
+        """Append a sampled turn; return its text (the action the environment steps with)."""
         text = self.tokenizer.decode(sample.token_ids, skip_special_tokens=True)
-        code, has_call, parse_error = extract_code(text)
         trajectory.input_ids.extend(sample.token_ids)
-        # Sampled tokens: trained on (mask 1) and tagged with their turn; observations get 0 / -1 (add_result).
+        # Sampled tokens: trained on (mask 1) and tagged with their turn; observations get 0 / -1 (add_step).
         trajectory.loss_mask.extend([1] * len(sample.token_ids))
         trajectory.turn_ids.extend([len(trajectory.turns)] * len(sample.token_ids))
         trajectory.sampler_logprobs.extend(sample.logprobs)
-        turn = Turn(
-            text=text,
-            code=code if sample.finish == "stop" else None,
-            has_tool_call=has_call,
-            parse_error=parse_error or (has_call and sample.finish != "stop"),
-            final_answer=extract_boxed(text),
-            num_model_tokens=len(sample.token_ids),
-        )
-        trajectory.turns.append(turn)
-        if sample.finish == "stop":
-            return turn.code or ""
-        turn.invalid_call = is_invalid_call(has_call, turn.parse_error, None, self.invalid_statuses)
-        if turn.final_answer is not None:
-            trajectory.finish_reason = "answer"
-        elif sample.finish == "eos":
-            trajectory.finish_reason = "eos"
-        else:
-            trajectory.finish_reason = "length"
-        return None
+        trajectory.turns.append(Turn(text=text, num_model_tokens=len(sample.token_ids)))
+        return text
 
-    def add_result(self, trajectory: Trajectory, result: ExecResult) -> bool:
-        """Record the tool result of the last turn and append its observation; True if the episode goes on."""
-        turn = trajectory.turns[-1]
-        turn.exec_status = result.status
-        turn.tool_output = result.output
-        turn.invalid_call = is_invalid_call(True, False, result.status, self.invalid_statuses)
+    def add_step(self, i: int, trajectory: Trajectory, outcome: Outcome, sample: Sample) -> bool:
+        """Record the environment's step on the last turn and append its observation; True if the episode goes
+        on."""
+        if isinstance(outcome, _Failure):
+            _fail(trajectory, outcome)
+            return False
+        turn, info, form = trajectory.turns[-1], outcome.info, self.formats[i]
+        turn.reward = outcome.reward
+        turn.observation = outcome.observation
+        turn.has_tool_call = bool(info.get(TOOL_CALL, True))
+        turn.invalid_call = bool(info.get(INVALID_ACTION, False))
+        turn.code = info.get(CODE)
+        turn.final_answer = info.get(ANSWER)
+        turn.exec_status = info.get("exec_status")
+        turn.tool_output = info.get("tool_output")
+        turn.parse_error = bool(info.get("parse_error", False))
+        trajectory.correct = bool(info[SUCCESS]) if SUCCESS in info else outcome.terminated and outcome.reward > 0
+        inline_end = form.observation_role == "inline" and sample.finish != "stop"
+        if outcome.terminated or outcome.truncated or inline_end:
+            if FINISH in info:
+                trajectory.finish_reason = info[FINISH]
+            elif sample.finish == "length" or inline_end:
+                trajectory.finish_reason = "length" if sample.finish == "length" else "eos"
+            else:
+                trajectory.finish_reason = "terminated" if outcome.terminated else "truncated"
+            return False
         if len(trajectory.turns) == self.max_turns:
             trajectory.finish_reason = "max_turns"
             return False
-        # The output is text a program printed: "<|im_end|>" in it is those ten characters, not the chat's
-        # end-of-message token (nor may a printed "<|im_start|>assistant" open a turn), hence split_special_tokens.
-        observation = self.tokenizer.encode(
-            format_tool_output(result.output), add_special_tokens=False, split_special_tokens=True
-        )
-        observation = observation[: self.max_total_tokens - len(trajectory.input_ids)]
+        render = self.observations.get(form.observation_role)
+        if render is None:
+            render = self.observations[form.observation_role] = ObservationTokens(self.tokenizer, form.observation_role)
+        last = sample.token_ids[-1] if sample.token_ids else None
+        observation = render(outcome.observation, last)[: self.max_total_tokens - len(trajectory.input_ids)]
         trajectory.input_ids.extend(observation)
-        trajectory.loss_mask.extend([0] * len(observation))  # tool output: never trained on
+        trajectory.loss_mask.extend([0] * len(observation))  # environment output: never trained on
         trajectory.turn_ids.extend([-1] * len(observation))
         trajectory.sampler_logprobs.extend([0.0] * len(observation))
         if len(trajectory.input_ids) >= self.max_total_tokens:
@@ -124,228 +186,241 @@ class _Episode:
         return True
 
 
+def _fail(trajectory: Trajectory, failure: _Failure) -> None:
+    trajectory.finish_reason = failure.reason  # type: ignore[assignment]
+    trajectory.error = failure.message
+    trajectory.correct = False
+
+
 def rollout(
     problems: Sequence[Problem],
     group_size: int,
     sampler: Sampler,
     tokenizer: Any,
-    executor: CodeExecutor,
+    make_env: EnvFactory,
     spec: EpisodeSpec,
     *,
     seed: int | None = None,
     group_ids: Sequence[int] | None = None,
-    grade_fn: GradeFn | None = None,
 ) -> RolloutResult:
-    """``group_size`` trajectories per problem, contiguous, run by the rules of ``spec``; each carries its
-    problem's entry of ``group_ids`` (default: the problem's index here) as ``group_id``.
+    """``group_size`` trajectories per problem, contiguous, each with its own environment from ``make_env``, run
+    by the rules of ``spec``; each carries its problem's entry of ``group_ids`` (default: the problem's index
+    here) as ``group_id``.
 
-    A streaming sampler (``gtpo.generation.engine.EngineSampler``) moves every trajectory on its own: a turn that ends
-    with code goes to the sandbox while the others keep decoding, and its next turn re-enters the engine
-    after the tool output is appended. ``spec.schedule`` says when it re-enters: "asap" as soon as the output is
-    back (fastest; which tokens run together then depends on timing), "deterministic" exactly
-    ``spec.rejoin_steps`` engine steps after the code was sent (waiting for the result if it is late), so that a
-    seed reproduces a run; "auto" is deterministic on CPU and asap on GPU (GPU numerics depend on batch
-    shapes anyway). Any other sampler runs turn by turn: all active trajectories generate, then all their
-    code runs, then the next turn.
+    A streaming sampler (``gtpo.generation.engine.EngineSampler``) moves every trajectory on its own: a turn goes
+    to its environment while the others keep decoding, and the next turn re-enters the engine after the
+    observation is appended. ``spec.schedule`` says when it re-enters: "asap" as soon as the step is back
+    (fastest; which tokens run together then depends on timing), "deterministic" exactly ``spec.rejoin_steps``
+    engine steps after the turn ended (waiting for the step if it is late), so that a seed reproduces a run;
+    "auto" is deterministic on CPU and asap on GPU (GPU numerics depend on batch shapes anyway). Any other sampler
+    runs turn by turn: all active trajectories generate, then all their environments step, then the next turn.
     """
-    if grade_fn is None:
-        from gtpo.data.grading import grade as grade_fn
     if group_ids is not None and len(group_ids) != len(problems):
         raise ValueError(f"group_ids: {len(group_ids)} ids for {len(problems)} problems")
-    episode = _Episode(
-        tokenizer, spec.max_turns, spec.max_total_tokens, spec.max_new_tokens_per_turn, spec.invalid_statuses
-    )
-    trajectories = []
-    for index, problem in enumerate(problems):
-        prompt = prompt_ids(tokenizer, spec.system_prompt, problem.question)
-        for _ in range(group_size):
-            trajectories.append(
-                Trajectory(
-                    problem=problem,
-                    group_id=index if group_ids is None else group_ids[index],
-                    input_ids=list(prompt),
-                    loss_mask=[0] * len(prompt),
-                    turn_ids=[-1] * len(prompt),
-                    sampler_logprobs=[0.0] * len(prompt),
-                    prompt_len=len(prompt),
-                )
-            )
-    active = [i for i, t in enumerate(trajectories) if len(t.input_ids) < spec.max_total_tokens]
-    for i in set(range(len(trajectories))) - set(active):
-        trajectories[i].finish_reason = "length"
+    trajectories = [
+        Trajectory(problem=problem, group_id=index if group_ids is None else group_ids[index])
+        for index, problem in enumerate(problems)
+        for _ in range(group_size)
+    ]
     timings = RolloutTimings()
-    sessions: dict[int, str] = {}
+    envs: list[Any] = [None] * len(trajectories)
+    steps = _Steps(spec.step_timeout_s)
     try:
+        start = time.perf_counter()
+        formats = _start(trajectories, envs, make_env, steps, tokenizer, spec)
+        timings.env_s += time.perf_counter() - start
+        episodes = _Episodes(tokenizer, spec.max_turns, spec.max_total_tokens, spec.max_new_tokens_per_turn, formats)
+        active = [i for i, t in enumerate(trajectories) if t.error is None and len(t.input_ids) < spec.max_total_tokens]
+        for t in trajectories:
+            if t.error is None and len(t.input_ids) >= spec.max_total_tokens:
+                t.finish_reason = "length"  # the prompt alone fills the budget
+        stop_at_code = {formats[i].stop_at_code_block for i in active}
+        if len(stop_at_code) > 1:
+            raise ValueError("one rollout's environments must agree on stop_at_code_block (where a turn ends)")
+        common = {
+            "temperature": spec.temperature,
+            "top_p": spec.top_p,
+            "stop_at_code_block": stop_at_code.pop() if stop_at_code else True,
+        }
         if isinstance(sampler, StreamingSampler):
             stream = sampler.turn_stream()
             schedule = spec.schedule
             if schedule == "auto":
                 schedule = "asap" if stream.device.type == "cuda" else "deterministic"
             _run_streaming(
-                trajectories, active, episode, stream, executor, sessions, timings,
-                temperature=spec.temperature, top_p=spec.top_p, seed=seed or 0, schedule=schedule,
-                rejoin_steps=spec.rejoin_steps,
+                trajectories, active, envs, episodes, stream, steps, timings, common,
+                seed=seed or 0, schedule=schedule, rejoin_steps=spec.rejoin_steps,
             )  # fmt: skip
         else:
-            _run_turn_by_turn(
-                trajectories, active, episode, sampler, executor, sessions, timings,
-                temperature=spec.temperature, top_p=spec.top_p, seed=seed,
-            )  # fmt: skip
+            _run_turn_by_turn(trajectories, active, envs, episodes, sampler, steps, timings, common, seed=seed)
     finally:
-        for session in sessions.values():
-            executor.close_session(session)
-
-    start = time.perf_counter()
+        for env in envs:
+            if env is not None and hasattr(env, "close"):
+                with contextlib.suppress(Exception):  # a failing close must not hide the rollout's result
+                    env.close()
     for trajectory in trajectories:
-        last = trajectory.turns[-1] if trajectory.turns else None
-        trajectory.final_answer = last.final_answer if last is not None else None
-        trajectory.correct = trajectory.final_answer is not None and bool(
-            grade_fn(trajectory.final_answer, trajectory.problem.answer)
-        )
-    timings.grading_s += time.perf_counter() - start
+        trajectory.final_answer = trajectory.turns[-1].final_answer if trajectory.turns else None
     return RolloutResult(trajectories, timings)
 
 
-def open_sessions(executor: CodeExecutor, problems: Sequence[Problem]) -> list[str]:
-    """Open one sandbox session per problem and run each problem's hidden setup code in it, all in one batch.
+def _start(
+    trajectories: list[Trajectory],
+    envs: list[Any],
+    make_env: EnvFactory,
+    steps: _Steps,
+    tokenizer: Any,
+    spec: EpisodeSpec,
+) -> list[EnvFormat]:
+    """Make and reset every trajectory's environment (concurrently) and write its prompt: the system prompt and
+    the first observation as the user's message."""
 
-    The setup (``Problem.setup_code``: a task's table or function that the question refers to) runs before the
-    model's first cell; its output is never shown to the model nor appended to the tokens. A failing setup is
-    the task's bug, not the model's, so it raises (RuntimeError naming the problem) after closing the sessions.
-    """
-    sessions = [executor.open_session() for _ in problems]
-    setups = [(s, p) for s, p in zip(sessions, problems, strict=True) if p.setup_code]
-    results = executor.run_batch([(s, p.setup_code) for s, p in setups]) if setups else []
-    for (_, problem), result in zip(setups, results, strict=True):
-        if result.status != "ok":
-            for session in sessions:
-                executor.close_session(session)
-            raise RuntimeError(
-                f"setup code of problem {problem.id!r} failed in the sandbox ({result.status}): "
-                f"{result.output.strip()[-500:]}"
-            )
-    return sessions
+    def reset(i: int) -> tuple[str, dict]:
+        env = envs[i] = make_env(trajectories[i].problem)
+        name = type(env).__name__
+        return checked_reset(env.reset(seed=trajectories[i].problem.seed), name)
+
+    calls = [steps.submit(reset, i) for i in range(len(trajectories))]
+    formats = []
+    for i, (trajectory, call) in enumerate(zip(trajectories, calls, strict=True)):
+        outcome = steps.outcome(call, f"the environment of problem {trajectory.problem.id!r}: reset")
+        observation = "" if isinstance(outcome, _Failure) else outcome[0]
+        prompt = prompt_ids(tokenizer, spec.system_prompt, observation)
+        trajectory.input_ids = list(prompt)
+        trajectory.loss_mask = [0] * len(prompt)
+        trajectory.turn_ids = [-1] * len(prompt)
+        trajectory.sampler_logprobs = [0.0] * len(prompt)
+        trajectory.prompt_len = len(prompt)
+        form = env_format(envs[i]) if envs[i] is not None else EnvFormat()
+        trajectory.uses_tools = form.uses_tools
+        formats.append(form)
+        if isinstance(outcome, _Failure):
+            _fail(trajectory, outcome)
+    return formats
 
 
-def _sessions(executor: CodeExecutor, sessions: dict[int, str], trajectories: list[Trajectory], indices) -> list[str]:
-    """The trajectories' sandbox sessions, each opened (and set up) at its first code call."""
-    new = [i for i in indices if i not in sessions]
-    if new:
-        sessions.update(zip(new, open_sessions(executor, [trajectories[i].problem for i in new]), strict=True))
-    return [sessions[i] for i in indices]
+def _step(env: Any, action: str) -> StepResult:
+    return checked_step(env.step(action), type(env).__name__)
 
 
 def _run_turn_by_turn(
     trajectories: list[Trajectory],
     active: list[int],
-    episode: _Episode,
+    envs: list[Any],
+    episodes: _Episodes,
     sampler: Sampler,
-    executor: CodeExecutor,
-    sessions: dict[int, str],
+    steps: _Steps,
     timings: RolloutTimings,
+    common: dict[str, Any],
     *,
-    temperature: float,
-    top_p: float,
     seed: int | None,
 ) -> None:
-    """Batch samplers: each turn, every active trajectory generates, then all their code runs at once."""
-    for turn_index in range(episode.max_turns):
+    """Batch samplers: each turn, every active trajectory generates, then all their environments step at once."""
+    for turn_index in range(episodes.max_turns):
         if not active:
             break
         start = time.perf_counter()
         samples = sampler.generate(
             [trajectories[i].input_ids for i in active],
-            [episode.cap(trajectories[i]) for i in active],
-            temperature=temperature,
-            top_p=top_p,
+            [episodes.cap(trajectories[i]) for i in active],
             seed=None if seed is None else seed + turn_index,
+            **common,
         )
         timings.generation_s += time.perf_counter() - start
-        calls = []
-        for i, sample in zip(active, samples, strict=True):
-            code = episode.add_turn(trajectories[i], sample)
-            if code is not None:
-                calls.append((i, code))
         start = time.perf_counter()
-        opened = _sessions(executor, sessions, trajectories, [i for i, _ in calls])
-        session_calls = [(session, code) for session, (_, code) in zip(opened, calls, strict=True)]
-        results = executor.run_batch(session_calls) if calls else []
-        timings.sandbox_s += time.perf_counter() - start
-        active = [i for (i, _), r in zip(calls, results, strict=True) if episode.add_result(trajectories[i], r)]
+        calls = [
+            steps.submit(_step, envs[i], episodes.add_turn(trajectories[i], sample))
+            for i, sample in zip(active, samples, strict=True)
+        ]
+        going = []
+        for i, sample, call in zip(active, samples, calls, strict=True):
+            outcome = steps.outcome(call, _what(trajectories[i]))
+            if episodes.add_step(i, trajectories[i], outcome, sample):
+                going.append(i)
+        timings.env_s += time.perf_counter() - start
+        active = going
+
+
+def _what(trajectory: Trajectory) -> str:
+    return f"the environment of problem {trajectory.problem.id!r}: step {trajectory.num_turns}"
 
 
 def _run_streaming(
     trajectories: list[Trajectory],
     active: list[int],
-    episode: _Episode,
+    envs: list[Any],
+    episodes: _Episodes,
     engine: Any,
-    executor: CodeExecutor,
-    sessions: dict[int, str],
+    steps: _Steps,
     timings: RolloutTimings,
+    common: dict[str, Any],
     *,
-    temperature: float,
-    top_p: float,
     seed: int,
     schedule: str,
     rejoin_steps: int,
 ) -> None:
-    """The engine generates; code runs on worker threads; a trajectory re-enters when its output is in.
+    """The engine generates; environments step on worker threads; a trajectory re-enters when its observation is
+    in.
 
     The engine's clock counts its steps (prefill calls and decode steps), so "deterministic" re-entry is a
     function of the sampled tokens only. Trajectory ``i`` is engine key ``i``: with the seed, its random
-    numbers depend on nothing else.
+    numbers depend on nothing else. A turn that ends an inline episode (the model ended its message) releases
+    its engine slot at once; its step's reward is collected at the end.
     """
 
     def submit(i: int) -> None:
         trajectory = trajectories[i]
-        engine.submit(i, trajectory.input_ids, episode.cap(trajectory), temperature=temperature, top_p=top_p, seed=seed)
+        engine.submit(i, trajectory.input_ids, episodes.cap(trajectory), seed=seed, **common)
 
-    def run_cell(i: int, code: str) -> list[ExecResult]:  # on a worker thread: a first call sets up too
-        (session,) = _sessions(executor, sessions, trajectories, [i])
-        return executor.run_batch([(session, code)])
-
-    pending: dict[int, tuple[Future, int]] = {}  # trajectory -> (its code's result, re-entry time)
+    pending: dict[int, tuple[tuple[Future, float], int, Sample]] = {}  # trajectory -> (step, re-entry, turn)
+    closing: dict[int, tuple[tuple[Future, float], Sample]] = {}  # the last step of an inline episode
     for i in active:
         submit(i)
-    with ThreadPoolExecutor(max_workers=32, thread_name_prefix="gtpo-cell") as cells:
-        try:
-            while engine.has_work() or pending:
-                if engine.has_work():
-                    start = time.perf_counter()
-                    ended = engine.step()
-                    timings.generation_s += time.perf_counter() - start
-                    for i, sample in ended:
-                        code = episode.add_turn(trajectories[i], sample)
-                        if code is None:
-                            engine.release(i)
-                            continue
-                        pending[i] = (cells.submit(run_cell, i, code), engine.clock + rejoin_steps)
-                if schedule == "asap":
-                    ready = [i for i, (future, _) in pending.items() if future.done()]
-                else:
-                    ready = [i for i, (_, due) in pending.items() if due <= engine.clock]
-                if not ready and pending and not engine.has_work():  # the generator idles: wait for code
-                    start = time.perf_counter()
-                    if schedule == "asap":
-                        wait([future for future, _ in pending.values()], return_when=FIRST_COMPLETED)
-                        ready = [i for i, (future, _) in pending.items() if future.done()]
-                    else:
-                        first = min(due for _, due in pending.values())
-                        ready = [i for i, (_, due) in pending.items() if due == first]
-                    timings.sandbox_s += time.perf_counter() - start
-                for i in sorted(ready):
-                    future, _ = pending.pop(i)
-                    start = time.perf_counter()
-                    (result,) = future.result()
-                    timings.sandbox_s += time.perf_counter() - start
-                    if episode.add_result(trajectories[i], result):
-                        submit(i)
-                    else:
+    try:
+        while engine.has_work() or pending:
+            if engine.has_work():
+                start = time.perf_counter()
+                ended = engine.step()
+                timings.generation_s += time.perf_counter() - start
+                for i, sample in ended:
+                    call = steps.submit(_step, envs[i], episodes.add_turn(trajectories[i], sample))
+                    if episodes.formats[i].observation_role == "inline" and sample.finish != "stop":
                         engine.release(i)
-        finally:
-            for future, _ in pending.values():
-                future.cancel()
-            engine.reset()
+                        closing[i] = (call, sample)
+                    else:
+                        pending[i] = (call, engine.clock + rejoin_steps, sample)
+            if schedule == "asap":
+                ready = [i for i, (call, _, _) in pending.items() if call[0].done()]
+            else:
+                ready = [i for i, (_, due, _) in pending.items() if due <= engine.clock]
+            if not ready and pending and not engine.has_work():  # the generator idles: wait for a step
+                start = time.perf_counter()
+                if schedule == "asap":
+                    soonest = min(deadline for (_, deadline), _, _ in pending.values())
+                    futures = [future for (future, _), _, _ in pending.values()]
+                    wait(futures, timeout=max(soonest - time.monotonic(), 0.0), return_when=FIRST_COMPLETED)
+                    ready = [i for i, (call, _, _) in pending.items() if call[0].done()]
+                    ready = ready or [i for i, ((_, deadline), _, _) in pending.items() if deadline == soonest]
+                else:
+                    first = min(due for _, due, _ in pending.values())
+                    ready = [i for i, (_, due, _) in pending.items() if due == first]
+                timings.env_s += time.perf_counter() - start
+            for i in sorted(ready):
+                call, _, sample = pending.pop(i)
+                start = time.perf_counter()
+                outcome = steps.outcome(call, _what(trajectories[i]))
+                timings.env_s += time.perf_counter() - start
+                if episodes.add_step(i, trajectories[i], outcome, sample):
+                    submit(i)
+                else:
+                    engine.release(i)
+        start = time.perf_counter()
+        for i, (call, sample) in sorted(closing.items()):
+            episodes.add_step(i, trajectories[i], steps.outcome(call, _what(trajectories[i])), sample)
+        timings.env_s += time.perf_counter() - start
+    finally:
+        for call, _, _ in pending.values():
+            call[0].cancel()
+        engine.reset()
 
 
 def is_void_trajectory(trajectory: Trajectory) -> bool:
@@ -375,4 +450,8 @@ def rollout_metrics(trajectories: Sequence[Trajectory]) -> dict[str, float]:
     }
     for reason in ("answer", "max_turns", "length", "eos"):
         metrics[f"rollout/finish_{reason}"] = sum(t.finish_reason == reason for t in trajectories) / n
+    for reason in ("terminated", "truncated", "env_error", "env_timeout"):  # only where they occur
+        count = sum(t.finish_reason == reason for t in trajectories)
+        if count:
+            metrics[f"rollout/finish_{reason}"] = count / n
     return metrics

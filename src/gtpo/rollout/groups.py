@@ -21,10 +21,11 @@ from typing import Any
 import torch
 
 from gtpo.distributed import DistContext, gather_objects, shard_indices, strip_tokens
+from gtpo.envs.base import EnvFactory
 from gtpo.method.rewards import informative_groups
 from gtpo.rollout.episode import rollout
 from gtpo.rollout.spec import EpisodeSpec
-from gtpo.types import CodeExecutor, Problem, Trajectory
+from gtpo.types import Problem, Trajectory
 
 ROUND_SEED_STRIDE = 100_003
 """Seeds of a step's refill rounds are this far apart, so a refill never repeats the first round's draws."""
@@ -147,11 +148,11 @@ def collect_groups(
 
 
 def roll_round(
-    share: RoundShare, *, sampler: Any, tokenizer: Any, executor: CodeExecutor, spec: EpisodeSpec
+    share: RoundShare, *, sampler: Any, tokenizer: Any, make_env: EnvFactory, spec: EpisodeSpec
 ) -> tuple[list[Trajectory], dict[str, float]]:
     """The ``RolloutFn`` of a training step (bind the keywords): one trajectory per problem of the share."""
     with torch.no_grad():
         result = rollout(
-            share.problems, 1, sampler, tokenizer, executor, spec, seed=share.seed, group_ids=share.group_ids
+            share.problems, 1, sampler, tokenizer, make_env, spec, seed=share.seed, group_ids=share.group_ids
         )
     return result.trajectories, result.timings.as_dict()

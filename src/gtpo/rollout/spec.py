@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from gtpo.config import AlgoConfig, GenerationConfig, RolloutConfig, TrainConfig
+from gtpo.config import GenerationConfig, RolloutConfig, TrainConfig
 
 SCHEDULES = ("auto", "deterministic", "asap")
 """When a trajectory whose code ran re-enters generation (streaming samplers only; see ``gtpo.rollout.episode``)."""
@@ -18,8 +18,9 @@ SCHEDULES = ("auto", "deterministic", "asap")
 
 @dataclass(frozen=True)
 class EpisodeSpec:
-    """How one multi-turn episode runs: the prompt, the length caps, sampling, and what counts as an invalid
-    call. ``schedule``/``rejoin_steps`` matter only to a streaming sampler (the engine)."""
+    """How one multi-turn episode runs: the prompt, the length caps, sampling, and how long an environment step
+    may take. ``schedule``/``rejoin_steps`` matter only to a streaming sampler (the engine). What counts as an
+    invalid action is the environment's (``gtpo.envs``)."""
 
     system_prompt: str
     max_turns: int = RolloutConfig.max_turns
@@ -28,20 +29,20 @@ class EpisodeSpec:
     max_new_tokens_per_turn: int = RolloutConfig.max_new_tokens_per_turn
     temperature: float = RolloutConfig.temperature
     top_p: float = RolloutConfig.top_p
-    invalid_statuses: frozenset[str] = frozenset(AlgoConfig.invalid_statuses)
+    step_timeout_s: float = RolloutConfig.step_timeout_s
     schedule: str = GenerationConfig.schedule
     rejoin_steps: int = GenerationConfig.rejoin_steps
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule (config generation.schedule) must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.step_timeout_s <= 0:
+            raise ValueError(f"step_timeout_s (config rollout.step_timeout_s) must be > 0, got {self.step_timeout_s}")
 
     def evaluation(self, temperature: float) -> EpisodeSpec:
         """The same episode for held-out evaluation: sampled at ``temperature`` from the full distribution
-        (top_p 1) and graded with the default invalid-call statuses."""
-        return dataclasses.replace(
-            self, temperature=temperature, top_p=1.0, invalid_statuses=frozenset(AlgoConfig.invalid_statuses)
-        )
+        (top_p 1)."""
+        return dataclasses.replace(self, temperature=temperature, top_p=1.0)
 
 
 def episode_spec(config: TrainConfig, system_prompt: str) -> EpisodeSpec:
@@ -54,7 +55,7 @@ def episode_spec(config: TrainConfig, system_prompt: str) -> EpisodeSpec:
         max_new_tokens_per_turn=r.max_new_tokens_per_turn,
         temperature=r.temperature,
         top_p=r.top_p,
-        invalid_statuses=frozenset(config.algo.invalid_statuses),
+        step_timeout_s=r.step_timeout_s,
         schedule=config.generation.schedule,
         rejoin_steps=config.generation.rejoin_steps,
     )

@@ -23,8 +23,8 @@ import torch
 from gtpo import components
 from gtpo.config import ConfigError, from_dict
 from gtpo.distributed import unwrap_model
+from gtpo.envs import sources
 from gtpo.run.checkpoint import CHECKPOINT_DIR, latest_checkpoint, read_file
-from gtpo.tasks import system_prompt_for
 
 LoraExport = Literal["merged", "adapter"]
 MODEL_DIR = "model"
@@ -158,6 +158,6 @@ def export_checkpoint(source: str | Path, out: str | Path | None = None, lora: L
         out = run_dir / (MODEL_DIR if newest == checkpoint else f"{MODEL_DIR}-{checkpoint.name}")
     model, tokenizer, _ = load_checkpoint_policy(checkpoint, torch.device("cpu"), flag="gtpo export")
     data = from_dict(json.loads((run_dir / "config.json").read_text())).data
-    written = save_model_folder(model, tokenizer, out, lora=lora, system_prompt=system_prompt_for(data))
+    written = save_model_folder(model, tokenizer, out, lora=lora, system_prompt=sources.system_prompt(data))
     assert written is not None
     return written

@@ -210,6 +210,8 @@ def trajectory_record(
             "exec_status": turn.exec_status,
             "tool_output": turn.tool_output,
             "invalid_call": turn.invalid_call,
+            "env_reward": turn.reward,
+            "observation": turn.observation,
         }
         if turn_rewards is not None:
             entry["reward"] = round(float(turn_rewards[k]), 6)
@@ -225,6 +227,7 @@ def trajectory_record(
         "final_answer": trajectory.final_answer,
         "correct": trajectory.correct,
         "finish_reason": trajectory.finish_reason,
+        **({"error": trajectory.error} if trajectory.error else {}),
         "turns": turns,
     }
 

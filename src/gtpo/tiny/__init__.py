@@ -1,10 +1,6 @@
-"""The shipped tiny models: where they live, their aliases, and (``tiny.build``) how they are rebuilt."""
+"""The shipped tiny models: how they are built (``tiny.build``: tokenizer, model, supervised warm start). Where
+they live and their aliases: ``gtpo.model.shipped`` (named here too)."""
 
-from pathlib import Path
+from gtpo.model.shipped import ASSETS, DEFAULT_MODEL_DIR, MULTISTEP_MODEL_DIR, RELAY_MODEL_DIR, SHIPPED_MODELS
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
-DEFAULT_MODEL_DIR = ASSETS / "tiny"
-MULTISTEP_MODEL_DIR = ASSETS / "tiny-multistep"
-RELAY_MODEL_DIR = ASSETS / "tiny-relay"
-SHIPPED_MODELS = {"tiny": DEFAULT_MODEL_DIR, "tiny-multistep": MULTISTEP_MODEL_DIR, "tiny-relay": RELAY_MODEL_DIR}
-"""``model.name_or_path`` aliases of the shipped models."""
+__all__ = ["ASSETS", "DEFAULT_MODEL_DIR", "MULTISTEP_MODEL_DIR", "RELAY_MODEL_DIR", "SHIPPED_MODELS"]

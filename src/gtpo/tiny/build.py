@@ -131,6 +131,7 @@ def measure(
     model: torch.nn.Module, tokenizer: Any, n: int = 96, temperature: float = 1.0, task: str = "arith"
 ) -> dict[str, float]:
     """Held-out accuracy and tool use of the warm-started model, through the real rollout and sandbox."""
+    from gtpo.envs.python_tool import python_tool_envs
     from gtpo.generation.hf import HFSampler
     from gtpo.rollout.episode import rollout, rollout_metrics
     from gtpo.rollout.spec import EpisodeSpec
@@ -145,7 +146,7 @@ def measure(
             1,
             HFSampler(model, tokenizer),
             tokenizer,
-            pool,
+            python_tool_envs(pool, max_turns=recipe.max_turns),
             # the embedded default's length limits (the spec's defaults); the turn cap is the task's
             EpisodeSpec(system_prompt=module.SYSTEM_PROMPT, max_turns=recipe.max_turns, temperature=temperature),
             seed=0,

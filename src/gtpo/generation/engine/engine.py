@@ -117,6 +117,7 @@ class GenerationEngine:
         temperature: float,
         top_p: float = 1.0,
         seed: int = 0,
+        stop_at_code_block: bool = True,
     ) -> None:
         """Queue one turn for sequence ``key``: continue ``tokens`` by up to ``max_new_tokens`` tokens.
 
@@ -132,7 +133,9 @@ class GenerationEngine:
             )
         if self.table.in_flight(key):
             raise ValueError(f"engine request {key}: that sequence already has a turn in flight")
-        self.table.add(Request(key, list(tokens), max_new_tokens, temperature, top_p, seed, self.clock))
+        request = Request(key, list(tokens), max_new_tokens, temperature, top_p, seed, self.clock)
+        request.stop_at_code_block = stop_at_code_block
+        self.table.add(request)
 
     def release(self, key: int) -> None:
         """The sequence is finished: free its cached prefix."""
@@ -209,7 +212,7 @@ class GenerationEngine:
 
     def _ends_turn(self, request: Request, upto: list[int]) -> SampleFinish | None:
         """Why the turn ends at the last token of ``upto`` (the turn's next tokens), or None."""
-        return self.stop.ends(request.new_tokens + upto)
+        return self.stop.ends(request.new_tokens + upto, request.stop_at_code_block)
 
     def _append(self, request: Request, token: int, logp: float) -> SampleFinish | None:
         """Add one sampled token; return why the turn ends with it, or None if it goes on."""

@@ -31,6 +31,7 @@ class EngineSampler:
         temperature: float,
         top_p: float = 1.0,
         seed: int | None = None,
+        stop_at_code_block: bool = True,
     ) -> list[Sample]:
         """One turn for each context (row ``i`` is engine key ``i``); rows with no token budget get none."""
         samples: list[Sample | None] = [None] * len(contexts)
@@ -39,7 +40,15 @@ class EngineSampler:
                 if cap <= 0:
                     samples[row] = Sample([], [], "length")
                     continue
-                self.engine.submit(row, list(context), cap, temperature=temperature, top_p=top_p, seed=seed or 0)
+                self.engine.submit(
+                    row,
+                    list(context),
+                    cap,
+                    temperature=temperature,
+                    top_p=top_p,
+                    seed=seed or 0,
+                    stop_at_code_block=stop_at_code_block,
+                )
             while self.engine.has_work():
                 for row, sample in self.engine.step():
                     samples[row] = sample

@@ -29,6 +29,8 @@ class Request:
     new_tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     slot: int = -1
+    stop_at_code_block: bool = True
+    """The turn also ends when it closes a python block (``gtpo.generation.stop``), not only at EOS."""
 
 
 @dataclass

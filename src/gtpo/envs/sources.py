@@ -1,0 +1,94 @@
+"""A run's data settings -> its problems, its system prompt, and the environments its trajectories run in.
+
+A ``data.train`` / ``data.eval`` string names either question/answer problems (a built-in task, a file, a data
+set, reasoning-gym: ``gtpo.data.problems``), which run in the math tool environment (``gtpo.envs.python_tool``),
+or an environment of its own: ``gem:ENV_ID[?...]`` (``gtpo.envs.gem``) or ``module.path:ClassName[?...]``
+(``gtpo.envs.user``), whose problems are reset seeds (``gtpo.envs.options``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from gtpo.config import DataConfig
+from gtpo.data.problems import load_eval_problems, load_train_problems
+from gtpo.envs import gem, user
+from gtpo.envs.base import EnvFactory
+from gtpo.envs.options import without_own
+from gtpo.envs.python_tool import GradeFn, python_tool_envs
+from gtpo.tasks import system_prompt_for
+from gtpo.tools import DEFAULT_INVALID_STATUSES
+from gtpo.types import CodeExecutor, Problem
+
+GENERIC_ENV_PROMPT = "You are an agent in an environment. Read each message and reply with your next action."
+"""The system prompt of an environment that declares none."""
+
+
+def is_env_source(source: str) -> bool:
+    """Whether ``source`` names an environment (its problems are reset seeds) rather than question/answer data."""
+    return gem.is_source(source) or user.is_source(source)
+
+
+def env_problems(source: str, field: str, *, heldout: bool, run_seed: int = 0) -> list[Problem]:
+    """The reset seeds of an environment source, for training or the held-out set."""
+    module = gem if gem.is_source(source) else user
+    return module.problems(source, field, heldout=heldout, run_seed=run_seed)
+
+
+def eval_source(cfg: DataConfig) -> str:
+    """``data.eval``, except that an environment in ``data.train`` with ``data.eval`` left at its default is
+    evaluated on that environment's held-out seeds (the embedded arithmetic set would mean nothing to it)."""
+    if cfg.eval == DataConfig.eval and is_env_source(cfg.train):
+        return without_own(cfg.train)  # its own problems/seed chose training instances
+    return cfg.eval
+
+
+def train_problems(cfg: DataConfig, seed: int) -> list[Problem]:
+    """The training problems of ``data.train`` (an environment's training seeds, or question/answer data)."""
+    if is_env_source(cfg.train):
+        return env_problems(cfg.train, "data.train", heldout=False, run_seed=seed)
+    return load_train_problems(cfg, seed)
+
+
+def eval_problems(cfg: DataConfig) -> list[Problem]:
+    """The held-out problems of ``eval_source(cfg)``, at most ``data.eval_limit`` of them."""
+    source = eval_source(cfg)
+    if not is_env_source(source):
+        return load_eval_problems(cfg)
+    problems = env_problems(source, "data.eval", heldout=True)
+    return problems[: cfg.eval_limit] if cfg.eval_limit else problems
+
+
+def system_prompt(cfg: DataConfig) -> str:
+    """``data.system_prompt``, else the training source's own: an environment's ``system_prompt`` attribute (or
+    the generic one), or a task's (``gtpo.tasks.system_prompt_for``)."""
+    if cfg.system_prompt is None and is_env_source(cfg.train):
+        return env_system_prompt(cfg.train, "data.train") or GENERIC_ENV_PROMPT
+    return system_prompt_for(cfg)
+
+
+def env_system_prompt(source: str, field: str) -> str | None:
+    """The system prompt an environment source declares (GEM's games have one), or None."""
+    if gem.is_source(source):
+        return gem.SYSTEM_PROMPT
+    return user.system_prompt(source, field)
+
+
+def env_factory(
+    source: str,
+    field: str,
+    *,
+    sandbox: CodeExecutor | None,
+    max_turns: int,
+    invalid_statuses: Collection[str] = DEFAULT_INVALID_STATUSES,
+    grade: GradeFn | None = None,
+) -> EnvFactory:
+    """A fresh environment per trajectory for ``source``: its own class, or the math tool environment over
+    ``sandbox`` (with ``max_turns``, ``invalid_statuses`` and ``grade``) for question/answer problems."""
+    if gem.is_source(source):
+        return gem.factory(source, field)
+    if user.is_source(source):
+        return user.factory(source, field)
+    if sandbox is None:
+        raise ValueError(f"{field} {source!r}: the math tool environment needs a sandbox")
+    return python_tool_envs(sandbox, max_turns=max_turns, grade=grade, invalid_statuses=invalid_statuses)
