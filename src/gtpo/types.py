@@ -114,6 +114,8 @@ class Trajectory:
     turn_ids: list[int] = field(default_factory=list)
     sampler_logprobs: list[float] = field(default_factory=list)
     prompt_len: int = 0
+    opening: str = ""
+    """The environment's first observation, the user message of the prompt (the math task's question)."""
     finish_reason: FinishReason = "eos"
     final_answer: str | None = None
     correct: bool = False

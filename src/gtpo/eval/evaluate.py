@@ -31,6 +31,14 @@ class EvalReport:
     trajectories: list[Trajectory] = field(repr=False, default_factory=list)
 
     @property
+    def returns(self) -> list[float]:
+        """Each problem's mean episode return over its k samples (the sum of its environment's step rewards; for
+        the math task, its accuracy)."""
+        k, trajs = self.k, self.trajectories
+        episode = [sum(turn.reward for turn in t.turns) for t in trajs]
+        return [sum(episode[i * k : (i + 1) * k]) / k for i in range(len(trajs) // k)] if k else []
+
+    @property
     def accuracy(self) -> float:
         """avg@k: mean accuracy over the k samples of every problem."""
         flat = [c for row in self.per_problem for c in row]
@@ -40,8 +48,10 @@ class EvalReport:
         trajs = self.trajectories
         turns = [t.num_turns for t in trajs]
         all_turns = [turn for t in trajs for turn in t.turns]
+        returns = self.returns
         return {
             f"{prefix}avg@{self.k}": self.accuracy,
+            f"{prefix}return_mean": sum(returns) / len(returns) if returns else 0.0,
             f"{prefix}turns_mean": sum(turns) / len(turns) if turns else 0.0,
             f"{prefix}tool_call_rate": (
                 sum(turn.has_tool_call for turn in all_turns) / len(all_turns) if all_turns else 0.0

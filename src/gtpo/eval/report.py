@@ -57,7 +57,7 @@ def write_trajectories(report: EvalReport, path: Path) -> None:
         for t in report.trajectories:
             record = {
                 "problem_id": t.problem.id,
-                "question": t.problem.question,
+                "question": t.opening or t.problem.question,
                 "reference": t.problem.answer,
                 "final_answer": t.final_answer,
                 "correct": t.correct,

@@ -94,6 +94,16 @@ def accuracy_interval(correct: CorrectMatrix, confidence: float = 0.95) -> tuple
     return mean, max(0.0, mean - half), min(1.0, mean + half)
 
 
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """``(mean, lo, hi)``: a normal confidence interval for the mean of per-problem values (an environment's mean
+    return over each problem's k samples), ``mean +- z * sd / sqrt(N)``; a point when N < 2 or all are equal."""
+    if not values:
+        raise ValueError("mean_interval needs at least one value")
+    mean = _mean(values)
+    half = _z(confidence) * _standard_error(values)
+    return mean, mean - half, mean + half
+
+
 def paired_difference(
     a_per_problem: Sequence[float] | CorrectMatrix,
     b_per_problem: Sequence[float] | CorrectMatrix,

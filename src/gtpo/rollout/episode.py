@@ -163,7 +163,7 @@ class _Episodes:
         if outcome.terminated or outcome.truncated or inline_end:
             if FINISH in info:
                 trajectory.finish_reason = info[FINISH]
-            elif sample.finish == "length" or inline_end:
+            elif inline_end:  # the model's message ended: at EOS, or cut at the turn's token cap
                 trajectory.finish_reason = "length" if sample.finish == "length" else "eos"
             else:
                 trajectory.finish_reason = "terminated" if outcome.terminated else "truncated"
@@ -284,6 +284,7 @@ def _start(
     for i, (trajectory, call) in enumerate(zip(trajectories, calls, strict=True)):
         outcome = steps.outcome(call, f"the environment of problem {trajectory.problem.id!r}: reset")
         observation = "" if isinstance(outcome, _Failure) else outcome[0]
+        trajectory.opening = observation
         prompt = prompt_ids(tokenizer, spec.system_prompt, observation)
         trajectory.input_ids = list(prompt)
         trajectory.loss_mask = [0] * len(prompt)

@@ -222,7 +222,7 @@ def trajectory_record(
         "step": step,
         "kind": kind,
         "problem_id": trajectory.problem.id,
-        "question": trajectory.problem.question,
+        "question": trajectory.opening or trajectory.problem.question,
         "reference": trajectory.problem.answer,
         "final_answer": trajectory.final_answer,
         "correct": trajectory.correct,

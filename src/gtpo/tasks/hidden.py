@@ -98,5 +98,7 @@ class HiddenStateTask:
     def write_heldout(self, path: Path | None = None, n: int = 300) -> None:
         path = self.heldout_path if path is None else Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        rows = [asdict(p) for p in self.make_problems(n, self.heldout_seed, prefix="heldout")]
+        # The question/answer fields only: an environment's reset seed means nothing to a math problem.
+        fields = ("id", "question", "answer", "source", "setup_code")
+        rows = [{k: asdict(p)[k] for k in fields} for p in self.make_problems(n, self.heldout_seed, prefix="heldout")]
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
