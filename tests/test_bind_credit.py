@@ -22,6 +22,8 @@ PROBLEM = Problem(id="p", question="q", answer="1")
 
 
 def _traj(group: int, correct: bool, turns: list[Turn]) -> Trajectory:
+    """A math-task record as the rollout leaves it: the last turn's reward is 1 if the answer is right."""
+    turns[-1].reward = float(correct)
     return Trajectory(problem=PROBLEM, group_id=group, turns=turns, correct=correct)
 
 

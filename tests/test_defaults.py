@@ -146,13 +146,19 @@ def _turn(code: str | None = None, invalid: bool = False) -> Turn:
     return Turn(text="t", code=code, has_tool_call=code is not None, invalid_call=invalid)
 
 
+def _traj(group: int, correct: bool, turns: list[Turn]) -> Trajectory:
+    """A math-task record as the rollout leaves it: the last turn's reward is 1 if the answer is right."""
+    turns[-1].reward = float(correct)
+    return Trajectory(PROBLEM, group, turns, correct=correct)
+
+
 def _batch() -> list[Trajectory]:
     return [
-        Trajectory(PROBLEM, 0, [_turn("print(6 * 7)"), _turn()], correct=True),  # A
-        Trajectory(PROBLEM, 0, [_turn("print(6 * 7)", invalid=True), _turn()], correct=False),  # B
-        Trajectory(PROBLEM, 0, [_turn()], correct=False),  # C
-        Trajectory(PROBLEM, 1, [_turn("print(2 ** 10)"), _turn()], correct=True),  # D
-        Trajectory(PROBLEM, 1, [_turn()], correct=False),  # E
+        _traj(0, True, [_turn("print(6 * 7)"), _turn()]),  # A
+        _traj(0, False, [_turn("print(6 * 7)", invalid=True), _turn()]),  # B
+        _traj(0, False, [_turn()]),  # C
+        _traj(1, True, [_turn("print(2 ** 10)"), _turn()]),  # D
+        _traj(1, False, [_turn()]),  # E
     ]
 
 
