@@ -63,3 +63,43 @@ def test_settings_under_their_former_names_are_read_and_retired_ones_refused():
     assert argv == ["--filter.groups", "--sandbox.workers=1", "--rollout.top-p", "1"]
     assert notes == ["note: --rollout.filter-groups is now --filter.groups",
                      "note: --rollout.sandbox-workers is now --sandbox.workers"]  # fmt: skip
+
+
+def _two_values(hint):
+    """Two different valid values of a setting's type."""
+    import typing
+
+    if typing.get_origin(hint) is typing.Literal:
+        return typing.get_args(hint)[:2]
+    return {bool: (True, False), int: (3, 4), float: (0.25, 0.5), str: ("a", "b")}[hint]
+
+
+def _renamed_pairs():
+    from gtpo.config.files import RENAMED
+
+    return sorted(RENAMED.items())
+
+
+@pytest.mark.parametrize(("old", "new"), _renamed_pairs(), ids=[old for old, _ in _renamed_pairs()])
+def test_a_current_name_wins_over_its_former_name_given_beside_it(old, new):
+    """A config that gives both (a preset edited by hand, a saved config.json with a flag's value merged in) runs
+    with the current name's value, whichever order the keys come in."""
+    import typing
+
+    (old_section, old_name), (new_section, new_name) = old.split("."), new.split(".")
+    section_type = typing.get_type_hints(TrainConfig)[new_section]
+    stale, current = _two_values(typing.get_type_hints(section_type)[new_name])
+    for data in (
+        {old_section: {old_name: stale}, new_section: {new_name: current}},
+        {new_section: {new_name: current}, old_section: {old_name: stale}},
+    ):
+        assert getattr(getattr(from_dict(data), new_section), new_name) == current, data
+    alone = from_dict({old_section: {old_name: stale}})  # the former name alone is still read
+    assert getattr(getattr(alone, new_section), new_name) == stale
+
+
+def test_a_preset_giving_both_names_runs_with_the_current_one(tmp_path):
+    preset = tmp_path / "both.yaml"
+    preset.write_text("rollout:\n  overlong: mask\n  group_size: 4\noverlong:\n  mode: penalty\n")
+    config = load_preset(str(preset))
+    assert (config.overlong.mode, config.rollout.group_size) == ("penalty", 4)

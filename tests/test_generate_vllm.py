@@ -5,8 +5,8 @@ including the first stop token (or its token budget), and a resubmitted prompt c
 Checked here: prompts go in as token ids (a resubmitted turn as context + its tokens so far), sampled ids
 come back untouched, turns end by the shared rule (``gtpo.generation.stop``) even when the closing fence
 is followed by more text, log-probs are kept token for token, seeds differ per row and round, an unsupported
-or missing vllm gives one clear line, and weight sync drives vLLM's start/update/finish protocol with plain
-HF names (LoRA merged).
+or missing vllm gives one clear line, and weight sync leaves the policy's current weights in the stand-in's own
+model through vLLM's start/update/finish protocol, under plain HF names (LoRA merged).
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ class FakeLLM:
     replies: dict[tuple[int, ...], tuple[str, bool]]
     calls: list = field(default_factory=list)
     protocol: list = field(default_factory=list)
+    model: torch.nn.Module | None = None
+    """The engine's own copy of the policy: an update is staged, then loaded (copied in) when it is finished."""
+    staged: dict = field(default_factory=dict)
 
     def get_tokenizer(self):
         return self.tokenizer
@@ -73,12 +76,18 @@ class FakeLLM:
 
     def start_weight_update(self):
         self.protocol.append("start")
+        self.staged = {}
 
     def update_weights(self, request):
-        self.protocol.append(("update", dict(request["update_info"]["weights"])))
+        assert self.protocol and self.protocol[-1] == "start", "weights sent outside start/finish"
+        weights = dict(request["update_info"]["weights"])
+        self.protocol.append(("update", weights))
+        self.staged.update(weights)
 
     def finish_weight_update(self, weight_version=None):
         self.protocol.append(("finish", weight_version))
+        if self.model is not None:
+            self.model.load_state_dict(self.staged, strict=True)  # every weight, under the HF model's names
 
     def reset_prefix_cache(self):
         self.protocol.append("reset")
@@ -181,15 +190,30 @@ def test_zero_budget_rows_are_not_sent(fake_vllm, tiny_tokenizer):
     assert [p["prompt_token_ids"] for p in llm.calls[0][0]] == [[6]]
 
 
-def test_sync_weights_uses_the_weight_transfer_protocol(fake_vllm, tiny_tokenizer, tiny_model):
+def test_sync_weights_puts_the_policys_current_weights_in_the_engine(fake_vllm, tiny_tokenizer):
+    """After each sync the engine's model computes what the policy computes, with the weights of that moment (a
+    stale or partial update, or one under other names, does not), and its prefix cache of the old weights is
+    dropped."""
+    from conftest import build_model
+
+    policy, engine = build_model(tiny_tokenizer, seed=1), build_model(tiny_tokenizer, seed=2)
     sampler, llm = _sampler(tiny_tokenizer, {})
-    sampler.sync_weights(inference_weights(tiny_model).items())
-    sampler.sync_weights(inference_weights(tiny_model).items())
-    assert [step if isinstance(step, str) else step[0] for step in llm.protocol] == [
-        "start", "update", "finish", "reset"
-    ] * 2  # fmt: skip
-    assert set(llm.protocol[1][1]) == set(tiny_model.state_dict())
-    assert [step[1] for step in llm.protocol if step[0] == "finish"] == ["1", "2"]
+    llm.model = engine
+    ids = torch.tensor([[3, 4, 5, 6, 7]])
+
+    def logits(model):
+        with torch.no_grad():
+            return model(ids).logits
+
+    assert not torch.allclose(logits(engine), logits(policy))
+    for version in ("1", "2"):
+        sampler.sync_weights(inference_weights(policy).items())
+        torch.testing.assert_close(logits(engine), logits(policy), rtol=0, atol=0)
+        assert llm.protocol[-2:] == [("finish", version), "reset"]
+        with torch.no_grad():  # a training step: the next sync must bring these weights
+            for param in policy.parameters():
+                param.add_(0.01 * torch.randn_like(param))
+    assert not torch.allclose(logits(engine), logits(policy))  # the engine holds copies, not the policy's tensors
 
 
 def test_an_engine_failure_is_one_engine_failed_naming_what_it_was_doing(fake_vllm, tiny_tokenizer, tiny_model):

@@ -11,7 +11,8 @@ from gtpo.model.policy import prompt_ids
 from gtpo.tasks.arith import SYSTEM_PROMPT, heldout_problems
 from gtpo.tasks.traces import make_traces
 from gtpo.tiny import DEFAULT_MODEL_DIR
-from gtpo.tiny.build import build, tokenize_trace
+from gtpo.tiny.build import RECIPES, build, measure, tokenize_trace
+from gtpo.tiny.model import new_model
 
 
 def test_shipped_asset_loads_with_plain_transformers():
@@ -47,15 +48,24 @@ def test_trace_tokenization_trains_only_model_segments(tiny_tokenizer):
     assert "```output" not in trained
 
 
-@pytest.mark.parametrize("task", ["arith", "multistep"])
-def test_rebuild_command_writes_a_loadable_model(tmp_path, task):
+@pytest.mark.parametrize("task", ["arith", "multistep", "relay"])
+def test_rebuild_command_writes_the_model_it_trained_and_measured(tmp_path, task):
+    """The folder loads with plain transformers; its weights moved from where the warm start began (a new model,
+    or the shipped arithmetic one it continues); measuring it again gives the numbers build_info records."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     info = build(tmp_path, steps=3, seed=1, traces=64, measure_n=4, task=task)
-    assert info["steps"] == 3 and info["task"] == task and 0.0 <= info["temp1_heldout_accuracy"] <= 1.0
-    AutoTokenizer.from_pretrained(tmp_path)
+    assert (info["steps"], info["task"], info["traces"]) == (3, task, 64)
+    assert info == json.loads((tmp_path / "build_info.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
     model = AutoModelForCausalLM.from_pretrained(tmp_path)
-    if task == "multistep":  # continued from the shipped arithmetic model: same tokenizer, moved weights
-        start = AutoModelForCausalLM.from_pretrained(DEFAULT_MODEL_DIR)
-        assert len(AutoTokenizer.from_pretrained(tmp_path)) == len(AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR))
-        assert not torch.equal(model.model.embed_tokens.weight, start.model.embed_tokens.weight)
+    if RECIPES[task].init_from is None:
+        start = new_model(tokenizer, seed=1)  # build's own start for this seed: same tokenizer, same draw
+    else:  # continued from the shipped arithmetic model: same tokenizer
+        start = AutoModelForCausalLM.from_pretrained(RECIPES[task].init_from)
+        assert len(tokenizer) == len(AutoTokenizer.from_pretrained(RECIPES[task].init_from))
+    assert start.model.embed_tokens.weight.shape == model.model.embed_tokens.weight.shape
+    assert not torch.equal(model.model.embed_tokens.weight, start.model.embed_tokens.weight)
+    again = measure(model, tokenizer, n=4, task=task)
+    recorded = {key: info[f"temp1_{key}"] for key in ("heldout_accuracy", "tool_call_rate", "turns_mean")}
+    assert {key: again[key] for key in recorded} == recorded

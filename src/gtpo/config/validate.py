@@ -13,6 +13,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     checks = [
         (config.steps >= 1, "steps", "must be >= 1"),
         (config.dist_timeout_s > 0, "dist_timeout_s", "must be > 0 seconds"),
+        (config.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1 (the newest is what --resume continues)"),
         (config.rollout.group_size >= 2, "rollout.group_size", "must be >= 2 (advantages are relative)"),
         (config.rollout.problems_per_step >= 1, "rollout.problems_per_step", "must be >= 1"),
         (config.rollout.max_turns >= 1, "rollout.max_turns", "must be >= 1"),

@@ -231,7 +231,8 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     keep: int = 2,
 ) -> Path | None:
-    """Write checkpoint ``step`` atomically and prune all but the newest ``keep``.
+    """Write checkpoint ``step`` atomically and prune all but the newest ``keep`` (at least the one just written:
+    ``keep`` < 1 keeps it too, since a run whose every checkpoint is pruned could not be resumed).
 
     Returns its directory on the writing rank (rank 0), None on the others."""
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
