@@ -140,7 +140,7 @@ def hybrid_advantages(
     """Turn and trajectory credit mixed: A[i, j] = (1 - w) * A_turn[i, j] + w * A_traj[i] on valid turns, else 0.
 
     w = 0 is GTPO's turn credit, w = 1 puts the trajectory's one (GRPO-style) advantage on every turn; between,
-    a turn is judged by what followed it and by how the whole trajectory did (MT-GRPO's A_outcome + c * A_turn
+    a turn is judged by what followed it and by how the whole trajectory did (in form, MT-GRPO's A_outcome + c * A_turn
     is (1 + c) times this with w = 1 / (1 + c)). Shapes: [B, K], [B], [B, K] -> [B, K].
     """
     if not 0.0 <= weight <= 1.0:
