@@ -4,8 +4,10 @@ Not a speed benchmark: a measurement of the estimator, with ``adv_norm="group"``
 the same run. Synthetic groups under a *null* model in which the number of turns says nothing about success:
 each trajectory draws its turn count uniformly from 1..K and its correctness with probability p, independently;
 each turn makes an invalid call with probability q. Rewards are GTPO's (``gtpo.method.rewards.turn_rewards``, the
-default penalties, no shaping), advantages ``gtpo.method.advantages.gtpo_advantages``; GRPO puts its one advantage on
-every turn. For every turn count n the script prints, per normalization:
+default penalties, no shaping), advantages ``gtpo.method.advantages.gtpo_advantages`` under every ``adv_norm``;
+``hybrid`` mixes the pooled ``group`` advantages half and half with the group-normalized reward sum
+(``hybrid_advantages``, ``traj_adv_weight`` 0.5); GRPO puts its one advantage on every turn. For every turn count n
+the script prints, per scheme:
 
 - ``weight/turn``: mean |sum of the trajectory's turn advantages| / n, relative to that of 1-turn trajectories.
   1.0 means a trajectory weighs in proportion to its turns and no more (each turn carries the advantage,
@@ -27,7 +29,7 @@ import random
 
 import torch
 
-from gtpo.method.advantages import NORMS, grpo_advantages, gtpo_advantages
+from gtpo.method.advantages import NORMS, grpo_advantages, gtpo_advantages, hybrid_advantages
 from gtpo.method.rewards import format_ok, grpo_rewards, turn_rewards
 
 
@@ -47,14 +49,17 @@ def null_groups(
 
 
 def turn_advantages(norm: str, acc: list[float], invalid: list[list[bool]], ids: list[int], gamma: float):
-    """[B, K] advantages and the turn mask for one normalization (``"grpo"``: GRPO's on every turn)."""
+    """[B, K] advantages and the turn mask for one scheme (an ``adv_norm``, ``"hybrid"``, or ``"grpo"``)."""
     first_call = [True] * len(acc)
     rewards, mask = turn_rewards(acc, invalid, first_call)
-    group_ids = torch.tensor(ids)
+    rewards, group_ids = rewards.double(), torch.tensor(ids)
     if norm == "grpo":
         traj = grpo_advantages(grpo_rewards([a == 1.0 for a in acc], format_ok(invalid, first_call)), group_ids)
         return torch.where(mask, traj[:, None].to(torch.float64), torch.zeros((), dtype=torch.float64)), mask
-    return gtpo_advantages(rewards.double(), mask, group_ids, gamma, norm=norm), mask
+    if norm == "hybrid":
+        pooled = gtpo_advantages(rewards, mask, group_ids, gamma, norm="group")
+        return hybrid_advantages(pooled, grpo_advantages((rewards * mask).sum(dim=1), group_ids), mask, 0.5), mask
+    return gtpo_advantages(rewards, mask, group_ids, gamma, norm=norm), mask
 
 
 def by_turn_count(
@@ -93,7 +98,7 @@ def main() -> None:
     print("|---|---|" + "---|" * args.max_turns)
     rows = {
         norm: by_turn_count(*turn_advantages(norm, acc, invalid, ids, args.gamma), args.max_turns)
-        for norm in (*NORMS, "grpo")
+        for norm in (*NORMS, "hybrid", "grpo")
     }
     base = rows["group"]
     for norm, row in rows.items():

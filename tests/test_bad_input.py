@@ -304,8 +304,8 @@ def test_version():
 def test_fitting_prompts_keeps_exactly_the_prompts_shorter_than_the_budget():
     from gtpo.components import build_policy
     from gtpo.config import DataConfig, ModelConfig
-    from gtpo.rollout.prompts import fitting_prompts
     from gtpo.model.policy import prompt_ids
+    from gtpo.rollout.prompts import fitting_prompts
     from gtpo.tasks import system_prompt_for
     from gtpo.types import Problem
 

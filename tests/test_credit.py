@@ -175,3 +175,43 @@ def test_grpo_rewards_the_episode_return_and_caps_a_format_violation_at_zero(epi
         [[(rewards[0] - mean) / (std + 1e-6)] * 3, [(rewards[1] - mean) / (std + 1e-6)] * 2 + [0.0]]
     )
     torch.testing.assert_close(credit.turn_advantages, expected)
+
+
+def test_every_credit_variant_logs_its_call_sign_agreement_on_the_same_batch():
+    """_batch() by hand (gamma 0.9), the calls being row 0's invalid turn 1 and valid turn 2, row 2's valid turn 1,
+    rows 3 and 4's valid turn 1. Group 7's two trajectories are identical, so every set there is constant except
+    the pooled one (each call, return 0.9 against the pooled mean 0.95, is pushed down).
+    - group: 1 of 5 (the default's own figure, above);
+    - turn_index and turn_index_carry: group 0's turn 1 holds returns {0.71, -0.1, 0} (mean 0.203): row 0's invalid
+      call up (wrong), row 2's valid call down (wrong); turn 2 holds {0.9, 0} or, carried, {0.9, -0.1, 0}:
+      row 0's valid call up (right). Group 7 gives 0: 1 of 3;
+    - a2tgpo: group 0's turn-1 rewards {-0.1, -0.1, 0} standardize to -0.71, -0.71, +1.41, turns 2 and 3 are
+      constant or alone, so row 0's invalid call is pushed down and row 2's valid call up: 2 of 2;
+    - hybrid: the pooled advantages plus half the group-normalized reward sums (0.9, -0.1, 0 in group 0, equal in
+      group 7): every sign stays the pooled one, 1 of 5;
+    - grpo: every advantage 0, nothing counted, so no field."""
+    metrics = _credit("gtpo").metrics
+    assert metrics["adv/call_sign_agreement/group"] == metrics["adv/call_sign_agreement"] == pytest.approx(1 / 5)
+    assert metrics["adv/call_sign_agreement/turn_index"] == pytest.approx(1 / 3)
+    assert metrics["adv/call_sign_agreement/turn_index_carry"] == pytest.approx(1 / 3)
+    assert metrics["adv/call_sign_agreement/a2tgpo"] == 1.0
+    assert metrics["adv/call_sign_agreement/hybrid"] == pytest.approx(1 / 5)
+    assert "adv/call_sign_agreement/grpo" not in metrics
+    # the variants do not depend on the run's own credit: the same fields under GRPO's
+    grpo = _credit("grpo").metrics
+    assert {k: v for k, v in grpo.items() if k.startswith("adv/call_sign_agreement/")} == {
+        k: v for k, v in metrics.items() if k.startswith("adv/call_sign_agreement/")
+    }
+
+
+def test_traj_adv_weight_one_puts_the_normalized_reward_sum_on_every_turn():
+    # group 0 sums its turn rewards to 0.9, -0.1 and 0 (mean 4/15); group 7's equal sums give 0
+    sums = [0.9, -0.1, 0.0]
+    mean = sum(sums) / 3
+    std = math.sqrt(sum((s - mean) ** 2 for s in sums) / 3)
+    a = [(s - mean) / (std + 1e-6) for s in sums]
+    expected = [[a[0]] * 3, [a[1], 0.0, 0.0], [a[2], a[2], 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
+    credit = _credit("gtpo", traj_adv_weight=1.0)
+    torch.testing.assert_close(credit.turn_advantages, torch.tensor(expected), atol=1e-5, rtol=0)
+    half = _credit("gtpo", traj_adv_weight=0.5).turn_advantages
+    torch.testing.assert_close(half, 0.5 * _credit("gtpo").turn_advantages + 0.5 * torch.tensor(expected))

@@ -37,10 +37,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "gtpo-noformat": {"algo": {"format_penalty": 0.0, "no_call_penalty": 0.0}},
     "gtpo-batchnorm": {"algo": {"adv_norm": "batch"}},
     "gtpo-turnindex": {"algo": {"adv_norm": "turn_index"}},
+    "gtpo-turnindex-carry": {"algo": {"adv_norm": "turn_index_carry"}},
+    "gtpo-a2tgpo": {"algo": {"adv_norm": "a2tgpo"}},
+    "gtpo-hybrid": {"algo": {"traj_adv_weight": 0.5}},
     "gtpo-filter": {"filter": {"groups": True}},
 }
 """Name -> overrides of the base config. gamma=1, no shaping, no format penalty: the paper's ablations;
 batch and per-turn-index normalization: the readings of its normalization set (docs/algorithms.md);
+turn-index with stopped trajectories held, A2TGPO's accumulation, and the turn/trajectory hybrid at w = 0.5:
+turn-credit variants from the literature (docs/algorithms.md, section 4);
 gtpo-filter: DAPO's dynamic sampling (filter.groups), not part of the paper."""
 DEFAULT_VARIANTS = ("gtpo", "grpo", "gtpo-gamma1", "gtpo-noshaping", "gtpo-noformat")
 

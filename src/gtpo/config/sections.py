@@ -121,11 +121,18 @@ class AlgoConfig:
     """GTPO (turn rewards, returns, shaping) or the GRPO baseline (one reward per trajectory)."""
     gamma: float = 0.9
     """Discount of turn returns (GTPO). 1.0 is the 'no discount' ablation."""
-    adv_norm: Literal["group", "turn_index", "batch"] = "group"
-    """Set over which GTPO returns are normalized: all turns of a group pooled, per turn position within the
-    group, or all turns of the whole batch pooled (see docs/algorithms.md, section 4)."""
+    adv_norm: Literal["group", "turn_index", "batch", "turn_index_carry", "a2tgpo"] = "group"
+    """How GTPO returns become advantages: normalized over all turns of a group pooled, per turn position within
+    the group, over all turns of the whole batch pooled, or per turn position with stopped trajectories holding
+    their last return in every later position (turn_index_carry: no set depends on who went on); or "a2tgpo":
+    turn rewards normalized per turn position, accumulated and divided by sqrt(terms) (docs/algorithms.md,
+    section 4)."""
     scale_by_std: bool = True
     """Divide centered rewards/returns by the set's std (False: mean-centering only, as in Dr. GRPO)."""
+    traj_adv_weight: float = 0.0
+    """GTPO only: w in [0, 1] mixes each turn's advantage with its trajectory's, (1 - w) * A_turn + w * A_traj,
+    A_traj the group-normalized sum of turn rewards (0 = the paper's turn credit; MT-GRPO's A_outcome + A_turn
+    is twice w = 0.5). docs/algorithms.md, section 4."""
     format_penalty: float = 0.1
     """Penalty on a turn whose tool call is invalid (0 = 'no format penalty' ablation)."""
     no_call_penalty: float = 0.1

@@ -25,6 +25,12 @@ def validate(config: TrainConfig) -> TrainConfig:
         (config.generation.engine_chunk >= 0, "generation.engine_chunk", "must be >= 0 (0 = automatic)"),
         (config.generation.rejoin_steps >= 1, "generation.rejoin_steps", "must be >= 1"),
         (0 < config.algo.gamma <= 1, "algo.gamma", "must be in (0, 1]"),
+        (0 <= config.algo.traj_adv_weight <= 1, "algo.traj_adv_weight", "must be in [0, 1] (0 = turn credit only)"),
+        (
+            config.algo.traj_adv_weight == 0 or config.algo.algo == "gtpo",
+            "algo.traj_adv_weight",
+            "mixes GTPO's turn credit; set it to 0 with algo.algo grpo",
+        ),
         (config.algo.format_penalty >= 0, "algo.format_penalty", "must be >= 0 (it is subtracted)"),
         (config.algo.no_call_penalty >= 0, "algo.no_call_penalty", "must be >= 0 (it is subtracted)"),
         (0 <= config.algo.shaping_alpha < 1, "algo.shaping_alpha", "must be in [0, 1) so shaping < success"),

@@ -1,7 +1,9 @@
-"""Advantages: turn returns and their group normalization (GTPO), trajectory rewards normalized (GRPO).
+"""Advantages: turn returns and their group normalization (GTPO), trajectory rewards normalized (GRPO), and
+the turn-credit variants beside them (per-turn-index sets that hold stopped trajectories, A2TGPO's
+accumulation, a turn/trajectory hybrid), with the call-sign diagnostic that compares them on one batch.
 
-Pure tensor functions, vectorized over the batch (a loop over the K turn positions in
-``discounted_returns`` is the only loop). Shapes: B trajectories, K max turns, T tokens; turn tensors are
+Pure tensor functions, vectorized over the batch (loops over the K turn positions in ``discounted_returns``
+and ``carried_returns`` are the only loops). Shapes: B trajectories, K max turns, T tokens; turn tensors are
 [B, K] with ``turn_mask``; ``turn_ids`` [B, T] is the 0-based turn index on model tokens and -1 on prompt
 and observation tokens. See docs/algorithms.md for the equations and where each default comes from.
 
@@ -17,8 +19,9 @@ from __future__ import annotations
 
 import torch
 
-NORMS: tuple[str, ...] = ("group", "turn_index", "batch")
-"""Normalization sets for GTPO returns (config field ``adv_norm``)."""
+NORMS: tuple[str, ...] = ("group", "turn_index", "batch", "turn_index_carry", "a2tgpo")
+"""How GTPO turns become advantages (config field ``adv_norm``): returns normalized over a set (the first four),
+or A2TGPO's per-turn-index rewards accumulated (``a2tgpo_advantages``)."""
 
 
 def discounted_returns(turn_rewards: torch.Tensor, turn_mask: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -53,25 +56,102 @@ def gtpo_advantages(
 
     The set S holding turn (i, j) is, for ``norm="group"``, every valid turn of every trajectory of i's
     group (pooled); for ``norm="turn_index"``, turn j of the trajectories of i's group that have a turn j;
+    for ``norm="turn_index_carry"``, position j of *every* trajectory of i's group, one that stopped before j
+    holding its last return (``carried_returns``), so that no set depends on which trajectories went on;
     for ``norm="batch"``, every valid turn of the whole batch (groups are ignored: one third-party reading of
-    the paper). ``scale_by_std=False`` only subtracts the mean (Dr. GRPO). ``group_ids`` [B] may be any
-    integers.
+    the paper). ``norm="a2tgpo"`` is ``a2tgpo_advantages``. ``scale_by_std=False`` only subtracts the mean
+    (Dr. GRPO). ``group_ids`` [B] may be any integers. Shapes: [B, K] rewards and mask, [B] ids -> [B, K].
     """
     if norm not in NORMS:
         raise ValueError(f"norm (config adv_norm) must be one of {NORMS}, got {norm!r}")
+    if norm == "a2tgpo":
+        return a2tgpo_advantages(turn_rewards, turn_mask, group_ids, gamma, scale_by_std, eps)
     returns = discounted_returns(turn_rewards, turn_mask, gamma)
     group_index = _group_index(group_ids, turn_rewards.shape[0])
     mask = turn_mask.bool()
     k = turn_rewards.shape[1]
+    values, members = returns, mask
     if norm == "group":
         set_ids = group_index[:, None].expand(-1, k)
     elif norm == "batch":
         set_ids = torch.zeros_like(returns, dtype=torch.long)
     else:
         set_ids = group_index[:, None] * k + torch.arange(k, device=returns.device)[None, :]
-    advantages = torch.zeros_like(returns)
-    advantages[mask] = _normalize_within_sets(returns[mask], set_ids[mask], scale_by_std, eps)
-    return advantages
+    if norm == "turn_index_carry":
+        # every position from a trajectory's first turn on is a member; past its last turn it holds that return
+        values, members = carried_returns(returns, mask), mask.long().cummax(dim=1).values.bool()
+    normalized = torch.zeros_like(returns)
+    normalized[members] = _normalize_within_sets(values[members], set_ids[members], scale_by_std, eps)
+    return torch.where(mask, normalized, torch.zeros((), dtype=returns.dtype))
+
+
+def carried_returns(returns: torch.Tensor, turn_mask: torch.Tensor) -> torch.Tensor:
+    """R on valid turns; on a masked turn, the return of the trajectory's latest valid turn before it (0 if none).
+
+    Past its last turn a trajectory that stopped *holds* its final return (its last turn's reward), as if it
+    stood still; so every turn-index set of ``adv_norm="turn_index_carry"`` has all G members of the group,
+    and with outcome-only rewards and gamma = 1 every position holds the outcome: GRPO's set. A loop over the
+    K turn positions. Shapes: [B, K] in, [B, K] out.
+    """
+    _check_turn_tensors(returns, turn_mask)
+    mask = turn_mask.bool()
+    held = torch.zeros_like(returns[:, 0])
+    out = torch.empty_like(returns)
+    for j in range(returns.shape[1]):
+        held = torch.where(mask[:, j], returns[:, j], held)
+        out[:, j] = held
+    return out
+
+
+def a2tgpo_advantages(
+    turn_rewards: torch.Tensor,
+    turn_mask: torch.Tensor,
+    group_ids: torch.Tensor,
+    gamma: float,
+    scale_by_std: bool = True,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """A2TGPO's turn-group normalization and variance-rescaled accumulation, read onto GTPO's turn rewards:
+
+        z[i, k] = (r[i, k] - mean_Sk) / (std_Sk + eps)    Sk: turn k of the group's trajectories that have one
+        A[i, j] = sum over valid k >= j of gamma^(k - j) z[i, k] / sqrt(number of valid k >= j)
+
+    Normalizing each turn only against peers at the same depth, then dividing by the square root of the
+    number of terms so that a sum of n roughly unit terms keeps a unit scale at every depth (arXiv 2605.06200
+    applies both to its information-gain signal; here the signal is the turn reward, outcome included).
+    Caveat (docs/algorithms.md, section 4): the baselines summed into A[i, j] are one per later turn of i,
+    so their number follows i's own decision to go on. 0 on masked turns. Shapes: [B, K], [B, K], [B] -> [B, K].
+    """
+    _check_turn_tensors(turn_rewards, turn_mask)
+    group_index = _group_index(group_ids, turn_rewards.shape[0])
+    mask = turn_mask.bool()
+    k = turn_rewards.shape[1]
+    set_ids = group_index[:, None] * k + torch.arange(k, device=turn_rewards.device)[None, :]
+    z = torch.zeros_like(turn_rewards)
+    z[mask] = _normalize_within_sets(turn_rewards[mask], set_ids[mask], scale_by_std, eps)
+    accumulated = discounted_returns(z, mask, gamma)
+    terms = mask.flip(1).cumsum(dim=1).flip(1).clamp(min=1).to(turn_rewards.dtype)
+    return torch.where(mask, accumulated / terms.sqrt(), torch.zeros((), dtype=turn_rewards.dtype))
+
+
+def hybrid_advantages(
+    turn_advantages: torch.Tensor, trajectory_advantages: torch.Tensor, turn_mask: torch.Tensor, weight: float
+) -> torch.Tensor:
+    """Turn and trajectory credit mixed: A[i, j] = (1 - w) * A_turn[i, j] + w * A_traj[i] on valid turns, else 0.
+
+    w = 0 is GTPO's turn credit, w = 1 puts the trajectory's one (GRPO-style) advantage on every turn; between,
+    a turn is judged by what followed it and by how the whole trajectory did (in form, MT-GRPO's A_outcome + c * A_turn
+    is (1 + c) times this with w = 1 / (1 + c)). Shapes: [B, K], [B], [B, K] -> [B, K].
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"weight (config traj_adv_weight) must be in [0, 1], got {weight}")
+    if turn_advantages.shape != turn_mask.shape or trajectory_advantages.shape != turn_advantages.shape[:1]:
+        raise ValueError(
+            f"turn_advantages and turn_mask must be [B, K] and trajectory_advantages [B], got "
+            f"{tuple(turn_advantages.shape)}, {tuple(turn_mask.shape)} and {tuple(trajectory_advantages.shape)}"
+        )
+    mixed = (1.0 - weight) * turn_advantages + weight * trajectory_advantages[:, None].to(turn_advantages.dtype)
+    return torch.where(turn_mask.bool(), mixed, torch.zeros((), dtype=turn_advantages.dtype))
 
 
 def grpo_advantages(
@@ -101,6 +181,42 @@ def call_sign_agreement(
     agrees = counted & ((turn_advantages > 0) != is_invalid)
     n = int(counted.sum())
     return (int(agrees.sum()) / n if n else float("nan")), n
+
+
+CREDIT_VARIANTS: tuple[str, ...] = (*NORMS, "hybrid", "grpo")
+"""Credit schemes whose call-sign agreement each training step logs on its own batch (``variant_advantages``)."""
+HYBRID_DIAGNOSTIC_WEIGHT = 0.5
+"""The trajectory weight of the ``"hybrid"`` diagnostic (MT-GRPO's coefficient 1, rescaled)."""
+
+
+def variant_advantages(
+    turn_rewards: torch.Tensor,
+    turn_mask: torch.Tensor,
+    group_ids: torch.Tensor,
+    grpo_rewards: torch.Tensor,
+    *,
+    gamma: float,
+    scale_by_std: bool,
+) -> dict[str, torch.Tensor]:
+    """Every scheme of ``CREDIT_VARIANTS`` on one batch: GTPO under each ``adv_norm``; ``"hybrid"``, pooled
+    ``"group"`` turn credit mixed half and half with the group-normalized sum of turn rewards; ``"grpo"``, the
+    advantage of ``grpo_rewards`` [B] on every valid turn. A diagnostic beside a run's own credit: which scheme
+    would sign the same tool calls right. Shapes: [B, K], [B, K], [B], [B] -> {name: [B, K]}."""
+    mask = turn_mask.bool()
+    out = {n: gtpo_advantages(turn_rewards, mask, group_ids, gamma, norm=n, scale_by_std=scale_by_std) for n in NORMS}
+    summed = grpo_advantages((turn_rewards * mask).sum(dim=1), group_ids, scale_by_std=scale_by_std)
+    out["hybrid"] = hybrid_advantages(out["group"], summed, mask, HYBRID_DIAGNOSTIC_WEIGHT)
+    trajectory = grpo_advantages(grpo_rewards, group_ids, scale_by_std=scale_by_std).to(turn_rewards.dtype)
+    out["grpo"] = torch.where(mask, trajectory[:, None], torch.zeros((), dtype=turn_rewards.dtype))
+    return out
+
+
+def agreement_by_variant(
+    variants: dict[str, torch.Tensor], is_call: torch.Tensor, is_invalid: torch.Tensor
+) -> dict[str, float]:
+    """``adv/call_sign_agreement/<name>`` for each variant's [B, K] advantages where any call was counted."""
+    shares = {name: call_sign_agreement(adv, is_call, is_invalid) for name, adv in variants.items()}
+    return {f"adv/call_sign_agreement/{name}": share for name, (share, n) in shares.items() if n}
 
 
 def turns_to_tokens(turn_values: torch.Tensor, turn_ids: torch.Tensor) -> torch.Tensor:

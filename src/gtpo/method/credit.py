@@ -20,7 +20,14 @@ from dataclasses import dataclass
 import torch
 
 from gtpo.config import TrainConfig
-from gtpo.method.advantages import call_sign_agreement, grpo_advantages, gtpo_advantages
+from gtpo.method.advantages import (
+    agreement_by_variant,
+    call_sign_agreement,
+    grpo_advantages,
+    gtpo_advantages,
+    hybrid_advantages,
+    variant_advantages,
+)
 from gtpo.method.rewards import (
     episode_returns,
     format_ok,
@@ -112,10 +119,12 @@ def assign_credit(
     similarity: Similarity | None,
     outcome_penalties: Sequence[float] | None = None,
     episode_return: str = "sum",
+    traj_adv_weight: float = 0.0,
 ) -> Credit:
     """Advantages for whole groups. Needs only turn records, so a group split across ranks can be
     gathered without its token lists (see gtpo.distributed). ``outcome_penalties`` (one per trajectory, <= 0)
-    add to GTPO's last-turn reward and to GRPO's trajectory reward."""
+    add to GTPO's last-turn reward and to GRPO's trajectory reward. ``traj_adv_weight`` > 0 mixes GTPO's turn
+    advantages with the group-normalized trajectory reward (``hybrid_advantages``)."""
     correct = [t.correct for t in trajectories]
     group_ids = torch.tensor([t.group_id for t in trajectories])
     turns, traj_rewards = _rewards(
@@ -136,6 +145,9 @@ def assign_credit(
         turn_adv = torch.where(turn_mask, adv[:, None].to(torch.float32), torch.zeros(()))
     else:
         turn_adv = gtpo_advantages(rewards_bk, turn_mask, group_ids, gamma, norm=adv_norm, scale_by_std=scale_by_std)
+        if traj_adv_weight:
+            trajectory_adv = grpo_advantages(traj_rewards, group_ids, scale_by_std=scale_by_std)
+            turn_adv = hybrid_advantages(turn_adv, trajectory_adv, turn_mask, traj_adv_weight)
 
     shaped = [a for a, c in zip(acc, correct, strict=True) if not c and a > 0]
     valid_adv = turn_adv[turn_mask]
@@ -146,9 +158,16 @@ def assign_credit(
         "reward/shaped_mean": sum(shaped) / len(shaped) if shaped else 0.0,
         "adv/abs_mean": valid_adv.abs().mean().item() if valid_adv.numel() else 0.0,
     }
-    agreement, counted = call_sign_agreement(turn_adv, *call_masks(trajectories, turn_adv.shape[1]))
+    calls = call_masks(trajectories, turn_adv.shape[1])
+    agreement, counted = call_sign_agreement(turn_adv, *calls)
     if counted:
         metrics["adv/call_sign_agreement"] = agreement
+    # the same diagnostic for every credit variant on this batch (GRPO's reward as _rewards makes it)
+    grpo_reward = (
+        traj_rewards if algo == "grpo" else _grpo_reward(trajectories, fmt_ok, episode_return, outcome_penalties)
+    )
+    variants = variant_advantages(rewards_bk, turn_mask, group_ids, grpo_reward, gamma=gamma, scale_by_std=scale_by_std)
+    metrics.update(agreement_by_variant(variants, *calls))
     shown = rewards_bk if algo == "gtpo" else torch.where(turn_mask, traj_rewards[:, None], torch.zeros(()))
     return Credit(turn_adv, traj_rewards, acc, metrics, turn_rewards=shown)
 
@@ -220,13 +239,24 @@ def _rewards(
         outcome_penalties=outcome_penalties,
     )
     if algo == "grpo":
-        returns = episode_returns([[turn.reward for turn in t.turns] for t in trajectories], episode_return)
-        rewards = grpo_episode_rewards(returns, turns.fmt_ok)
-        if outcome_penalties is not None:
-            rewards = rewards + torch.tensor(outcome_penalties, dtype=torch.float32)
+        rewards = _grpo_reward(trajectories, turns.fmt_ok, episode_return, outcome_penalties)
     else:
         rewards = (turns.rewards * turns.mask).sum(dim=1)
     return turns, rewards
+
+
+def _grpo_reward(
+    trajectories: Sequence[Trajectory],
+    fmt_ok: Sequence[bool],
+    episode_return: str,
+    outcome_penalties: Sequence[float] | None,
+) -> torch.Tensor:
+    """GRPO's trajectory reward [B]: the episode return, at most 0 with a format violation, plus the penalties."""
+    returns = episode_returns([[turn.reward for turn in t.turns] for t in trajectories], episode_return)
+    rewards = grpo_episode_rewards(returns, fmt_ok)
+    if outcome_penalties is not None:
+        rewards = rewards + torch.tensor(outcome_penalties, dtype=torch.float32)
+    return rewards
 
 
 def bind_credit(config: TrainConfig, similarity: Similarity | None) -> tuple[CreditFn, ScoreFn]:
@@ -256,6 +286,7 @@ def bind_credit(config: TrainConfig, similarity: Similarity | None) -> tuple[Cre
             adv_norm=algo.adv_norm,
             scale_by_std=algo.scale_by_std,
             outcome_penalties=penalties(lengths),
+            traj_adv_weight=algo.traj_adv_weight,
             **rewards,
         )
 
