@@ -481,6 +481,16 @@ def test_os_exit_is_reported_as_killed(pool, session):
     assert_healthy(pool)
 
 
+@pytest.mark.parametrize("body", ["b'[' * 200_000", "b'1' * 5_000"], ids=["nested_10^5_deep", "int_of_5000_digits"])
+def test_a_forged_reply_that_json_cannot_decode_is_a_dead_process(pool, session, body):
+    """The cell writes its own reply frame to the pool's socket: one that makes json.loads raise
+    RecursionError or ValueError (not JSONDecodeError) must not raise in the pool."""
+    code = f"import os, time\nbody = {body}\nos.write(3, len(body).to_bytes(4, 'big') + body)\ntime.sleep(5)"
+    result = pool.run(session, code)
+    assert result.status == "killed" and result.session_restarted
+    assert_healthy(pool)
+
+
 def test_killing_its_parent_does_not_reach_the_pool(pool, session):
     require(pool, "processes")
     zygote = pool._state.zygote

@@ -178,7 +178,8 @@ def confine_filesystem(uid: int, gid: int, workdir_mb: int, hidden_paths: list[s
     ``hidden_paths``, /dev/shm (a world-writable mount of its own) and any directory the sandbox uid could
     not enter on the way to the interpreter (such as a 0700 /root holding a pyenv install) are covered by
     an empty read-only tmpfs. The interpreter's own directories under a covered path, /tmp included, are
-    bound back read-only: the session sees its Python and nothing else there. Returns problems (empty when
+    bound back read-only: the session sees its Python and nothing else there. A hidden path inside those
+    directories (a package's data folder: hidden tests) is covered on top of the bind. Returns problems (empty when
     everything was applied). Mounts are made private first, so nothing propagates to the host.
     """
     mount(None, "/", None, MS_REC | MS_PRIVATE)
@@ -194,9 +195,10 @@ def confine_filesystem(uid: int, gid: int, workdir_mb: int, hidden_paths: list[s
     blocking = [a for a in map(_untraversable_ancestor, keep) if a]
     covered = [WORKDIR]
     for path in sorted({os.path.realpath(p) for p in ("/dev/shm", *hidden_paths, *blocking)}, key=len):
-        if not os.path.isdir(path) or any(_inside(path, c) for c in covered):
+        kept_around = any(_inside(path, k) for k in keep)  # visible again through a bind of the interpreter
+        if not os.path.isdir(path) or (any(_inside(path, c) for c in covered) and not kept_around):
             continue
-        if any(_inside(path, k) for k in keep):
+        if path in keep:
             problems.append(f"not hiding {path}: the Python interpreter lives there")
             continue
         try:

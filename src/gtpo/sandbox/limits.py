@@ -43,7 +43,8 @@ class SandboxLimits:
     """Allow network access. False puts each session in an empty network namespace (no interfaces up)."""
     hidden_paths: tuple[str, ...] = ("/root", "/home")
     """Host directories masked by an empty read-only tmpfs inside the sandbox; the interpreter's own
-    directories inside them (e.g. a pyenv under /root) are bound back, read-only."""
+    directories inside them (e.g. a pyenv under /root) are bound back, read-only. A directory inside the
+    interpreter's own (e.g. a package's data folder) is masked too; the interpreter's root itself is not."""
 
     def __post_init__(self) -> None:
         positive = ("wall_time_s", "cpu_time_s", "session_wall_time_s")

@@ -250,6 +250,21 @@ class SandboxPool:
         """``run_batch`` for an asyncio rollout: runs in a worker thread, so the event loop stays free."""
         return await asyncio.to_thread(self.run_batch, calls)
 
+    # --- raw processes ----------------------------------------------------------------------------------
+
+    def lease_process(self) -> SessionProcess:
+        """A confined session process outside any session, for a caller that drives cells itself (the
+        hidden-test harness: per-cell time limits, messages during a cell). Give it back with
+        ``release_process``; ``close()`` does not know about it."""
+        with self._state.lock:
+            if self._state.closed:
+                raise SandboxError("the SandboxPool is closed")
+        return self._state.supply.take()
+
+    def release_process(self, process: SessionProcess) -> None:
+        """Kill a leased process and free its uid; once per process (its descriptors are closed then)."""
+        self._state.supply.discard(process)
+
     # --- lifetime ---------------------------------------------------------------------------------------
 
     def close(self) -> None:

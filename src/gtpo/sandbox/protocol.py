@@ -82,5 +82,6 @@ def recv_message(sock: socket.socket, deadline: float | None = None) -> Any:
     body = _recv_exact(sock, size, deadline)
     try:
         return json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ProtocolError(f"malformed message: {e}") from e
+    except (ValueError, RecursionError) as e:  # ValueError: bad UTF-8 or JSON, an int past 4300 digits
+        # RecursionError: ``[[[...]]]`` nested 10^5 deep, which a cell can write to its socket itself
+        raise ProtocolError(f"malformed message: {type(e).__name__}: {str(e)[:200]}") from e
