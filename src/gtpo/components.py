@@ -101,9 +101,14 @@ def build_sampler(config: TrainConfig, model: torch.nn.Module, tokenizer: Any) -
 
 
 def build_sandbox(cfg: SandboxConfig) -> Any:
+    """The pool that runs the model's code. Besides the sandbox's own hidden folders it masks gtpo's task
+    generators, data and assets and HumanEval's data: a tool call must not read held-out answers or hidden tests
+    (``gtpo.sandbox.hidden_tests.default_hidden_paths``)."""
     import os
 
     from gtpo.sandbox import SandboxLimits, SandboxPool
+    from gtpo.sandbox.hidden_tests import default_hidden_paths
 
-    limits = SandboxLimits(wall_time_s=cfg.timeout_s, memory_mb=cfg.memory_mb)
+    hidden = tuple(dict.fromkeys((*SandboxLimits().hidden_paths, *default_hidden_paths())))
+    limits = SandboxLimits(wall_time_s=cfg.timeout_s, memory_mb=cfg.memory_mb, hidden_paths=hidden)
     return SandboxPool(limits=limits, max_workers=cfg.workers or os.cpu_count() or 1)

@@ -11,7 +11,7 @@ never trained on.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 ExecStatus = Literal["ok", "error", "timeout", "memory", "killed"]
 """Outcome of one sandbox call. Anything but "ok" is the model's code misbehaving, never an exception."""
@@ -36,6 +36,9 @@ class Problem:
     seed: int | None = None
     """The environment's reset seed, for problems that are instances of an environment (a game and its seed);
     None for question/answer problems."""
+    task: Any = None
+    """What the environment needs beyond the question and never shows the model (a code problem's hidden tests:
+    ``gtpo.data.humaneval.CodeProblem``); None for the others."""
 
 
 @dataclass(frozen=True)

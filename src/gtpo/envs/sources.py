@@ -2,7 +2,8 @@
 
 A ``data.train`` / ``data.eval`` string names either question/answer problems (a built-in task, a file, a data
 set, reasoning-gym: ``gtpo.data.problems``), which run in the math tool environment (``gtpo.envs.python_tool``),
-or an environment of its own: ``gem:ENV_ID[?...]`` (``gtpo.envs.gem``) or ``module.path:ClassName[?...]``
+code problems (``code:functions``, ``code:humaneval``, ``code:PATH.jsonl``: ``gtpo.envs.code``), or an
+environment of its own: ``gem:ENV_ID[?...]`` (``gtpo.envs.gem``) or ``module.path:ClassName[?...]``
 (``gtpo.envs.user``), whose problems are reset seeds (``gtpo.envs.options``).
 """
 
@@ -12,7 +13,7 @@ from collections.abc import Collection
 
 from gtpo.config import DataConfig
 from gtpo.data.problems import load_eval_problems, load_train_problems
-from gtpo.envs import gem, user
+from gtpo.envs import code, gem, user
 from gtpo.envs.base import EnvFactory
 from gtpo.envs.options import without_own
 from gtpo.envs.python_tool import GradeFn, python_tool_envs
@@ -25,13 +26,14 @@ GENERIC_ENV_PROMPT = "You are an agent in an environment. Read each message and 
 
 
 def is_env_source(source: str) -> bool:
-    """Whether ``source`` names an environment (its problems are reset seeds) rather than question/answer data."""
-    return gem.is_source(source) or user.is_source(source)
+    """Whether ``source`` names an environment of its own (code problems, a GEM game, a user's class) rather than
+    question/answer data for the math tool environment."""
+    return code.is_source(source) or gem.is_source(source) or user.is_source(source)
 
 
 def env_problems(source: str, field: str, *, heldout: bool, run_seed: int = 0) -> list[Problem]:
-    """The reset seeds of an environment source, for training or the held-out set."""
-    module = gem if gem.is_source(source) else user
+    """The problems of an environment source (reset seeds, or code problems), for training or the held-out set."""
+    module = code if code.is_source(source) else gem if gem.is_source(source) else user
     return module.problems(source, field, heldout=heldout, run_seed=run_seed)
 
 
@@ -69,6 +71,8 @@ def system_prompt(cfg: DataConfig) -> str:
 
 def env_system_prompt(source: str, field: str) -> str | None:
     """The system prompt an environment source declares (GEM's games have one), or None."""
+    if code.is_source(source):
+        return code.SYSTEM_PROMPT
     if gem.is_source(source):
         return gem.SYSTEM_PROMPT
     return user.system_prompt(source, field)
@@ -84,7 +88,13 @@ def env_factory(
     grade: GradeFn | None = None,
 ) -> EnvFactory:
     """A fresh environment per trajectory for ``source``: its own class, or the math tool environment over
-    ``sandbox`` (with ``max_turns``, ``invalid_statuses`` and ``grade``) for question/answer problems."""
+    ``sandbox`` (with ``max_turns``, ``invalid_statuses`` and ``grade``) for question/answer problems; code
+    problems run their tool turns in ``sandbox`` too."""
+    if code.is_source(source):
+        if sandbox is None:
+            raise ValueError(f"{field} {source!r}: code problems need a sandbox for their tool turns")
+        reward = code.reward_of(source, field)
+        return code.code_envs(sandbox, max_turns=max_turns, reward=reward, invalid_statuses=invalid_statuses)
     if gem.is_source(source):
         return gem.factory(source, field)
     if user.is_source(source):

