@@ -7,6 +7,10 @@
 # import none of them (they need numpy, which gtpo has), so gem-llm goes in alone. Its math, code and QA
 # environments, which would need them, download data sets at run time and are not used offline. Wordle and Hangman
 # need nltk's word lists (not installed here).
+#
+# What GEM does import: `import gem` imports reasoning_gym (any version works for the games), so gtpo's own pin of it
+# goes in first (the `gem` extra says the same); then gem-llm itself, which pip would otherwise refuse.
 set -eu
 PIP="${PIP:-.venv/bin/pip}"
+"$PIP" install -q "reasoning-gym==0.1.25"
 "$PIP" install -q --no-deps gem-llm==0.1.0

@@ -149,3 +149,17 @@ def test_a_stop_request_sets_a_flag_instead_of_interrupting_and_handlers_are_res
         "SIGTERM: finishing this step, then writing a checkpoint and stopping (SIGTERM again to exit at once)"
     ]
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_prompts_that_fill_the_budget_are_named_before_anything_else():
+    found = diagnose(_window(**{"rollout/turns_mean": 0.0, "rollout/finish_answer": 0.0, "reward/accuracy": 0.0}))
+    assert set(found) == {"no_turns"} and "--rollout.max-total-tokens" in found["no_turns"]
+
+
+def test_an_environment_without_answers_is_not_told_to_ask_for_boxed_answers():
+    """A game ends by the environment: no \\boxed{} answer and no code block is normal there."""
+    game = _window(**{"rollout/finish_answer": 0.0, "reward/accuracy": 0.0, "rollout/void_rate": 1.0})
+    assert set(diagnose(game)) == {"no_answer", "void"}
+    found = diagnose(game, answers=False)
+    assert set(found) == {"zero_accuracy"} and "no episode succeeded" in found["zero_accuracy"]
+    assert "boxed" not in found["zero_accuracy"]

@@ -21,12 +21,14 @@ def _fmt_steps(first: int, last: int) -> str:
     return f"step {first}" if first == last else f"steps {first}-{last}"
 
 
-def diagnose(window: list[tuple[int, Mapping[str, float]]]) -> dict[str, str]:
+def diagnose(window: list[tuple[int, Mapping[str, float]]], answers: bool = True) -> dict[str, str]:
     """The problems that hold on every step of ``window`` ((step, metrics) pairs): key -> the warning.
 
-    Keys, most specific first: ``no_answer`` (no trajectory gave a final answer), ``zero_accuracy`` (answers,
-    none right), ``all_correct``, ``no_variance`` (every group all right or all wrong), ``void`` (most
-    trajectories have a void turn). A more specific problem hides the ones it implies.
+    Keys, most specific first: ``no_turns`` (every prompt fills the token budget), ``no_answer`` (no trajectory
+    gave a final answer), ``zero_accuracy`` (answers, none right), ``all_correct``, ``no_variance`` (every group
+    all right or all wrong), ``void`` (most trajectories have a void turn). A more specific problem hides the
+    ones it implies. ``answers`` False (an environment other than the math task: episodes end by the
+    environment, not by a ``\\boxed{}`` answer) leaves out the two checks that read answers and code blocks.
     """
     if not window:
         return {}
@@ -40,7 +42,12 @@ def diagnose(window: list[tuple[int, Mapping[str, float]]]) -> dict[str, str]:
         return sum(values) / len(values) if values else 0.0
 
     found: dict[str, str] = {}
-    if every("rollout/finish_answer", lambda v: v == 0):
+    if every("rollout/turns_mean", lambda v: v == 0):
+        found["no_turns"] = (
+            f"no trajectory took a turn in {steps}: every prompt (the system prompt and the first observation) "
+            "fills rollout.max_total_tokens before the model writes a token. Raise --rollout.max-total-tokens."
+        )
+    elif answers and every("rollout/finish_answer", lambda v: v == 0):
         found["no_answer"] = (
             f"no trajectory gave a final \\boxed{{}} answer in {steps}, so none can be right and rewards carry "
             "no accuracy signal. Check that the system prompt asks for \\boxed{} (data.system_prompt) and that "
@@ -52,6 +59,10 @@ def diagnose(window: list[tuple[int, Mapping[str, float]]]) -> dict[str, str]:
             f"accuracy was 0 on every step of {steps}: answers were given but none matched a reference. Check "
             "that data.answer_field holds the final answers (not worked solutions) in the form the model writes "
             "them, and that the problems are within the model's reach."
+            if answers
+            else f"no episode succeeded in {steps}: only the environment's step rewards and format penalties "
+            "teach. Check that the system prompt says how to act (data.system_prompt) and that the task is within "
+            "the model's reach; samples.jsonl shows each turn's observation and reward."
         )
     elif every("reward/accuracy", lambda v: v == 1):
         found["all_correct"] = (
@@ -65,7 +76,7 @@ def diagnose(window: list[tuple[int, Mapping[str, float]]]) -> dict[str, str]:
             "temperature; check the data, or raise rollout.group_size."
         )
     void = mean("rollout/void_rate")
-    if void > VOID_SHARE:
+    if answers and void > VOID_SHARE:
         cut = mean("rollout/finish_length")
         found["void"] = (
             f"{void:.0%} of trajectories in {steps} had a void turn (neither a code block nor an answer), which "
@@ -79,14 +90,15 @@ def diagnose(window: list[tuple[int, Mapping[str, float]]]) -> dict[str, str]:
 class SignalWatch:
     """Feeds each step's metrics to ``diagnose`` over the last ``window`` steps; returns new warnings only."""
 
-    def __init__(self, window: int = WINDOW) -> None:
+    def __init__(self, window: int = WINDOW, answers: bool = True) -> None:
         self.window: deque[tuple[int, Mapping[str, float]]] = deque(maxlen=max(window, 1))
+        self.answers = answers
         self.reported: set[str] = set()
 
     def observe(self, step: int, metrics: Mapping[str, float]) -> list[str]:
         self.window.append((step, metrics))
         if len(self.window) < self.window.maxlen:  # type: ignore[operator]
             return []
-        new = {k: v for k, v in diagnose(list(self.window)).items() if k not in self.reported}
+        new = {k: v for k, v in diagnose(list(self.window), self.answers).items() if k not in self.reported}
         self.reported.update(new)
         return list(new.values())

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 
 from gtpo.config import ConfigError, TrainConfig, to_dict
+from gtpo.envs.code import is_source as is_code_source
+from gtpo.envs.sources import is_env_source
 from gtpo.eval.evaluate import EvalReport, eval_record
 from gtpo.eval.stats import accuracy_interval
 from gtpo.run import report
@@ -42,7 +44,9 @@ class RunRecorder:
         self.is_main = is_main
         self.run_dir = Path(cfg.output_dir)
         self.console = Console(enabled=is_main, progress=cfg.progress)
-        self.watch = SignalWatch(min(WINDOW, cfg.steps))
+        # Answers and code blocks are the math task's (and the code task's) protocol, not a game's.
+        answers = not is_env_source(cfg.data.train) or is_code_source(cfg.data.train)
+        self.watch = SignalWatch(min(WINDOW, cfg.steps), answers=answers)
         self.notes: list[str] = []
         """Warnings raised during the run (also written to summary.md)."""
         self.logger: MetricLogger | None = None
