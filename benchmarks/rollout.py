@@ -26,7 +26,8 @@ from gtpo.envs.python_tool import python_tool_envs
 from gtpo.generation.engine import EngineOptions, EngineSampler
 from gtpo.generation.hf import HFSampler
 from gtpo.model.policy import load_policy
-from gtpo.rollout.episode import rollout, rollout_metrics
+from gtpo.rollout.episode import rollout
+from gtpo.rollout.metrics import rollout_metrics
 from gtpo.rollout.spec import EpisodeSpec
 from gtpo.sandbox import SandboxPool
 from gtpo.tasks.arith import SYSTEM_PROMPT, heldout_problems

@@ -20,7 +20,8 @@ from gtpo.envs.base import EnvContractError, checked_reset, checked_step
 from gtpo.envs.options import HELDOUT_SEED, without_own
 from gtpo.envs.sources import env_factory, env_problems, is_env_source
 from gtpo.model.policy import prompt_ids
-from gtpo.rollout.episode import rollout, rollout_metrics
+from gtpo.rollout.episode import rollout
+from gtpo.rollout.metrics import rollout_metrics
 from gtpo.rollout.spec import EpisodeSpec
 from gtpo.types import Problem
 

@@ -9,7 +9,8 @@ from conftest import ScriptedSampler
 from gtpo.envs.python_tool import python_tool_envs
 from gtpo.generation.hf import HFSampler
 from gtpo.model.policy import prompt_ids, token_logprobs
-from gtpo.rollout.episode import is_void_trajectory, rollout, rollout_metrics
+from gtpo.rollout.episode import rollout
+from gtpo.rollout.metrics import is_void_trajectory, rollout_metrics
 from gtpo.rollout.spec import EpisodeSpec
 from gtpo.tools import format_tool_output
 from gtpo.training.batch import collate

@@ -44,8 +44,8 @@ from gtpo.method.similarity import get_similarity
 from gtpo.model.policy import inference_weights
 from gtpo.model.precision import autocast, computes_in_bf16, resolve_device
 from gtpo.model.source import check_model_source
-from gtpo.rollout.episode import is_void_trajectory, rollout_metrics
 from gtpo.rollout.groups import RolloutFn, StepGroups, collect_groups, roll_round
+from gtpo.rollout.metrics import is_void_trajectory, rollout_metrics
 from gtpo.rollout.prompts import fitting_prompts
 from gtpo.rollout.spec import episode_spec
 from gtpo.run.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint

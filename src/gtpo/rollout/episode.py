@@ -18,19 +18,15 @@ Episode rules (documented choices):
 - the total budget (prompt + turns + observations) ends an episode with "length";
 - an environment that raises, returns a malformed step, or takes longer than ``step_timeout_s`` ends that
   trajectory ("env_error" / "env_timeout", the reason in ``Trajectory.error``); the others go on.
-Environment calls (reset, step) run on threads of their own, off the decoding thread. A step that hangs cannot
-be stopped (a Python thread cannot be killed): its trajectory ends at the deadline and the thread, a daemon, is
-abandoned (it does not keep the process from exiting).
+Environment calls (reset, step) run off the decoding thread, each with a deadline (``gtpo.rollout.steps``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +48,7 @@ from gtpo.generation.protocol import Sample, Sampler, StreamingSampler
 from gtpo.model.policy import prompt_ids
 from gtpo.rollout.observation import ObservationTokens
 from gtpo.rollout.spec import EpisodeSpec
+from gtpo.rollout.steps import EnvCalls, Failure, Outcome
 from gtpo.types import Problem, Trajectory, Turn
 
 
@@ -71,50 +68,6 @@ class RolloutTimings:
 class RolloutResult:
     trajectories: list[Trajectory]
     timings: RolloutTimings = field(default_factory=RolloutTimings)
-
-
-@dataclass
-class _Failure:
-    """An environment call that raised or ran out of time: it ends its trajectory."""
-
-    reason: str
-    """"env_error" or "env_timeout"."""
-    message: str
-
-
-Outcome = StepResult | _Failure
-
-
-class _Steps:
-    """Environment calls, each on a daemon thread of its own (one that hangs is abandoned, and cannot hold up
-    the others or the process's exit), each with a deadline. A sandbox bounds its own concurrency."""
-
-    def __init__(self, timeout_s: float) -> None:
-        self.timeout_s = timeout_s
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> tuple[Future, float]:
-        future: Future = Future()
-
-        def run() -> None:
-            if not future.set_running_or_notify_cancel():
-                return
-            try:
-                future.set_result(fn(*args))
-            except BaseException as err:
-                future.set_exception(err)
-
-        threading.Thread(target=run, name="gtpo-env", daemon=True).start()
-        return future, time.monotonic() + self.timeout_s
-
-    @staticmethod
-    def outcome(call: tuple[Future, float], what: str) -> Any:
-        future, deadline = call
-        try:
-            return future.result(timeout=max(deadline - time.monotonic(), 0.0))
-        except FutureTimeout:
-            return _Failure("env_timeout", f"{what} took longer than the step time limit")
-        except (Exception, SystemExit) as err:  # the environment's own error: it ends this trajectory only
-            return _Failure("env_error", f"{what} raised {type(err).__name__}: {err}"[:2000])
 
 
 @dataclass
@@ -145,7 +98,7 @@ class _Episodes:
     def add_step(self, i: int, trajectory: Trajectory, outcome: Outcome, sample: Sample) -> bool:
         """Record the environment's step on the last turn and append its observation; True if the episode goes
         on."""
-        if isinstance(outcome, _Failure):
+        if isinstance(outcome, Failure):
             _fail(trajectory, outcome)
             return False
         turn, info, form = trajectory.turns[-1], outcome.info, self.formats[i]
@@ -186,7 +139,7 @@ class _Episodes:
         return True
 
 
-def _fail(trajectory: Trajectory, failure: _Failure) -> None:
+def _fail(trajectory: Trajectory, failure: Failure) -> None:
     trajectory.finish_reason = failure.reason  # type: ignore[assignment]
     trajectory.error = failure.message
     trajectory.correct = False
@@ -224,7 +177,7 @@ def rollout(
     ]
     timings = RolloutTimings()
     envs: list[Any] = [None] * len(trajectories)
-    steps = _Steps(spec.step_timeout_s)
+    steps = EnvCalls(spec.step_timeout_s)
     try:
         start = time.perf_counter()
         formats = _start(trajectories, envs, make_env, steps, tokenizer, spec)
@@ -267,7 +220,7 @@ def _start(
     trajectories: list[Trajectory],
     envs: list[Any],
     make_env: EnvFactory,
-    steps: _Steps,
+    steps: EnvCalls,
     tokenizer: Any,
     spec: EpisodeSpec,
 ) -> list[EnvFormat]:
@@ -283,7 +236,7 @@ def _start(
     formats = []
     for i, (trajectory, call) in enumerate(zip(trajectories, calls, strict=True)):
         outcome = steps.outcome(call, f"the environment of problem {trajectory.problem.id!r}: reset")
-        observation = "" if isinstance(outcome, _Failure) else outcome[0]
+        observation = "" if isinstance(outcome, Failure) else outcome[0]
         trajectory.opening = observation
         prompt = prompt_ids(tokenizer, spec.system_prompt, observation)
         trajectory.input_ids = list(prompt)
@@ -294,7 +247,7 @@ def _start(
         form = env_format(envs[i]) if envs[i] is not None else EnvFormat()
         trajectory.uses_tools = form.uses_tools
         formats.append(form)
-        if isinstance(outcome, _Failure):
+        if isinstance(outcome, Failure):
             _fail(trajectory, outcome)
     return formats
 
@@ -309,7 +262,7 @@ def _run_turn_by_turn(
     envs: list[Any],
     episodes: _Episodes,
     sampler: Sampler,
-    steps: _Steps,
+    steps: EnvCalls,
     timings: RolloutTimings,
     common: dict[str, Any],
     *,
@@ -351,7 +304,7 @@ def _run_streaming(
     envs: list[Any],
     episodes: _Episodes,
     engine: Any,
-    steps: _Steps,
+    steps: EnvCalls,
     timings: RolloutTimings,
     common: dict[str, Any],
     *,
@@ -422,37 +375,3 @@ def _run_streaming(
         for call, _, _ in pending.values():
             call[0].cancel()
         engine.reset()
-
-
-def is_void_trajectory(trajectory: Trajectory) -> bool:
-    """SimpleTIR's void turn: a turn with neither a complete code block nor a final answer."""
-    return any(turn.code is None and turn.final_answer is None for turn in trajectory.turns)
-
-
-def rollout_metrics(trajectories: Sequence[Trajectory]) -> dict[str, float]:
-    """Batch statistics with namespaced keys (accuracy, turns, tool use, failures, lengths, groups)."""
-    if not trajectories:
-        return {}
-    n = len(trajectories)
-    turns = [turn for t in trajectories for turn in t.turns]
-    calls = [turn for turn in turns if turn.has_tool_call]
-    groups: dict[int, set[bool]] = {}
-    for t in trajectories:
-        groups.setdefault(t.group_id, set()).add(t.correct)
-    metrics = {
-        "reward/accuracy": sum(t.correct for t in trajectories) / n,
-        "rollout/turns_mean": len(turns) / n,
-        "rollout/tool_call_rate": len(calls) / max(len(turns), 1),
-        "rollout/invalid_call_rate": sum(turn.invalid_call for turn in turns) / max(len(turns), 1),
-        "rollout/timeout_rate": sum(turn.exec_status == "timeout" for turn in calls) / max(len(calls), 1),
-        "rollout/length_mean": sum(turn.num_model_tokens for turn in turns) / n,
-        "rollout/void_rate": sum(is_void_trajectory(t) for t in trajectories) / n,
-        "rollout/zero_variance_group_frac": sum(len(v) == 1 for v in groups.values()) / len(groups),
-    }
-    for reason in ("answer", "max_turns", "length", "eos"):
-        metrics[f"rollout/finish_{reason}"] = sum(t.finish_reason == reason for t in trajectories) / n
-    for reason in ("terminated", "truncated", "env_error", "env_timeout"):  # only where they occur
-        count = sum(t.finish_reason == reason for t in trajectories)
-        if count:
-            metrics[f"rollout/finish_{reason}"] = count / n
-    return metrics

@@ -133,7 +133,8 @@ def measure(
     """Held-out accuracy and tool use of the warm-started model, through the real rollout and sandbox."""
     from gtpo.envs.python_tool import python_tool_envs
     from gtpo.generation.hf import HFSampler
-    from gtpo.rollout.episode import rollout, rollout_metrics
+    from gtpo.rollout.episode import rollout
+    from gtpo.rollout.metrics import rollout_metrics
     from gtpo.rollout.spec import EpisodeSpec
     from gtpo.sandbox import SandboxPool
 
