@@ -1,18 +1,25 @@
 """gtpo eval: report numbers by hand, trajectory files, run comparison, and an end-to-end CLI run."""
 
 import json
+import math
 
 import pytest
 
 from gtpo.eval.cli import EvalConfig, main, run
 from gtpo.eval.evaluate import EvalReport
-from gtpo.eval.report import compare_runs, summarize, write_results
+from gtpo.eval.report import compare_runs, markdown_table, summarize, write_results
 from gtpo.types import Problem, Trajectory, Turn
 
 
 def _report(name, per_problem):
+    """Math-task records as the rollout leaves them: the one turn rewarded 1 if right."""
     trajectories = [
-        Trajectory(problem=Problem(id=f"p{i}", question="q", answer="1"), group_id=i, turns=[Turn(text="t")], correct=c)
+        Trajectory(
+            problem=Problem(id=f"p{i}", question="q", answer="1"),
+            group_id=i,
+            turns=[Turn(text="t", reward=float(c))],
+            correct=c,
+        )
         for i, row in enumerate(per_problem)
         for c in row
     ]
@@ -107,3 +114,32 @@ def test_checkpoint_samples_with_its_runs_caps_on_gtpo_engine(tmp_path):
     caps = (sampling.rollout.max_total_tokens, sampling.rollout.max_new_tokens_per_turn)
     assert (sampling.generation.backend, *caps) == ("engine", 8192, 1024)  # from a run saved before the rename
     assert "the settings of run" in note
+
+
+def test_an_environments_mean_return_is_reported_with_its_interval():
+    """Per-problem mean returns by hand: problem 0's two episodes returned 1.25 and 0.5 (mean 0.875), problem 1's
+    0 and 0.25 (0.125), problem 2's 1 and 1; the table shows them because they differ from the success rate."""
+
+    def episode(problem, correct, rewards):
+        turns = [Turn(text="t", reward=r) for r in rewards]
+        return Trajectory(
+            problem=Problem(id=f"p{problem}", question="q", answer=""), group_id=problem, turns=turns, correct=correct
+        )
+
+    episodes = [
+        episode(0, True, [0.25, 1.0]), episode(0, False, [0.5]),
+        episode(1, False, [0.0]), episode(1, False, [0.25, 0.0]),
+        episode(2, True, [1.0]), episode(2, True, [0.0, 1.0]),
+    ]  # fmt: skip
+    report = EvalReport(
+        name="game", k=2, per_problem=[[True, False], [False, False], [True, True]], trajectories=episodes
+    )
+    assert report.returns == pytest.approx([0.875, 0.125, 1.0])
+    row = summarize(report)
+    mean = (0.875 + 0.125 + 1.0) / 3
+    sd = math.sqrt(((0.875 - mean) ** 2 + (0.125 - mean) ** 2 + (1.0 - mean) ** 2) / 2)
+    half = 1.959964 * sd / math.sqrt(3)
+    assert row["return_mean"] == pytest.approx(mean)
+    assert (row["return_ci95_low"], row["return_ci95_high"]) == pytest.approx((mean - half, mean + half), abs=1e-5)
+    assert "mean return" in markdown_table([row])
+    assert "mean return" not in markdown_table([summarize(_report("toy", [[True, False], [False, False]]))])

@@ -12,15 +12,19 @@ from pathlib import Path
 from typing import Any
 
 from gtpo.eval.evaluate import EvalReport
-from gtpo.eval.stats import accuracy_interval, mean_pass_at_k, paired_difference
+from gtpo.eval.stats import accuracy_interval, mean_interval, mean_pass_at_k, paired_difference
 
 RESULTS = "results.json"
 
 
 def summarize(report: EvalReport) -> dict[str, Any]:
-    """One benchmark's row: k, avg@k with a 95% interval (clustered by problem), pass@k, turns, tool use."""
+    """One benchmark's row: k, avg@k (the success rate) with a 95% interval (clustered by problem), pass@k, the
+    mean episode return with its interval (an environment's rewards; the math task's equals avg@k), turns, tool
+    use."""
     mean, lo, hi = accuracy_interval(report.per_problem)
     metrics = report.metrics(prefix="")
+    returns = report.returns
+    ret, ret_lo, ret_hi = mean_interval(returns) if returns else (0.0, 0.0, 0.0)
     return {
         "benchmark": report.name,
         "problems": len(report.per_problem),
@@ -29,6 +33,9 @@ def summarize(report: EvalReport) -> dict[str, Any]:
         "ci95_low": lo,
         "ci95_high": hi,
         f"pass@{report.k}": mean_pass_at_k(report.per_problem, report.k),
+        "return_mean": ret,
+        "return_ci95_low": ret_lo,
+        "return_ci95_high": ret_hi,
         "turns_mean": metrics["turns_mean"],
         "tool_call_rate": metrics["tool_call_rate"],
         "per_problem": report.per_problem,
@@ -37,15 +44,22 @@ def summarize(report: EvalReport) -> dict[str, Any]:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """avg@k is the success rate (the math task: accuracy); the mean return is an environment's episode return
+    (the sum of its step rewards), shown where it says more than avg@k."""
+    returns = any(abs(r.get("return_mean", r[f"avg@{r['k']}"]) - r[f"avg@{r['k']}"]) > 1e-12 for r in rows)
+    head = "| benchmark | problems | k | avg@k | 95% interval | pass@k |"
     lines = [
-        "| benchmark | problems | k | avg@k | 95% interval | pass@k | turns | tool-call rate |",
-        "|---|---|---|---|---|---|---|---|",
+        head + (" mean return [95% interval] |" if returns else "") + " turns | tool-call rate |",
+        "|---|---|---|---|---|---|" + ("---|" if returns else "") + "---|---|",
     ]
     for r in rows:
         k = r["k"]
+        shown = (
+            f" {r['return_mean']:.3f} [{r['return_ci95_low']:.3f}, {r['return_ci95_high']:.3f}] |" if returns else ""
+        )
         lines.append(
             f"| {r['benchmark']} | {r['problems']} | {k} | {r[f'avg@{k}']:.3f} | "
-            f"[{r['ci95_low']:.3f}, {r['ci95_high']:.3f}] | {r[f'pass@{k}']:.3f} | {r['turns_mean']:.2f} | "
+            f"[{r['ci95_low']:.3f}, {r['ci95_high']:.3f}] | {r[f'pass@{k}']:.3f} |{shown} {r['turns_mean']:.2f} | "
             f"{r['tool_call_rate']:.3f} |"
         )
     return "\n".join(lines) + "\n"
