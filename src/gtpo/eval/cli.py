@@ -186,6 +186,8 @@ def resolve_settings(cfg: EvalConfig, origin: Origin | None = None) -> tuple[Eva
     if cfg.k is None:
         filled["k"] = run.eval.samples if run is not None else 1
     k = filled.get("k", cfg.k)
+    if cfg.seed is None:
+        filled["seed"] = run.seed if run is not None else 0
     if run is not None:
         limits = {name: getattr(run.rollout, name) for name in GENERIC_LIMITS}
         temperature = run.eval.temperature if k == 1 else (run.eval.temperature or run.rollout.temperature)
@@ -194,8 +196,6 @@ def resolve_settings(cfg: EvalConfig, origin: Origin | None = None) -> tuple[Eva
     if cfg.temperature is None:
         filled["temperature"] = temperature
     filled.update({name: value for name, value in limits.items() if getattr(cfg, name) is None})
-    if cfg.seed is None:
-        filled["seed"] = run.seed if run is not None else 0
     resolved = dataclasses.replace(cfg, **filled)
     shown = ", ".join(f"{name} {_shown(value)}" for name, value in filled.items())
     return (
