@@ -353,6 +353,7 @@ def _dispatch(argv: list[str]) -> None:
 def _eval(argv: list[str]) -> None:
     from gtpo.eval.cli import main as eval_main
 
+    _quiet_transformers()  # its own progress line is the one to read, not a "Loading weights" bar per model
     eval_main(argv)
 
 
