@@ -94,6 +94,7 @@ def _resume_hint(argv: list[str]) -> str:
 def train(argv: list[str]) -> None:
     args = _parse(argv, "Train with GTPO or GRPO. Flags override --preset NAME_OR_PATH.", "gtpo train")
     config = args.config
+    _check_model(config)
     from gtpo.run.checkpoint import checkpoint_step
 
     if config.resume and (step := checkpoint_step(config.output_dir)) is not None and step >= config.steps:
@@ -150,6 +151,14 @@ def train(argv: list[str]) -> None:
         trainer.close()
 
 
+def _check_model(config: Any) -> None:
+    """A model that is not there is the first thing to say: before "already holds a run" or "already finished",
+    whose fix (another --output-dir, --resume) would only lead to this one."""
+    from gtpo.model.source import check_model_source
+
+    check_model_source(config.model.name_or_path)
+
+
 def _kept(trainer: Any) -> str:
     from gtpo.run.checkpoint import latest_checkpoint
 
@@ -171,8 +180,19 @@ def _lost_peer(trainer: Any, err: BaseException) -> str:
     )
 
 
+COMPARE_HELP = (
+    "Run GTPO, GRPO and ablations over several seeds on the same data, one run each under --output-dir, and report "
+    "means, intervals and paired differences. Rerunning the same command continues a stopped or killed comparison "
+    "(no --resume needed). Every `gtpo train` flag also works here and sets the base config all runs share "
+    "(--preset, --steps, --data.train, --algo.*, ...; `gtpo train --help` lists them with their defaults). "
+    "Cost: each run costs what one `gtpo train` with the same flags costs, so the default 5 variants x 3 seeds "
+    "cost 15 such runs (measured times: docs/compare.md)."
+)
+
+
 def compare_args(argv: list[str]) -> Any:
-    """``gtpo compare``'s flags: its own (variants, seeds, parallel) and the shared base TrainConfig."""
+    """``gtpo compare``'s flags: its own (variants, seeds, parallel) and the shared base TrainConfig. ``--help``
+    shows only the comparison's own options: the train flags are ``gtpo train --help``'s."""
     import tyro
 
     from gtpo.compare import DEFAULT_VARIANTS, VARIANTS
@@ -187,11 +207,27 @@ def compare_args(argv: list[str]) -> Any:
             int, tyro.conf.arg(help="Runs at a time, each in its own process with its share of the CPU cores.")
         ] = 1
 
+    if any(arg in ("-h", "--help") for arg in argv):
+
+        @dataclass
+        class Help(Options):
+            output_dir: Annotated[
+                str,
+                tyro.conf.arg(
+                    help="The comparison's folder: one run folder per variant and seed (VARIANT/seedS/), "
+                    "compare.md, compare.json, compare.png and the plan a rerun continues."
+                ),
+            ] = COMPARE_DIR
+            overwrite: Annotated[
+                bool,
+                tyro.conf.arg(help="Delete an earlier comparison in --output-dir (made with other settings) first."),
+            ] = False
+            preset: Annotated[str | None, tyro.conf.arg(help=PRESET_HELP.format(names=_shipped_presets()))] = None
+
+        tyro.cli(Help, args=["--help"], prog="gtpo compare", description=COMPARE_HELP)
     return _parse(
         argv,
-        "Run GTPO, GRPO and ablations over several seeds on the same data, one run each under --output-dir, "
-        "and report means, intervals and paired differences. A rerun continues a killed comparison. The other "
-        "flags set the shared base config.",
+        COMPARE_HELP,
         "gtpo compare",
         extra=Options,
         output_dir=COMPARE_DIR,
@@ -209,6 +245,7 @@ def compare(argv: list[str]) -> None:
         raise ConfigError("--variants: none given; pass a comma-separated list (gtpo compare --help lists them)")
     if args.seeds < 1 or args.parallel < 1:
         raise ConfigError("--seeds and --parallel must be at least 1")
+    _check_model(args.config)
     _quiet_transformers()
     from gtpo.run.stop import NAMES, TrainingStopped, exit_on_next_signal
 
@@ -316,6 +353,7 @@ def _dispatch(argv: list[str]) -> None:
 def _eval(argv: list[str]) -> None:
     from gtpo.eval.cli import main as eval_main
 
+    _quiet_transformers()  # its own progress line is the one to read, not a "Loading weights" bar per model
     eval_main(argv)
 
 

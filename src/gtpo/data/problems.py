@@ -51,7 +51,8 @@ def _load(source: str, cfg: DataConfig, split: str, field: str) -> list[Problem]
     if not Path(source).exists() and "/" not in source:
         raise ConfigError(
             f"{field} {source!r} is neither an existing file nor an HF dataset name (owner/name); "
-            "use 'arith' or 'multistep', a .jsonl/.json/.parquet path, a dataset name, or reasoning-gym:NAME"
+            f"use a built-in task ({', '.join(map(repr, EMBEDDED_TASKS))}), a .jsonl/.json/.parquet path, "
+            "a dataset name, or reasoning-gym:NAME"
         )
     try:
         with _from_hub(field, source, source):

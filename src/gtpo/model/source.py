@@ -25,8 +25,11 @@ def model_path(name_or_path: str) -> str:
 def check_model_source(name_or_path: str) -> None:
     """Refuse at once, before anything slow, a model that is clearly a local path and is not there.
 
-    A name whose first part is an existing local folder (``models/qwen``, ``./out``, ``/data/m``) is a path; a
-    name like ``Qwen/Qwen2.5-Math-1.5B`` whose first part is not a local folder is left to the Hub."""
+    A name whose first part is an existing local folder (``models/qwen``, ``./out``, ``/data/m``), or with more
+    parts than a Hub name's two, is a path. A name like ``Qwen/Qwen2.5-Math-1.5B`` whose first part is not a local
+    folder may be either a Hub name or a relative path that does not exist: the error for it names both readings
+    (the folder it looked for and the Hub's answer), so a mistyped ``models/my-model`` is not reported as a Hub
+    problem alone."""
     shipped = model_path(name_or_path)
     if shipped != name_or_path:  # an alias: a model shipped in gtpo/assets or one `gtpo prepare` built
         from gtpo.prepare import PARTS, is_prepared
@@ -49,12 +52,32 @@ def check_model_source(name_or_path: str) -> None:
             raise ConfigError(f"model.name_or_path {name_or_path!r} has no config.json; {fix}")
         return
     first = Path(*path.parts[:1]) if path.parts else path
-    if name_or_path.startswith((".", "/", "~")) or (len(path.parts) > 1 and first.is_dir()):
+    if name_or_path.startswith((".", "/", "~")) or len(path.parts) > 2 or (len(path.parts) > 1 and first.is_dir()):
         raise ConfigError(f"model.name_or_path {name_or_path!r}: no such folder; {fix}")
     from gtpo.data.hub import hub_reachable, in_model_cache
 
-    if not hub_reachable() and not in_model_cache(name_or_path):
+    online = hub_reachable()  # first: offline, it switches the HF libraries to offline mode for the cached load
+    if in_model_cache(name_or_path):
+        return
+    as_path = f"if it is a path, fix it: there is no folder {path.absolute()}"
+    if not online:
         raise ConfigError(
             f"model.name_or_path {name_or_path!r}: not a local folder, not in the Hugging Face cache, and the Hub "
-            "cannot be reached (offline); download it on a machine with network and pass its folder"
+            f"cannot be reached (offline); download it on a machine with network and pass its folder, or, {as_path}"
         )
+    if _hub_says_missing(name_or_path):
+        raise ConfigError(
+            f"model.name_or_path {name_or_path!r}: not a local folder and not a model on the Hugging Face Hub; "
+            f"{as_path}; else check the Hub name"
+        )
+
+
+def _hub_says_missing(name: str) -> bool:
+    """True only when the Hub answers that no such model exists (a gated or private one does exist); any other
+    failure leaves the question to transformers' own loading."""
+    try:
+        from huggingface_hub import repo_exists
+
+        return not repo_exists(name)
+    except Exception:  # a malformed name, a timeout, an old huggingface_hub: not a verdict
+        return False

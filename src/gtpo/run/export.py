@@ -31,6 +31,9 @@ MODEL_DIR = "model"
 """The final policy's folder inside a run directory."""
 PROMPT_FILE = "gtpo_prompt.json"
 """Beside the model: the system prompt it was trained with (also the chat template's default)."""
+RUN_FILE = "gtpo_run.json"
+"""Beside the model: the resolved settings of the run that trained it (its ``config.json``), so that ``gtpo eval
+--model FOLDER`` samples and scores as the run's own evaluations did."""
 
 
 def with_default_system_prompt(template: str, system_prompt: str) -> str:
@@ -59,9 +62,11 @@ def save_model_folder(
     lora: LoraExport = "merged",
     write: bool = True,
     system_prompt: str | None = None,
+    run_config: dict[str, Any] | None = None,
 ) -> Path | None:
     """Write ``model`` (plain, DDP, FSDP2 or peft-wrapped) and ``tokenizer`` to ``out`` as an HF folder;
-    ``system_prompt`` (the one it was trained with) becomes the chat template's default and ``PROMPT_FILE``.
+    ``system_prompt`` (the one it was trained with) becomes the chat template's default and ``PROMPT_FILE``;
+    ``run_config`` (the training run's resolved config) goes to ``RUN_FILE``.
 
     Under torchrun every rank must call this (FSDP gathers the shards); only ``write=True`` writes. Returns
     the folder on the writing rank.
@@ -86,15 +91,19 @@ def save_model_folder(
     else:
         base = module.get_base_model() if is_lora(module) else module
         base.save_pretrained(str(tmp), state_dict={k: v.contiguous() for k, v in weights.items()})
-    _save_tokenizer(tokenizer, tmp, system_prompt)
+    save_tokenizer(tokenizer, tmp, system_prompt)
+    if run_config is not None:
+        (tmp / RUN_FILE).write_text(json.dumps(run_config, indent=2) + "\n")
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
 
 
-def _save_tokenizer(tokenizer: Any, folder: Path, system_prompt: str | None) -> None:
-    """The tokenizer, its chat template defaulting to ``system_prompt``; the live tokenizer is left as it was."""
+def save_tokenizer(tokenizer: Any, folder: Path, system_prompt: str | None) -> None:
+    """The tokenizer, its chat template defaulting to ``system_prompt`` (recorded in ``PROMPT_FILE``); the live
+    tokenizer is left as it was. A template's own default (SmolLM2's "You are a helpful AI assistant named
+    SmolLM") is replaced: the model learned the tool protocol under ``system_prompt``, not under that one."""
     template = getattr(tokenizer, "chat_template", None)
     if system_prompt is None or not isinstance(template, str):
         tokenizer.save_pretrained(str(folder))
@@ -116,7 +125,16 @@ def export_final_policy(
         return None
     lora: LoraExport = "adapter" if mode == "adapter" else "merged"
     out = Path(run_dir) / MODEL_DIR
-    return save_model_folder(model, tokenizer, out, lora=lora, write=write, system_prompt=system_prompt)
+    settings = _run_config(Path(run_dir)) if write else None
+    return save_model_folder(
+        model, tokenizer, out, lora=lora, write=write, system_prompt=system_prompt, run_config=settings
+    )
+
+
+def _run_config(run_dir: Path) -> dict[str, Any] | None:
+    """The run's resolved config (``RUN/config.json``), or None where there is none."""
+    path = run_dir / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def resolve_checkpoint(path: str | Path, flag: str = "") -> Path:
@@ -157,7 +175,10 @@ def export_checkpoint(source: str | Path, out: str | Path | None = None, lora: L
         newest = latest_checkpoint(run_dir)
         out = run_dir / (MODEL_DIR if newest == checkpoint else f"{MODEL_DIR}-{checkpoint.name}")
     model, tokenizer, _ = load_checkpoint_policy(checkpoint, torch.device("cpu"), flag="gtpo export")
-    data = from_dict(json.loads((run_dir / "config.json").read_text())).data
-    written = save_model_folder(model, tokenizer, out, lora=lora, system_prompt=sources.system_prompt(data))
+    settings = json.loads((run_dir / "config.json").read_text())
+    data = from_dict(settings).data
+    written = save_model_folder(
+        model, tokenizer, out, lora=lora, system_prompt=sources.system_prompt(data), run_config=settings
+    )
     assert written is not None
     return written

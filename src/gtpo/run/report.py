@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from gtpo.run.metrics import EVAL_FILE, METRICS_FILE
 from gtpo.types import Trajectory
 
 CURVES = "curves.png"
@@ -132,10 +133,14 @@ def write_summary(run_dir: Path, records: list[dict[str, Any]], title: str, note
     """Write ``summary.md``: what ran, the start-vs-end table, warnings raised, and where everything is."""
     table = summary_table(summarize(records))
     files = [
-        ("metrics.jsonl", "every step's metrics, one JSON object per line"),
+        (METRICS_FILE, "every step's metrics, one JSON object per line"),
+        (EVAL_FILE, "every held-out evaluation per problem: correctness, turns, tokens, invalid calls per sample"),
         (CURVES, "reward, held-out accuracy, turns and tool errors against step"),
         (SAMPLES, "full trajectories at each evaluation: turns, code, tool output, rewards, advantages"),
-        ("model/", "the final policy as a Hugging Face model folder (from_pretrained loads it)"),
+        (
+            "model/",
+            "the final policy as a Hugging Face model folder (from_pretrained loads it; docs/runs.md: prompting it)",
+        ),
         ("checkpoints/", "resumable checkpoints (gtpo train --resume --output-dir this folder)"),
         ("config.json", "the resolved configuration"),
     ]

@@ -5,6 +5,11 @@ the asset the package ships for the task (``RECIPES[task].out``: ``assets/tiny``
 ``assets/tiny-multistep`` for the multi-step one). Traces are tokenized exactly as the rollout does it: prompt
 through the chat template, each model segment and each tool output tokenized on its own, EOS after the final
 message; the loss covers model segments and that EOS only.
+
+It prints what it does as it goes (a progress line with the loss and the time left for the supervised steps,
+then the measurement), and the folder it writes records the task's system prompt as a trained run's does
+(``gtpo.run.export.save_tokenizer``): a model warm-started from SmolLM2 must not fall back to SmolLM2's own
+"helpful AI assistant" prompt when a user sends only a user message.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import argparse
 import importlib
 import json
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +27,7 @@ from typing import Any
 import torch
 
 from gtpo.model.policy import prompt_ids
+from gtpo.run.export import save_tokenizer
 from gtpo.tasks.arith import SYSTEM_PROMPT
 from gtpo.tasks.traces import Trace
 from gtpo.tiny import DEFAULT_MODEL_DIR, MULTISTEP_MODEL_DIR, RELAY_MODEL_DIR
@@ -98,15 +105,19 @@ def supervised_warm_start(
     pad_id: int,
     lr: float = 3e-3,
     batch_size: int = 32,
+    progress: bool = True,
 ) -> float:
     """Plain masked next-token training (one-cycle schedule peaking at ``lr``); returns the mean loss of the
-    last 50 steps."""
+    last 50 steps. ``progress``: a line on stderr with the step, the recent loss and the time left."""
+    from tqdm.auto import tqdm
+
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
     model.train()
     recent: list[float] = []
-    for _ in range(steps):
+    bar = tqdm(range(steps), desc="supervised warm start", unit="step", disable=not progress, file=sys.stderr)
+    for _ in bar:
         batch = rng.sample(examples, batch_size)
         width = max(len(ids) for ids, _ in batch)
         ids = torch.full((len(batch), width), pad_id)
@@ -123,6 +134,8 @@ def supervised_warm_start(
         schedule.step()
         optimizer.zero_grad()
         recent = [*recent[-49:], loss.item()]
+        bar.set_postfix(loss=f"{sum(recent) / len(recent):.3f}", refresh=False)
+    bar.close()
     model.eval()
     return sum(recent) / len(recent)
 
@@ -174,15 +187,23 @@ def build(
     init_from: str | None = None,
     lr: float | None = None,
     batch_size: int = 32,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Warm-start a model on ``task``'s traces and save it to ``out``. ``init_from`` (a model folder or a prepared
     name such as ``smollm2-135m-instruct``) replaces the recipe's start: a pretrained model and its own
-    tokenizer learn the task's protocol from the same traces the shipped model learns it from."""
+    tokenizer learn the task's protocol from the same traces the shipped model learns it from. ``progress``: say
+    each stage on stderr, with a progress line for the supervised steps."""
+
+    def say(text: str) -> None:
+        if progress:
+            print(f"gtpo build-tiny: {text}", file=sys.stderr, flush=True)
+
     recipe = RECIPES[task]
     module = importlib.import_module(recipe.task)
     torch.manual_seed(seed)
     if not module.HELDOUT_PATH.exists():
         module.write_heldout()
+    say(f"writing {traces} traces of the {task} task")
     trace_list = importlib.import_module(recipe.traces).make_traces(traces, seed)
     start_from = init_from or (str(recipe.init_from) if recipe.init_from is not None else None)
     lr = lr if lr is not None else recipe.lr
@@ -200,8 +221,12 @@ def build(
         tokenizer = build_tokenizer(corpus(trace_list, module.SYSTEM_PROMPT))
         model = new_model(tokenizer, seed=seed)
     examples = [tokenize_trace(tokenizer, t, module.SYSTEM_PROMPT) for t in trace_list]
+    start_name = Path(start_from).name if start_from is not None else "a new model"
+    say(f"{steps} supervised steps of {batch_size} traces from {start_name}, peak lr {lr:g}")
     start = time.perf_counter()
-    loss = supervised_warm_start(model, examples, steps, seed, tokenizer.pad_token_id, lr=lr, batch_size=batch_size)
+    loss = supervised_warm_start(
+        model, examples, steps, seed, tokenizer.pad_token_id, lr=lr, batch_size=batch_size, progress=progress
+    )
     info: dict[str, Any] = {
         "task": task,
         "init_from": Path(start_from).name if start_from is not None else None,
@@ -214,11 +239,13 @@ def build(
         "sft_seconds": time.perf_counter() - start,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
+    say(f"loss {loss:.3f} after {time.perf_counter() - start:.0f} s; measuring {measure_n} held-out problems")
     info.update({f"temp1_{k}": v for k, v in measure(model, tokenizer, n=measure_n, task=task).items()})
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    save_tokenizer(tokenizer, out, module.SYSTEM_PROMPT)
     (out / "build_info.json").write_text(json.dumps(info, indent=2))
+    say(f"wrote {out}")
     return info
 
 
