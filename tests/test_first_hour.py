@@ -135,41 +135,38 @@ def test_eval_prints_what_it_scores_and_a_progress_line(trained, tmp_path, capsy
     assert re.search(r"arith-heldout: 100%\S* 3/3 \[\d\d:\d\d<00:00", err), err  # tqdm: done/total [spent<left]
 
 
-class _Stream:
-    def __init__(self) -> None:
-        self.released: list[int] = []
+class _TwoSteps:
+    """Any action; the episode ends at its second step."""
 
-    def release(self, key: int) -> None:
-        self.released.append(key)
+    def reset(self, seed=None):
+        self.steps = 0
+        return "Say something twice."
 
-    @property
-    def clock(self) -> int:
-        return 7
-
-
-class _StreamingSampler:
-    def __init__(self) -> None:
-        self.stream = _Stream()
-
-    def generate(self, contexts, max_new_tokens, *, temperature, top_p=1.0, seed=None):
-        return []
-
-    def turn_stream(self) -> _Stream:
-        return self.stream
+    def step(self, action):
+        self.steps += 1
+        return "Again.", 0.0, self.steps == 2, False, {}
 
 
-def test_progress_counts_each_finished_trajectory_and_chunk_ends_set_it_exactly():
-    inner = _StreamingSampler()
+def test_progress_counts_each_finished_trajectory_and_chunk_ends_set_it_exactly(tiny_tokenizer):
+    from conftest import ScriptedSampler
+
+    from gtpo.rollout.episode import rollout
+    from gtpo.rollout.spec import EpisodeSpec
+    from gtpo.types import Problem
+
+    problems = [Problem(id=f"p{i}", question="", answer="", seed=i) for i in range(3)]
+    ended = []
+    rollout(problems, 2, ScriptedSampler(tiny_tokenizer, lambda _, k: "hi"), tiny_tokenizer, lambda p: _TwoSteps(),
+            EpisodeSpec(system_prompt="s", max_turns=4), on_trajectory_end=lambda: ended.append(1))  # fmt: skip
+    assert len(ended) == 6  # each trajectory once, as it ends
     with EvalProgress("set", problems=4, k=2, enabled=False) as progress:
-        stream = progress.watch(inner).turn_stream()
-        assert stream.clock == 7  # everything else passes through
-        stream.release(3)
-        stream.release(0)
-        assert inner.stream.released == [3, 0] and progress.done == 2
+        progress.trajectory_done()
+        progress.trajectory_done()
+        assert progress.done == 2
         progress.problems_done(2)  # a chunk of 2 problems x 2 samples ended: 4 trajectories, exactly
         assert progress.done == 4
-        for key in range(5):  # more releases than trajectories never pass the total
-            stream.release(key)
+        for _ in range(5):  # more ends than trajectories never pass the total
+            progress.trajectory_done()
         assert progress.done == 8
 
 

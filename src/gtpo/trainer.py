@@ -88,8 +88,8 @@ class Trainer:
         self.ctx = ctx or init_distributed(timeout_s=config.dist_timeout_s)
         self.run_dir = Path(config.output_dir)
         self.recorder = RunRecorder(self.cfg, self.ctx.is_main)
+        check_model_source(config.model.name_or_path)  # a missing model first: no folder refusal hides it
         self.recorder.check()  # before anything slow: the folder (earlier run, writable, checkpoint to resume)
-        check_model_source(config.model.name_or_path)
         seed_everything(config.seed)
         # Data before the model: a malformed file fails in seconds, not after a model has loaded.
         problems = train_problems(config.data, config.seed)

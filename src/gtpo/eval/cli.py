@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +29,8 @@ from gtpo.envs.code import SYSTEM_PROMPT as CODE_PROMPT
 from gtpo.envs.code import is_source as is_code_source
 from gtpo.envs.sources import env_factory, env_problems, env_system_prompt, eval_source, is_env_source
 from gtpo.eval.evaluate import EvalReport, evaluate_problems
+from gtpo.eval.progress import EvalProgress
 from gtpo.eval.report import RESULTS, compare_runs, markdown_table, write_results
-from gtpo.generation.protocol import StreamingSampler
 from gtpo.model.precision import autocast, resolve_device
 from gtpo.model.source import model_path
 from gtpo.rollout.spec import episode_spec
@@ -348,89 +346,19 @@ def run(cfg: EvalConfig) -> list[dict]:
                     report = evaluate_problems(
                         problems,
                         name=name,
-                        sampler=progress.watch(sampler),
+                        sampler=sampler,
                         tokenizer=tokenizer,
                         make_env=env_factory(source, "--benchmarks", sandbox=executor, max_turns=turns),
                         spec=dataclasses.replace(spec, system_prompt=_system_prompt(cfg, source, system)),
                         k=cfg.k,
                         seed=cfg.seed,
                         on_progress=progress.problems_done,  # chunks as the trainer's evaluations make them
+                        on_trajectory_end=progress.trajectory_done,
                     )
                 reports.append(report)
     finally:
         executor.close()
     return write_results(reports, out)
-
-
-class EvalProgress:
-    """The progress line of one benchmark on stderr (tqdm: trajectories done of all, time so far, time left).
-
-    ``evaluate_problems`` reports whole chunks (64 problems with the engine: minutes with a real model on a CPU);
-    with a streaming sampler the line also moves as each trajectory ends (its turn stream's ``release``, which
-    the rollout calls once for each finished sequence). Chunk ends set the count exactly."""
-
-    def __init__(self, name: str, problems: int, k: int, enabled: bool = True) -> None:
-        from tqdm.auto import tqdm
-
-        self.k = k
-        self.total = problems * k
-        self.done = 0
-        """Trajectories finished so far."""
-        self._problems = 0
-        self._bar = tqdm(total=self.total, desc=name, unit="trajectory", disable=not enabled, file=sys.stderr)
-
-    def __enter__(self) -> EvalProgress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._bar.close()
-
-    def _set(self, done: int) -> None:
-        done = min(done, self.total)
-        if done != self.done:
-            self._bar.update(done - self.done)
-            self.done = done
-
-    def problems_done(self, n: int) -> None:
-        """``evaluate_problems``'s ``on_progress``: a chunk of ``n`` problems (``n * k`` trajectories) ended."""
-        self._problems += n
-        self._set(self._problems * self.k)
-
-    def trajectory_done(self) -> None:
-        self._set(self.done + 1)
-
-    def watch(self, sampler: Any) -> Any:
-        """``sampler``, telling this line when each trajectory ends (streaming samplers; others are as given)."""
-        if not isinstance(sampler, StreamingSampler):
-            return sampler
-        return _WatchedSampler(sampler, self.trajectory_done)
-
-
-class _WatchedSampler:
-    """A streaming sampler whose turn stream calls ``done`` as each sequence is released (finished)."""
-
-    def __init__(self, sampler: Any, done: Callable[[], None]) -> None:
-        self._sampler = sampler
-        self._done = done
-
-    def generate(self, *args: Any, **kwargs: Any) -> Any:
-        return self._sampler.generate(*args, **kwargs)
-
-    def turn_stream(self) -> Any:
-        return _WatchedStream(self._sampler.turn_stream(), self._done)
-
-
-class _WatchedStream:
-    def __init__(self, stream: Any, done: Callable[[], None]) -> None:
-        self._stream = stream
-        self._done = done
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-    def release(self, key: int) -> None:
-        self._stream.release(key)
-        self._done()
 
 
 def _system_prompt(cfg: EvalConfig, source: str, default: str) -> str:

@@ -71,6 +71,7 @@ def evaluate_problems(
     batch_problems: int | None = None,
     seed: int | None = 0,
     on_progress: Callable[[int], None] | None = None,
+    on_trajectory_end: Callable[[], None] | None = None,
 ) -> EvalReport:
     """Roll out ``k`` samples per problem by the rules of ``spec``, each in its own environment from ``make_env``
     (in chunks of ``batch_problems``), and collect success.
@@ -78,7 +79,7 @@ def evaluate_problems(
     ``batch_problems`` None: all problems in one rollout with the engine (its queue keeps every slot busy),
     32 at a time with batch samplers (their padded batches grow with the longest row). ``on_progress(n)`` is
     called after each chunk with its number of problems (a progress bar; it may raise to abandon the
-    evaluation).
+    evaluation); ``on_trajectory_end()`` as each trajectory ends.
     """
     if batch_problems is None:
         if not isinstance(sampler, StreamingSampler):
@@ -91,7 +92,7 @@ def evaluate_problems(
     for start in range(0, len(problems), batch_problems):
         chunk = list(problems[start : start + batch_problems])
         seed_here = None if seed is None else seed + start
-        out = rollout(chunk, k, sampler, tokenizer, make_env, spec, seed=seed_here)
+        out = rollout(chunk, k, sampler, tokenizer, make_env, spec, seed=seed_here, on_trajectory_end=on_trajectory_end)
         trajectories.extend(out.trajectories)
         if on_progress is not None:
             on_progress(len(chunk))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,6 +79,8 @@ class _Episodes:
     max_total_tokens: int
     max_new_tokens_per_turn: int
     formats: list[EnvFormat]
+    on_end: Callable[[], None] | None = None
+    """Called once as each trajectory ends (a progress line)."""
     observations: dict[str, ObservationTokens] = field(default_factory=dict)
 
     def cap(self, trajectory: Trajectory) -> int:
@@ -98,6 +100,12 @@ class _Episodes:
     def add_step(self, i: int, trajectory: Trajectory, outcome: Outcome, sample: Sample) -> bool:
         """Record the environment's step on the last turn and append its observation; True if the episode goes
         on."""
+        going = self._add_step(i, trajectory, outcome, sample)
+        if not going and self.on_end is not None:
+            self.on_end()
+        return going
+
+    def _add_step(self, i: int, trajectory: Trajectory, outcome: Outcome, sample: Sample) -> bool:
         if isinstance(outcome, Failure):
             _fail(trajectory, outcome)
             return False
@@ -155,6 +163,7 @@ def rollout(
     *,
     seed: int | None = None,
     group_ids: Sequence[int] | None = None,
+    on_trajectory_end: Callable[[], None] | None = None,
 ) -> RolloutResult:
     """``group_size`` trajectories per problem, contiguous, each with its own environment from ``make_env``, run
     by the rules of ``spec``; each carries its problem's entry of ``group_ids`` (default: the problem's index
@@ -167,6 +176,8 @@ def rollout(
     engine steps after the turn ended (waiting for the step if it is late), so that a seed reproduces a run;
     "auto" is deterministic on CPU and asap on GPU (GPU numerics depend on batch shapes anyway). Any other sampler
     runs turn by turn: all active trajectories generate, then all their environments step, then the next turn.
+    ``on_trajectory_end()`` is called as each trajectory ends (for a progress line; not for those that end
+    before their first turn).
     """
     if group_ids is not None and len(group_ids) != len(problems):
         raise ValueError(f"group_ids: {len(group_ids)} ids for {len(problems)} problems")
@@ -182,7 +193,9 @@ def rollout(
         start = time.perf_counter()
         formats = _start(trajectories, envs, make_env, steps, tokenizer, spec)
         timings.env_s += time.perf_counter() - start
-        episodes = _Episodes(tokenizer, spec.max_turns, spec.max_total_tokens, spec.max_new_tokens_per_turn, formats)
+        episodes = _Episodes(
+            tokenizer, spec.max_turns, spec.max_total_tokens, spec.max_new_tokens_per_turn, formats, on_trajectory_end
+        )
         active = [i for i, t in enumerate(trajectories) if t.error is None and len(t.input_ids) < spec.max_total_tokens]
         for t in trajectories:
             if t.error is None and len(t.input_ids) >= spec.max_total_tokens:
