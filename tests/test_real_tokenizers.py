@@ -247,7 +247,8 @@ def test_a_turn_ends_at_the_token_that_closes_its_block(tokenizer, model):
         (sample,) = sampler.generate([prompt], [64], temperature=1.0)
         assert (sample.token_ids, sample.finish) == (ids[:end], "stop"), tokenizer.convert_ids_to_tokens(ids)
         assert sample.logprobs == [0.0] * end
-        reasons = [engine._ends_turn(SimpleNamespace(new_tokens=[]), (ids + after)[: j + 1]) for j in range(end)]
+        request = SimpleNamespace(new_tokens=[], stop_at_code_block=True)
+        reasons = [engine._ends_turn(request, (ids + after)[: j + 1]) for j in range(end)]
         assert reasons == [None] * (end - 1) + ["stop"]
 
 

@@ -37,7 +37,7 @@ from gtpo.distributed import (
 )
 from gtpo.envs.code import is_source as is_code_source
 from gtpo.envs.sources import env_factory, eval_problems, eval_source, is_env_source, system_prompt, train_problems
-from gtpo.eval.evaluate import EvalReport, evaluate_sharded
+from gtpo.eval.evaluate import EvalReport, eval_record, evaluate_sharded
 from gtpo.method.advantages import turns_to_tokens
 from gtpo.method.credit import bind_credit
 from gtpo.method.similarity import get_similarity
@@ -268,7 +268,14 @@ class Trainer:
             result = self.evaluate(progress)
         finally:
             self.recorder.console.close_eval_progress()
-        return self.recorder.evaluation(self.step, result, time.perf_counter() - start, self._last_batch)
+        return self.recorder.evaluation(
+            self.step,
+            result.metrics(),
+            eval_record(result, self.step),
+            result.trajectories,
+            time.perf_counter() - start,
+            self._last_batch,
+        )
 
     def _due(self, every: int) -> bool:
         return self.step == self.cfg.steps or (every > 0 and self.step % every == 0)

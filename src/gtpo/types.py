@@ -38,7 +38,29 @@ class Problem:
     None for question/answer problems."""
     task: Any = None
     """What the environment needs beyond the question and never shows the model (a code problem's hidden tests:
-    ``gtpo.data.humaneval.CodeProblem``); None for the others."""
+    a ``CodeProblem``); None for the others."""
+
+
+@dataclass(frozen=True)
+class CodeProblem:
+    """One function to write, its hidden tests, and (when known) a reference solution."""
+
+    id: str
+    prompt: str
+    """What the model is shown: HumanEval's signature and docstring, or an MBPP-style request in words."""
+    tests: str
+    """Python source defining ``check(candidate)``; never shown to the model."""
+    entry_point: str
+    """The name of the function the solution must define."""
+    setup: str = ""
+    """Python the tests need in scope, run before them in the test runner only (HumanEval: the prompt, whose
+    helpers some tests call; MBPP: its test imports)."""
+    reference: str = ""
+    """A complete solution that passes the tests (HumanEval: prompt + canonical solution); never shown to
+    the model. Empty when the file has none."""
+    source: str = ""
+    difficulty: int = 0
+    """The generator's level for generated problems; 0 when unknown."""
 
 
 @dataclass(frozen=True)

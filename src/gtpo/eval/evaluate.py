@@ -14,6 +14,7 @@ from typing import Any
 
 from gtpo.distributed import DistContext, gather_objects, shard_indices, strip_tokens
 from gtpo.envs.base import EnvFactory
+from gtpo.eval.stats import accuracy_interval
 from gtpo.generation.protocol import StreamingSampler
 from gtpo.rollout.episode import rollout
 from gtpo.rollout.spec import EpisodeSpec
@@ -45,11 +46,12 @@ class EvalReport:
         return sum(flat) / len(flat) if flat else 0.0
 
     def metrics(self, prefix: str = "eval/") -> dict[str, float]:
+        """avg@k with its 95% interval (clustered by problem), the mean return, turns and tool use."""
         trajs = self.trajectories
         turns = [t.num_turns for t in trajs]
         all_turns = [turn for t in trajs for turn in t.turns]
         returns = self.returns
-        return {
+        metrics = {
             f"{prefix}avg@{self.k}": self.accuracy,
             f"{prefix}return_mean": sum(returns) / len(returns) if returns else 0.0,
             f"{prefix}turns_mean": sum(turns) / len(turns) if turns else 0.0,
@@ -57,6 +59,10 @@ class EvalReport:
                 sum(turn.has_tool_call for turn in all_turns) / len(all_turns) if all_turns else 0.0
             ),
         }
+        if self.per_problem:
+            _, low, high = accuracy_interval(self.per_problem)
+            metrics.update({f"{prefix}ci95_low": low, f"{prefix}ci95_high": high})
+        return metrics
 
 
 def evaluate_problems(

@@ -21,8 +21,6 @@ import torch
 from gtpo.config import ConfigError, TrainConfig, to_dict
 from gtpo.envs.code import is_source as is_code_source
 from gtpo.envs.sources import is_env_source
-from gtpo.eval.evaluate import EvalReport, eval_record
-from gtpo.eval.stats import accuracy_interval
 from gtpo.run import report
 from gtpo.run.checkpoint import check_run_dir, claim_run_dir, latest_checkpoint
 from gtpo.run.console import Console
@@ -134,19 +132,22 @@ class RunRecorder:
                 self.notes.append(f"warning: {warning}")
 
     def evaluation(
-        self, step: int, result: EvalReport, seconds: float, batch: tuple[Sequence[Trajectory], Any] | None
+        self,
+        step: int,
+        metrics: dict[str, float],
+        record: dict[str, Any],
+        heldout: Sequence[Trajectory],
+        seconds: float,
+        batch: tuple[Sequence[Trajectory], Any] | None,
     ) -> dict[str, float]:
-        """The evaluation's metrics with their 95% interval; its per-problem results go to eval_problems.jsonl
-        (what ``gtpo compare`` pairs runs by); a few of its trajectories, and one group of the step's training
-        batch with its rewards and advantages, go to samples.jsonl."""
-        metrics = result.metrics()
-        if result.per_problem:
-            _, low, high = accuracy_interval(result.per_problem)
-            metrics.update({"eval/ci95_low": low, "eval/ci95_high": high})
-        metrics["perf/eval_s"] = seconds
+        """An evaluation's ``metrics`` (``EvalReport.metrics``) with its time; its per-problem ``record``
+        (``eval_record``) goes to eval_problems.jsonl (what ``gtpo compare`` pairs runs by); a few of its
+        ``heldout`` trajectories, and one group of the step's training batch with its rewards and advantages, go
+        to samples.jsonl."""
+        metrics = {**metrics, "perf/eval_s": seconds}
         if self.is_main and self.logger is not None:
-            append_record(self.run_dir / EVAL_FILE, eval_record(result, step))
-            samples = [report.trajectory_record(step, "heldout", t) for t in report.pick_samples(result.trajectories)]
+            append_record(self.run_dir / EVAL_FILE, record)
+            samples = [report.trajectory_record(step, "heldout", t) for t in report.pick_samples(heldout)]
             if batch is not None and step > 0:
                 trajectories, credit = batch
                 for i in report.pick_group(trajectories):

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from gtpo.data.humaneval import CodeProblem
+from gtpo.types import CodeProblem
 
 LEVELS = (1, 2, 3, 4)
 TESTS_PER_PROBLEM = 8
