@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import re
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -370,6 +371,42 @@ def test_gem_games_replay_by_seed_whatever_else_draws_random_numbers(gem):
     assert all(len({str(b) for b in runs}) == 1 for runs in targets.values())  # a seed replays its game
     assert targets[1][0] != targets[2][0]
     assert (random.random(), np.random.random()) == (expected_py, expected_np)  # the process's draws untouched
+
+
+def test_a_gem_step_waiting_for_another_reports_gems_rewards_and_leaves_gems_constants_alone(gem):
+    """Steps run on many threads at once (a rollout's env calls do). Each step swaps GEM's invalid-move and
+    format-error rewards for sentinels while it runs; a step that read GEM's values while another held the
+    sentinels would report a sentinel and restore the sentinels for good (every later invalid move -987654).
+    Here one step is held inside GEM's own step while a second one starts."""
+    from gem.utils.constants import LanguageGameReward
+
+    from gtpo.envs.gem import GemEnv
+
+    before = (LanguageGameReward.invalid_action_reward, LanguageGameReward.format_error_reward)
+    held, waiting = GemEnv("game:GuessTheNumber-v0-easy", {}), GemEnv("game:GuessTheNumber-v0-easy", {})
+    held.reset(seed=1)
+    waiting.reset(seed=2)
+    inside, go = threading.Event(), threading.Event()
+    gem_step = held.env.step
+
+    def slow_step(action):
+        inside.set()
+        go.wait(10)
+        return gem_step(action)
+
+    held.env.step = slow_step
+    rewards = {}
+    first = threading.Thread(target=lambda: rewards.setdefault("held", held.step("\\boxed{99}")[1]))
+    second = threading.Thread(target=lambda: rewards.setdefault("waiting", waiting.step("\\boxed{99}")[1]))
+    first.start()
+    assert inside.wait(10)
+    second.start()
+    time.sleep(0.3)  # the second step has started and waits for the first
+    go.set()
+    first.join()
+    second.join()
+    assert rewards == {"held": 0.0, "waiting": 0.0}  # both out of range: GEM's invalid move, reward 0
+    assert (LanguageGameReward.invalid_action_reward, LanguageGameReward.format_error_reward) == before
 
 
 def test_gem_source_problems_and_a_rollout_through_the_adapter(gem, tiny_tokenizer):

@@ -94,8 +94,10 @@ class GemEnv:
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         from gem.utils.constants import LanguageGameReward as rewards
 
-        invalid_value, format_value = rewards.invalid_action_reward, rewards.format_error_reward
         with _LOCK, _own_random(self._random) as state:
+            # GEM's real values, read under the lock: read outside it, they could be another step's sentinels,
+            # which this step would then restore for good.
+            invalid_value, format_value = rewards.invalid_action_reward, rewards.format_error_reward
             rewards.invalid_action_reward, rewards.format_error_reward = _INVALID_SENTINEL, _FORMAT_SENTINEL
             try:
                 observation, reward, terminated, truncated, info = self.env.step(action)

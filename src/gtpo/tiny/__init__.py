@@ -1,6 +1,13 @@
 """The shipped tiny models: how they are built (``tiny.build``: tokenizer, model, supervised warm start). Where
 they live and their aliases: ``gtpo.model.shipped`` (named here too)."""
 
-from gtpo.model.shipped import ASSETS, DEFAULT_MODEL_DIR, MULTISTEP_MODEL_DIR, RELAY_MODEL_DIR, SHIPPED_MODELS
+from gtpo.model.shipped import (
+    ASSETS,
+    DEFAULT_MODEL_DIR,
+    GUESS_MODEL_DIR,
+    MULTISTEP_MODEL_DIR,
+    RELAY_MODEL_DIR,
+    SHIPPED_MODELS,
+)
 
-__all__ = ["ASSETS", "DEFAULT_MODEL_DIR", "MULTISTEP_MODEL_DIR", "RELAY_MODEL_DIR", "SHIPPED_MODELS"]
+__all__ = ["ASSETS", "DEFAULT_MODEL_DIR", "GUESS_MODEL_DIR", "MULTISTEP_MODEL_DIR", "RELAY_MODEL_DIR", "SHIPPED_MODELS"]

@@ -1,10 +1,13 @@
 """Rebuild a shipped tiny model: tokenizer, traces, supervised warm start, measurement, save.
 
-``gtpo build-tiny [--task arith|multistep] [--out DIR]`` (or ``python -m gtpo.tiny.build``). The default writes
-the asset the package ships for the task (``RECIPES[task].out``: ``assets/tiny`` for the arithmetic task,
-``assets/tiny-multistep`` for the multi-step one). Traces are tokenized exactly as the rollout does it: prompt
-through the chat template, each model segment and each tool output tokenized on its own, EOS after the final
-message; the loss covers model segments and that EOS only.
+``gtpo build-tiny [--task arith|multistep|relay|guess] [--out DIR]`` (or ``python -m gtpo.tiny.build``). The
+default writes the asset the package ships for the task (``RECIPES[task].out``: ``assets/tiny`` for the
+arithmetic task, ``assets/tiny-multistep`` for the multi-step one, ...). Traces are tokenized exactly as the
+rollout does it. A math task's (the TIR protocol, observations inline): prompt through the chat template, each
+model segment and each tool output tokenized on its own, EOS after the final message; the loss covers model
+segments and that EOS only. A game's (GEM's GuessTheNumber, observations as chat messages): prompt through the
+chat template, each message of the model followed by the end-of-message token that ends it when sampled (both
+trained on), each observation as ``gtpo.rollout.observation.ObservationTokens`` renders it (not trained on).
 
 It prints what it does as it goes (a progress line with the loss and the time left for the supervised steps,
 then the measurement), and the folder it writes records the task's system prompt as a trained run's does
@@ -26,11 +29,14 @@ from typing import Any
 
 import torch
 
+from gtpo.envs.gem import GemEnv
 from gtpo.model.policy import prompt_ids
+from gtpo.rollout.observation import ObservationTokens
 from gtpo.run.export import save_tokenizer
 from gtpo.tasks.arith import SYSTEM_PROMPT
+from gtpo.tasks.guess_traces import GameTrace
 from gtpo.tasks.traces import Trace
-from gtpo.tiny import DEFAULT_MODEL_DIR, MULTISTEP_MODEL_DIR, RELAY_MODEL_DIR
+from gtpo.tiny import DEFAULT_MODEL_DIR, GUESS_MODEL_DIR, MULTISTEP_MODEL_DIR, RELAY_MODEL_DIR
 from gtpo.tiny.model import new_model
 from gtpo.tiny.tokenizer import build_tokenizer
 
@@ -50,6 +56,16 @@ class Recipe:
     lr: float
     init_from: Path | None = None
     """Continue from this model and its tokenizer instead of a new tokenizer and random weights."""
+    presets: tuple[str, ...] = ()
+    """A game's shipped presets: the warm start is measured on each one's held-out set, by its own rules
+    (``max_turns`` above is then unused), and its traces are chat conversations (``tokenize_game_trace``).
+    Empty for a math task: measured on ``task``'s held-out problems in the sandbox."""
+    vocab_size: int = 384
+    """The new tokenizer's vocabulary (a new tokenizer only: ``init_from`` keeps its model's)."""
+    batch_size: int = 32
+    """Traces per supervised step."""
+    window: int = 0
+    """Batches of similar length (``supervised_warm_start``); 0: drawn from all traces."""
 
 
 RECIPES = {
@@ -77,6 +93,23 @@ RECIPES = {
         lr=1e-3,
         init_from=DEFAULT_MODEL_DIR,
     ),
+    # GEM's GuessTheNumber (gtpo.tasks.guess_traces): a new tokenizer (GEM's words, digits one by one) and a new
+    # model; measured on the easy game and the long one, each as its preset plays it. The shipped model is this
+    # first stage continued for 250 steps on fresh traces at half the rate (docs/environments.md gives both
+    # commands; its build_info.json records both stages).
+    "guess": Recipe(
+        "gtpo.tasks.guess_traces",
+        "gtpo.tasks.guess_traces",
+        GUESS_MODEL_DIR,
+        300,
+        6000,
+        max_turns=10,
+        lr=3e-3,
+        presets=("guess", "guess-long"),
+        vocab_size=512,
+        batch_size=16,
+        window=1024,
+    ),
 }
 
 
@@ -93,8 +126,40 @@ def tokenize_trace(tokenizer: Any, trace: Trace, system_prompt: str = SYSTEM_PRO
     return ids, mask
 
 
+def tokenize_game_trace(
+    tokenizer: Any, trace: GameTrace, system_prompt: str, render: ObservationTokens | None = None
+) -> tuple[list[int], list[int]]:
+    """(ids, loss_mask) of one game, as the rollout lays out an episode with chat observations: the prompt
+    (system prompt, the game's first observation as the user's message), then for each turn the message's
+    tokens and the end-of-message token the model samples to end it (mask 1: what the model learns to write,
+    including when to stop), then the observation after it as ``render`` (GEM's role) gives it (mask 0).
+    After the last turn nothing: the game ended there."""
+    render = render or ObservationTokens(tokenizer, GemEnv.observation_role)
+    ids = prompt_ids(tokenizer, system_prompt, trace.observation)
+    mask = [0] * len(ids)
+    for text, observation in trace.turns:
+        turn = [*tokenizer.encode(text, add_special_tokens=False), tokenizer.eos_token_id]
+        ids += turn
+        mask += [1] * len(turn)
+        if observation is not None:
+            shown = render(observation, turn[-1])
+            ids += shown
+            mask += [0] * len(shown)
+    return ids, mask
+
+
 def corpus(traces: list[Trace], system_prompt: str = SYSTEM_PROMPT) -> list[str]:
     return [system_prompt] + [t.question + "".join(text for _, text in t.segments) for t in traces]
+
+
+def game_corpus(traces: list[GameTrace], system_prompt: str) -> list[str]:
+    """The texts a game's tokenizer learns from: each conversation with its chat roles' names, which the
+    template writes around every message (learned as words, not spelled letter by letter)."""
+    texts = [f"system\n{system_prompt}"]
+    for t in traces:
+        turns = "".join(f"assistant\n{m}" + (f"user\n{o}" if o is not None else "") for m, o in t.turns)
+        texts.append(f"user\n{t.observation}{turns}")
+    return texts
 
 
 def supervised_warm_start(
@@ -105,20 +170,29 @@ def supervised_warm_start(
     pad_id: int,
     lr: float = 3e-3,
     batch_size: int = 32,
+    window: int = 0,
     progress: bool = True,
 ) -> float:
     """Plain masked next-token training (one-cycle schedule peaking at ``lr``); returns the mean loss of the
-    last 50 steps. ``progress``: a line on stderr with the step, the recent loss and the time left."""
+    last 50 steps. ``window`` > 0 draws each batch from that many examples of similar length (a random stretch
+    of the examples sorted by length), so that a batch is padded little: a game of 10 turns is three times as
+    long as one of 3, and a padded token costs as much as a real one. 0 draws from all examples. ``progress``:
+    a line on stderr with the step, the recent loss and the time left."""
     from tqdm.auto import tqdm
 
     rng = random.Random(seed)
+    by_length = sorted(examples, key=lambda example: len(example[0])) if window else examples
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
     model.train()
     recent: list[float] = []
     bar = tqdm(range(steps), desc="supervised warm start", unit="step", disable=not progress, file=sys.stderr)
     for _ in bar:
-        batch = rng.sample(examples, batch_size)
+        if window:
+            start = rng.randrange(max(len(by_length) - window, 0) + 1)
+            batch = rng.sample(by_length[start : start + window], batch_size)
+        else:
+            batch = rng.sample(examples, batch_size)
         width = max(len(ids) for ids, _ in batch)
         ids = torch.full((len(batch), width), pad_id)
         labels = torch.full((len(batch), width), -100)
@@ -177,6 +251,37 @@ def measure(
     }
 
 
+def measure_preset(model: torch.nn.Module, tokenizer: Any, preset: str, n: int = 0) -> dict[str, float]:
+    """Held-out success of the warm-started model on a game's preset, by that preset's rules (its episode caps,
+    its evaluation temperature and seed, its sampler): the first ``n`` held-out games (0: all), evaluated as a
+    run's step-0 evaluation of the preset evaluates them."""
+    from gtpo.components import build_sampler
+    from gtpo.config import load_preset, validate
+    from gtpo.envs.sources import env_factory, eval_problems, eval_source, system_prompt
+    from gtpo.eval.evaluate import evaluate_problems
+    from gtpo.rollout.metrics import rollout_metrics
+    from gtpo.rollout.spec import episode_spec
+
+    config = validate(load_preset(preset))
+    problems = eval_problems(config.data)
+    spec = episode_spec(config, system_prompt(config.data)).evaluation(config.eval.temperature)
+    make_env = env_factory(eval_source(config.data), "data.eval", sandbox=None, max_turns=spec.max_turns)
+    start = time.perf_counter()
+    report = evaluate_problems(
+        problems[:n] if n else problems, name=preset, sampler=build_sampler(config, model, tokenizer),
+        tokenizer=tokenizer, make_env=make_env, spec=spec, k=config.eval.samples, seed=config.seed,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    metrics = rollout_metrics(report.trajectories)
+    return {
+        "heldout_accuracy": report.accuracy,
+        "games": len(report.per_problem),
+        "turns_mean": metrics["rollout/turns_mean"],
+        "invalid_move_rate": metrics["rollout/invalid_call_rate"],
+        "rollout_s": seconds,
+    }
+
+
 def build(
     out: Path,
     steps: int,
@@ -186,7 +291,7 @@ def build(
     task: str = "arith",
     init_from: str | None = None,
     lr: float | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Warm-start a model on ``task``'s traces and save it to ``out``. ``init_from`` (a model folder or a prepared
@@ -201,7 +306,7 @@ def build(
     recipe = RECIPES[task]
     module = importlib.import_module(recipe.task)
     torch.manual_seed(seed)
-    if not module.HELDOUT_PATH.exists():
+    if not recipe.presets and not module.HELDOUT_PATH.exists():
         module.write_heldout()
     say(f"writing {traces} traces of the {task} task")
     trace_list = importlib.import_module(recipe.traces).make_traces(traces, seed)
@@ -217,15 +322,31 @@ def build(
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-    else:
-        tokenizer = build_tokenizer(corpus(trace_list, module.SYSTEM_PROMPT))
+    elif recipe.presets:
+        tokenizer = build_tokenizer(game_corpus(trace_list, module.SYSTEM_PROMPT), vocab_size=recipe.vocab_size)
         model = new_model(tokenizer, seed=seed)
-    examples = [tokenize_trace(tokenizer, t, module.SYSTEM_PROMPT) for t in trace_list]
+    else:
+        tokenizer = build_tokenizer(corpus(trace_list, module.SYSTEM_PROMPT), vocab_size=recipe.vocab_size)
+        model = new_model(tokenizer, seed=seed)
+    if recipe.presets:
+        render = ObservationTokens(tokenizer, GemEnv.observation_role)
+        examples = [tokenize_game_trace(tokenizer, t, module.SYSTEM_PROMPT, render) for t in trace_list]
+    else:
+        examples = [tokenize_trace(tokenizer, t, module.SYSTEM_PROMPT) for t in trace_list]
+    batch_size = batch_size or recipe.batch_size
     start_name = Path(start_from).name if start_from is not None else "a new model"
     say(f"{steps} supervised steps of {batch_size} traces from {start_name}, peak lr {lr:g}")
     start = time.perf_counter()
     loss = supervised_warm_start(
-        model, examples, steps, seed, tokenizer.pad_token_id, lr=lr, batch_size=batch_size, progress=progress
+        model,
+        examples,
+        steps,
+        seed,
+        tokenizer.pad_token_id,
+        lr=lr,
+        batch_size=batch_size,
+        window=recipe.window,
+        progress=progress,
     )
     info: dict[str, Any] = {
         "task": task,
@@ -239,8 +360,13 @@ def build(
         "sft_seconds": time.perf_counter() - start,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-    say(f"loss {loss:.3f} after {time.perf_counter() - start:.0f} s; measuring {measure_n} held-out problems")
-    info.update({f"temp1_{k}": v for k, v in measure(model, tokenizer, n=measure_n, task=task).items()})
+    say(f"loss {loss:.3f} after {time.perf_counter() - start:.0f} s; measuring held-out games or problems")
+    if recipe.presets:
+        for preset in recipe.presets:
+            measured = measure_preset(model, tokenizer, preset, n=measure_n)
+            info.update({f"temp1_{preset}_{k}": v for k, v in measured.items()})
+    else:
+        info.update({f"temp1_{k}": v for k, v in measure(model, tokenizer, n=measure_n, task=task).items()})
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     save_tokenizer(tokenizer, out, module.SYSTEM_PROMPT)
@@ -253,15 +379,20 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="gtpo build-tiny", description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=sorted(RECIPES), default="arith", help="embedded task to warm-start on")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: the task's shipped asset)")
-    parser.add_argument("--steps", type=int, default=None, help="supervised steps, batch 32 (default: the recipe's)")
+    parser.add_argument("--steps", type=int, default=None, help="supervised steps (default: the recipe's)")
     parser.add_argument("--traces", type=int, default=None, help="number of generated traces (default: the recipe's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--init-from", default=None, help="warm-start this model folder or prepared name (default: the recipe's)"
     )
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
-    parser.add_argument("--batch", type=int, default=32, help="traces per supervised step")
-    parser.add_argument("--measure", type=int, default=96, help="held-out problems measured after the warm start")
+    parser.add_argument("--batch", type=int, default=None, help="traces per supervised step (default: the recipe's)")
+    parser.add_argument(
+        "--measure",
+        type=int,
+        default=None,
+        help="held-out problems measured after the warm start (default: 96; a game's presets: all)",
+    )
     args = parser.parse_args(argv)
     if args.init_from and args.out is None:
         parser.error("--init-from needs --out (without it the shipped model would be overwritten)")
@@ -271,7 +402,7 @@ def main(argv: list[str] | None = None) -> None:
         args.steps or recipe.steps,
         args.seed,
         args.traces or recipe.num_traces,
-        measure_n=args.measure,
+        measure_n=args.measure if args.measure is not None else (0 if recipe.presets else 96),
         task=args.task,
         init_from=args.init_from,
         lr=args.lr,
