@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from gtpo.generation.engine.attention import AttentionPlan, slots_index
-from gtpo.generation.engine.decode import DecodeState, round_up
+from gtpo.generation.engine.decode import DecodeState, Forward, round_up
 from gtpo.generation.engine.sampling import counter_uniform, sample_tokens
 from gtpo.generation.engine.slots import Request
 
@@ -19,8 +19,8 @@ from gtpo.generation.engine.slots import Request
 class Prefiller:
     """Prefills batches of requests into their slots over the engine's model, cache plan and decode state."""
 
-    def __init__(self, model: torch.nn.Module, plan: AttentionPlan, state: DecodeState) -> None:
-        self.model, self.plan, self.state = model, plan, state
+    def __init__(self, forward: Forward, plan: AttentionPlan, state: DecodeState) -> None:
+        self.forward, self.plan, self.state = forward, plan, state
         self.device = state.tokens.device
         self.spare_slot = state.tokens.shape[0]  # padding writes here; nothing reads it
         self.calls = 0
@@ -40,7 +40,7 @@ class Prefiller:
         self.plan.mask = (self.state.span[None, None, :span] <= positions[:, :, None]).unsqueeze(1)
         self.plan.kv_len = span
         self.plan.read_slots = slots_index([r.slot for r in requests], dev)
-        logits = self.model(input_ids=ids, position_ids=positions, use_cache=False, logits_to_keep=1).logits[:, -1]
+        logits = self.forward(ids, positions)
         settings = request_settings(requests, dev)
         end_pos = torch.tensor([len(r.tokens) for r in requests], dtype=torch.long, device=dev)
         uniforms = counter_uniform(settings["seed"], settings["key"], end_pos)
