@@ -79,9 +79,17 @@ def test_compact_forward_samples_what_the_models_own_forward_samples(tokenizer, 
     assert len({tuple(s.token_ids) for s in greedy}) > 1  # the rows differ: the check compares something
 
 
-def test_the_shipped_model_runs_the_compact_forward_on_a_cpu(tokenizer):
+def test_on_the_shipped_model_both_forwards_compute_the_same_bits(tokenizer, prompts):
+    """Float32 on a CPU: the compact forward rounds as the model's own does, so the default run's tokens and
+    log-probs (which enter the loss) do not depend on which path the engine takes."""
     model, _ = load_policy(str(DEFAULT_MODEL_DIR))
+    compact, plain = engine(model, tokenizer, True, slots=6), engine(model, tokenizer, False, slots=6)
+    assert compact.engine.compact is not None  # the engine's path on a CPU by default
     assert EngineSampler(model, tokenizer, EngineOptions(slots=2, max_len=64)).engine.compact is not None
+    got = compact.generate(prompts, [48] * 6, temperature=1.0, seed=5)
+    want = plain.generate(prompts, [48] * 6, temperature=1.0, seed=5)
+    assert [s.token_ids for s in got] == [s.token_ids for s in want]
+    assert [s.logprobs for s in got] == [s.logprobs for s in want]
 
 
 def test_other_architectures_run_the_models_own_forward(tokenizer, prompts):

@@ -104,16 +104,16 @@ def decode_attention(plan: AttentionPlan, layer: int, query: torch.Tensor, scale
     the cached keys/values; returns [R, Hkv, group, D].
 
     Each key/value head is read once for its group of query heads (no repeated copies of the cache). On a GPU
-    the step is a CUDA graph, written as plain matmuls; on a CPU one fused SDPA call over the group (its queries
-    as the query positions: with one token per row they share the row's mask) is the fewest operations.
+    the step is a CUDA graph, written as plain matmuls; on a CPU it is one SDPA call with grouped heads.
     """
-    rows = query.shape[0]
+    rows, kv_heads, group, dim = query.shape
     keys, values = read_kv(plan, layer, rows)
-    mask = plan.mask.view(rows, 1, 1, plan.kv_len)
     if not query.is_cuda:
-        return F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale)
+        heads = query.view(rows, kv_heads * group, 1, dim)
+        out = F.scaled_dot_product_attention(heads, keys, values, attn_mask=plan.mask, scale=scale, enable_gqa=True)
+        return out.view(rows, kv_heads, group, dim)
     scores = torch.matmul(query, keys.transpose(-1, -2)).float() * scale
-    scores = scores.masked_fill(~mask, float("-inf"))
+    scores = scores.masked_fill(~plan.mask.view(rows, 1, 1, plan.kv_len), float("-inf"))
     weights = torch.softmax(scores, dim=-1).to(values.dtype)
     return torch.matmul(weights, values)
 

@@ -9,9 +9,13 @@ hidden 128) that is most of a decode step. This forward computes the same functi
   tensor each and the model's own ``q_proj``/``k_proj``/... weights become views of it, so a weight sync that
   fills the model's parameters fills the fused tensors too (no second copy);
 - rotary embeddings of q and k in one pass, from cos/sin tables of every position computed once by the model's
-  own rotary module;
-- the residual additions inside the output projections (``addmm``), torch's fused RMSNorm;
+  own rotary module; torch's fused RMSNorm;
 - the attention of ``gtpo.generation.engine.attention`` on the same cache and plan.
+
+On a CPU in float32 it computes the same bits as the model's own forward (tested on the shipped model): each
+product is the same matrix product on the same rows (a fused projection's columns are the separate ones'), and
+where a cheaper form rounds differently it is not used (a residual added inside ``addmm``, the head on a copied
+last row). So the default run samples the same tokens whichever path the engine takes.
 
 What it covers: decoders whose layers are exactly that computation (``COMPACT_MODEL_TYPES``: pre-norm RMSNorm,
 rotary embeddings with a static frequency table, grouped-query attention with optional q/k/v bias and no o bias,
@@ -103,14 +107,14 @@ class CompactForward:
             else:
                 query = qk[:, :qh].view(rows, n, qh, dim).transpose(1, 2)
                 attended = prefill_attention(self.plan, index, query, self.scale).transpose(1, 2)
-            x = torch.addmm(x, attended.reshape(rows * n, qh * dim), layer.o.t())
+            x = x + F.linear(attended.reshape(rows * n, qh * dim), layer.o)
             h = F.rms_norm(x, (x.shape[-1],), layer.post_norm, self.eps)
             gate_up = F.linear(h, layer.gate_up)
-            x = torch.addmm(
-                x, F.silu(gate_up[:, : self.intermediate]) * gate_up[:, self.intermediate :], layer.down.t()
-            )
-        last = x.view(rows, n, -1)[:, -1]
-        return F.linear(F.rms_norm(last, (last.shape[-1],), self.final_norm, self.eps), self.head)
+            x = x + F.linear(F.silu(gate_up[:, : self.intermediate]) * gate_up[:, self.intermediate :], layer.down)
+        # As transformers does it (norm of every position, head on the last as a strided [R, 1, H] view): the same
+        # operations on the same layouts round the same, so both paths sample the same tokens.
+        hidden = F.rms_norm(x, (x.shape[-1],), self.final_norm, self.eps).view(rows, n, -1)
+        return F.linear(hidden[:, -1:], self.head)[:, -1]
 
     @torch.no_grad()
     def agrees_with(self, model: torch.nn.Module) -> bool:
