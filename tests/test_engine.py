@@ -108,6 +108,22 @@ def test_samples_do_not_depend_on_scheduling(shipped, contexts):
         assert len(sample.token_ids) <= cap and (sample.finish != "length" or len(sample.token_ids) == cap)
 
 
+def test_copies_of_a_context_are_fed_once_and_sample_as_if_each_were_fed(shipped, contexts):
+    """A group's G copies of a prompt: one is prefilled, the others get its keys/values and its logits, and each
+    still samples with its own random numbers."""
+    group = [c for c in contexts[:3] for _ in range(4)]
+    shared = _engine(shipped, slots=12)
+    got = shared.generate(group, [40] * 12, temperature=1.0, seed=4)
+    assert shared.engine.stats["prefill_tokens"] == sum(len(c) for c in contexts[:3])  # each context fed once
+    alone = _engine(shipped, slots=1)  # one request at a time: nothing to share
+    want = alone.generate(group, [40] * 12, temperature=1.0, seed=4)
+    assert alone.engine.stats["prefill_tokens"] == sum(len(c) for c in group)
+    assert [s.token_ids for s in got] == [s.token_ids for s in want]
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=0)
+    assert len({tuple(s.token_ids) for s in got[:4]}) > 1  # the copies sampled differently
+
+
 def test_counter_uniform_is_uniform_and_keyed():
     keys = torch.arange(200_000)
     u = counter_uniform(torch.zeros_like(keys), keys, torch.full_like(keys, 3))

@@ -166,3 +166,20 @@ def test_compiled_layers_give_the_same_logprobs_and_gradients(tiny_model):
     torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=1e-5)
     for a, b in zip(results[0][1], results[1][1], strict=True):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+
+
+def test_remembered_prompts_are_fresh_copies_and_follow_the_template(shipped_tiny):
+    """``prompt_ids`` remembers rendered prompts: the same ids as rendering anew, a list the caller may change, and a
+    changed chat template is rendered again."""
+    from gtpo.model.policy import prompt_ids
+
+    _, tokenizer = shipped_tiny
+    tokenizer = copy.deepcopy(tokenizer)
+    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "What is 2+3?"}]
+    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    first = prompt_ids(tokenizer, "S", "What is 2+3?")
+    assert first == tokenizer.encode(rendered, add_special_tokens=False)
+    first.append(-1)  # the caller owns the list
+    assert prompt_ids(tokenizer, "S", "What is 2+3?") == first[:-1]
+    tokenizer.chat_template = "{% for m in messages %}[{{ m['content'] }}]{% endfor %}"
+    assert prompt_ids(tokenizer, "S", "What is 2+3?") == tokenizer.encode("[S][What is 2+3?]", add_special_tokens=False)

@@ -16,6 +16,7 @@ Not here: sampling (``gtpo.generation``), packing trajectories (``gtpo.training.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,10 +55,21 @@ def load_policy(
 
 
 def prompt_ids(tokenizer: Any, system_prompt: str, question: str) -> list[int]:
-    """The chat-template prompt, ending where the assistant's message begins."""
+    """The chat-template prompt, ending where the assistant's message begins.
+
+    Remembered for recent prompts (keyed by the tokenizer, its template and the two texts): a step asks for each
+    of its prompts once per trajectory of the group, and rendering the template costs milliseconds.
+    """
+    template = getattr(tokenizer, "chat_template", None)
+    template = template if template is None or isinstance(template, str) else repr(template)  # (a dict of several)
+    return list(_prompt_ids(tokenizer, template, system_prompt, question))
+
+
+@functools.lru_cache(maxsize=4096)
+def _prompt_ids(tokenizer: Any, template: Any, system_prompt: str, question: str) -> tuple[int, ...]:
     messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": question}]
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return tokenizer.encode(text, add_special_tokens=False)
+    return tuple(tokenizer.encode(text, add_special_tokens=False))
 
 
 LOGPROB_CHUNK_ELEMENTS = 2**28

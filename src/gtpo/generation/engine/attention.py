@@ -61,37 +61,75 @@ def slot_cache_attention(
     """
     plan: AttentionPlan = getattr(module, PLAN_ATTRIBUTE)
     layer = module.layer_idx
-    k_cache, v_cache = plan.k_cache[layer], plan.v_cache[layer]
     rows, q_heads, n, dim = query.shape
     kv_heads = key.shape[1]
-    # Cache layout [slots, kv_heads, max_len, dim]: index (slot, :, position) -> one token's [kv_heads, dim].
-    k_cache[plan.write_slot, :, plan.write_pos] = key.transpose(1, 2).reshape(rows * n, kv_heads, dim)
-    v_cache[plan.write_slot, :, plan.write_pos] = value.transpose(1, 2).reshape(rows * n, kv_heads, dim)
+    write_kv(
+        plan,
+        layer,
+        key.transpose(1, 2).reshape(rows * n, kv_heads, dim),
+        value.transpose(1, 2).reshape(rows * n, kv_heads, dim),
+    )
     scale = dim**-0.5 if scaling is None else scaling
-    span = plan.kv_len
-    if plan.read_slots is None and n == 1:
-        keys, values = k_cache[:rows, :, :span], v_cache[:rows, :, :span]
+    if n == 1:
         grouped = query.view(rows, kv_heads, q_heads // kv_heads, dim)
-        scores = torch.matmul(grouped, keys.transpose(-1, -2)).float() * scale
-        scores = scores.masked_fill(~plan.mask.view(rows, 1, 1, span), float("-inf"))
-        weights = torch.softmax(scores, dim=-1).to(values.dtype)
-        out = torch.matmul(weights, values)  # [R, Hkv, group, D]
-        return out.reshape(rows, 1, q_heads, dim), None
+        return decode_attention(plan, layer, grouped, scale).reshape(rows, 1, q_heads, dim), None
+    return prefill_attention(plan, layer, query, scale).transpose(1, 2), None
+
+
+def write_kv(plan: AttentionPlan, layer: int, key: torch.Tensor, value: torch.Tensor) -> None:
+    """Write one call's keys/values [R * n, Hkv, D] at (``plan.write_slot``, ``plan.write_pos``) of ``layer``'s cache.
+
+    Cache layout [slots, kv_heads, max_len, dim]: index (slot, :, position) -> one token's [kv_heads, dim].
+    """
+    plan.k_cache[layer][plan.write_slot, :, plan.write_pos] = key
+    plan.v_cache[layer][plan.write_slot, :, plan.write_pos] = value
+
+
+def read_kv(plan: AttentionPlan, layer: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys and values [R, Hkv, kv_len, D] that the call's ``rows`` rows read, as ``plan.read_slots`` says."""
+    k_cache, v_cache, span = plan.k_cache[layer], plan.v_cache[layer], plan.kv_len
     if plan.read_slots is None:
-        keys, values = k_cache[:rows, :, :span], v_cache[:rows, :, :span]
-    elif isinstance(plan.read_slots, slice):  # a view: attention reads the cache in place (same result as a copy)
-        keys, values = k_cache[plan.read_slots, :, :span], v_cache[plan.read_slots, :, :span]
-    else:  # index_select copies span positions per slot, ~3x faster on a CPU than advanced indexing
-        keys = k_cache[:, :, :span].index_select(0, plan.read_slots)
-        values = v_cache[:, :, :span].index_select(0, plan.read_slots)
-    if query.is_cuda and q_heads != kv_heads:
+        return k_cache[:rows, :, :span], v_cache[:rows, :, :span]
+    if isinstance(plan.read_slots, slice):  # a view: attention reads the cache in place (same result as a copy)
+        return k_cache[plan.read_slots, :, :span], v_cache[plan.read_slots, :, :span]
+    # index_select copies span positions per slot, ~3x faster on a CPU than advanced indexing
+    return (
+        k_cache[:, :, :span].index_select(0, plan.read_slots),
+        v_cache[:, :, :span].index_select(0, plan.read_slots),
+    )
+
+
+def decode_attention(plan: AttentionPlan, layer: int, query: torch.Tensor, scale: float) -> torch.Tensor:
+    """One new token per row: ``query`` [R, Hkv, group, D] (a group's query heads share a key/value head) over
+    the cached keys/values; returns [R, Hkv, group, D].
+
+    Each key/value head is read once for its group of query heads (no repeated copies of the cache). On a GPU
+    the step is a CUDA graph, written as plain matmuls; on a CPU it is one SDPA call with grouped heads.
+    """
+    rows, kv_heads, group, dim = query.shape
+    keys, values = read_kv(plan, layer, rows)
+    if not query.is_cuda:
+        heads = query.view(rows, kv_heads * group, 1, dim)
+        out = F.scaled_dot_product_attention(heads, keys, values, attn_mask=plan.mask, scale=scale, enable_gqa=True)
+        return out.view(rows, kv_heads, group, dim)
+    scores = torch.matmul(query, keys.transpose(-1, -2)).float() * scale
+    scores = scores.masked_fill(~plan.mask.view(rows, 1, 1, plan.kv_len), float("-inf"))
+    weights = torch.softmax(scores, dim=-1).to(values.dtype)
+    return torch.matmul(weights, values)
+
+
+def prefill_attention(plan: AttentionPlan, layer: int, query: torch.Tensor, scale: float) -> torch.Tensor:
+    """Several tokens per row: ``query`` [R, Hq, n, D] over the cached keys/values under ``plan.mask``;
+    returns [R, Hq, n, D]."""
+    rows, q_heads = query.shape[:2]
+    keys, values = read_kv(plan, layer, rows)
+    if query.is_cuda and q_heads != keys.shape[1]:
         # With a mask, CUDA's fused kernels do not take grouped heads (enable_gqa falls back to the math
         # kernel, which materializes every score); repeated heads keep the memory-efficient kernel.
-        keys = keys.repeat_interleave(q_heads // kv_heads, dim=1)
-        values = values.repeat_interleave(q_heads // kv_heads, dim=1)
+        keys = keys.repeat_interleave(q_heads // keys.shape[1], dim=1)
+        values = values.repeat_interleave(q_heads // values.shape[1], dim=1)
     gqa = q_heads != keys.shape[1]
-    out = F.scaled_dot_product_attention(query, keys, values, attn_mask=plan.mask, scale=scale, enable_gqa=gqa)
-    return out.transpose(1, 2), None
+    return F.scaled_dot_product_attention(query, keys, values, attn_mask=plan.mask, scale=scale, enable_gqa=gqa)
 
 
 def register() -> None:

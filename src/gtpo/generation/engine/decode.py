@@ -20,6 +20,10 @@ import torch
 from gtpo.generation.engine.attention import AttentionPlan, slots_index
 from gtpo.generation.engine.sampling import counter_uniform, sample_tokens
 
+Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``forward(ids [R, n], positions [R, n]) -> logits [R, V]`` of each row's last token, writing and reading the
+slot cache as the attention plan says (``gtpo.generation.engine.compact``)."""
+
 
 class DecodeState:
     """Per-slot decoding state on the device. Row ``s`` of every tensor belongs to cache slot ``s``."""
@@ -52,7 +56,7 @@ class DecodeState:
 
 
 def decode_step(
-    model: torch.nn.Module,
+    forward: Forward,
     plan: AttentionPlan,
     state: DecodeState,
     spare_slot: int,
@@ -74,11 +78,9 @@ def decode_step(
     plan.write_pos = torch.where(alive, pos, 0)
     plan.mask = (state.span[None, :kv_len] <= pos[:, None]).view(n, 1, 1, kv_len)
     plan.kv_len, plan.read_slots = kv_len, None if isinstance(rows, int) else rows
-    out = model(input_ids=tokens[:, None], position_ids=pos[:, None], use_cache=False, logits_to_keep=1)
+    logits = forward(tokens[:, None], pos[:, None])
     uniforms = counter_uniform(state.seed[sel], state.key[sel], pos + 1)
-    new, logp = sample_tokens(
-        out.logits[:, -1], state.temperature[sel], state.top_p[sel], uniforms, use_top_p=use_top_p
-    )
+    new, logp = sample_tokens(logits, state.temperature[sel], state.top_p[sel], uniforms, use_top_p=use_top_p)
     cell = (slots, state.step.expand(n))
     state.out_tokens.index_put_(cell, new)
     state.out_logprobs.index_put_(cell, logp)
@@ -138,7 +140,7 @@ class Decoder:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        forward: Forward,
         plan: AttentionPlan,
         state: DecodeState,
         *,
@@ -147,7 +149,7 @@ class Decoder:
         cuda_graphs: bool,
         static_shapes: bool | None,
     ) -> None:
-        self.model, self.plan, self.state = model, plan, state
+        self.forward, self.plan, self.state = forward, plan, state
         self.slots = state.tokens.shape[0]
         self.spare_slot = self.slots  # padding and dead rows write here; nothing reads it
         self.chunk, self.max_len = chunk, max_len
@@ -175,7 +177,7 @@ class Decoder:
             span = min(round_up(furthest + 1, 32), self.max_len)
             state.out_valid[index] = False
             for _ in range(self.chunk):
-                decode_step(self.model, self.plan, state, self.spare_slot, index, span, use_top_p)
+                decode_step(self.forward, self.plan, state, self.spare_slot, index, span, use_top_p)
                 self.steps += 1
                 if not state.alive[index].any():
                     break
@@ -189,7 +191,7 @@ class Decoder:
         """One decode step of slots 0..rows-1: a CUDA-graph replay, or eager if graphs are off or failed."""
 
         def step() -> None:
-            decode_step(self.model, self.plan, self.state, self.spare_slot, rows, span, use_top_p)
+            decode_step(self.forward, self.plan, self.state, self.spare_slot, rows, span, use_top_p)
 
         if self.graphs is None:
             step()

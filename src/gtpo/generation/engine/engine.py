@@ -28,6 +28,7 @@ import torch
 
 from gtpo.generation.engine.attention import AttentionPlan, set_plan
 from gtpo.generation.engine.cache import allocate_caches
+from gtpo.generation.engine.compact import CompactForward, transformers_forward
 from gtpo.generation.engine.decode import Decoder, DecodeState
 from gtpo.generation.engine.prefill import Prefiller
 from gtpo.generation.engine.slots import Request, SlotTable
@@ -59,6 +60,9 @@ class EngineOptions:
     starts when an eighth of the slots' worth of requests waits, or when nothing decodes."""
     dtype: torch.dtype | None = None
     """Engine weights and cache dtype; None: bfloat16 on CUDA, the policy's dtype elsewhere."""
+    compact: bool | None = None
+    """Run the compact forward (``compact``: fused projections, few operations) where the model's architecture
+    allows; else transformers' modeling code. None: on a CPU, where a step costs its number of operations."""
 
 
 class GenerationEngine:
@@ -82,9 +86,12 @@ class GenerationEngine:
         set_plan(self.model, self.plan)
         self.stop = TurnStop.of(tokenizer)
         self.state = DecodeState(options.slots, options.chunk, options.max_len, self.stop.eos_ids, self.device)
-        self.prefiller = Prefiller(self.model, self.plan, self.state)
+        compact = not on_cuda if options.compact is None else options.compact
+        self.compact = CompactForward.of(self.model, self.plan, options.max_len) if compact else None
+        forward = self.compact or transformers_forward(self.model)
+        self.prefiller = Prefiller(forward, self.plan, self.state)
         self.decoder = Decoder(
-            self.model, self.plan, self.state, chunk=options.chunk, max_len=options.max_len,
+            forward, self.plan, self.state, chunk=options.chunk, max_len=options.max_len,
             cuda_graphs=on_cuda and options.cuda_graphs, static_shapes=options.static_shapes,
         )  # fmt: skip
         self._stop_ids = np.array(self.stop.stop_ids, dtype=np.int64)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from gtpo.generation.engine.attention import AttentionPlan, slots_index
-from gtpo.generation.engine.decode import DecodeState, round_up
+from gtpo.generation.engine.decode import DecodeState, Forward, round_up
 from gtpo.generation.engine.sampling import counter_uniform, sample_tokens
 from gtpo.generation.engine.slots import Request
 
@@ -19,8 +19,8 @@ from gtpo.generation.engine.slots import Request
 class Prefiller:
     """Prefills batches of requests into their slots over the engine's model, cache plan and decode state."""
 
-    def __init__(self, model: torch.nn.Module, plan: AttentionPlan, state: DecodeState) -> None:
-        self.model, self.plan, self.state = model, plan, state
+    def __init__(self, forward: Forward, plan: AttentionPlan, state: DecodeState) -> None:
+        self.forward, self.plan, self.state = forward, plan, state
         self.device = state.tokens.device
         self.spare_slot = state.tokens.shape[0]  # padding writes here; nothing reads it
         self.calls = 0
@@ -29,9 +29,17 @@ class Prefiller:
 
     def run(self, batch: list[tuple[Request, int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward over ``batch`` (request, prefix length its slot holds); return each row's first sampled
-        token and its log-prob (on the device)."""
+        token and its log-prob (on the device).
+
+        Rows that feed the same tokens after the same held prefix (a group's G copies of a prompt) are fed once:
+        the others get the fed row's new keys/values copied into their slots and sample from its logits, each
+        with its own random numbers. Computed per row, the copy holds the same values the row would have written.
+        """
         requests = [r for r, _ in batch]
-        ids, positions, write_slot = self._inputs(batch)
+        firsts: dict[tuple[int, tuple[int, ...]], int] = {}
+        source = [firsts.setdefault((cached, tuple(r.tokens)), i) for i, (r, cached) in enumerate(batch)]
+        fed = sorted(set(source))
+        ids, positions, write_slot = self._inputs([batch[i] for i in fed])
         span = round_up(max(len(r.tokens) for r in requests), 16)
         dev = self.device
         ids, positions, write_slot = ids.to(dev), positions.to(dev), write_slot.to(dev)
@@ -39,16 +47,32 @@ class Prefiller:
         self.plan.write_pos = torch.where(write_slot == self.spare_slot, 0, positions).view(-1)
         self.plan.mask = (self.state.span[None, None, :span] <= positions[:, :, None]).unsqueeze(1)
         self.plan.kv_len = span
-        self.plan.read_slots = slots_index([r.slot for r in requests], dev)
-        logits = self.model(input_ids=ids, position_ids=positions, use_cache=False, logits_to_keep=1).logits[:, -1]
+        self.plan.read_slots = slots_index([requests[i].slot for i in fed], dev)
+        logits = self.forward(ids, positions)
+        if len(fed) < len(batch):
+            self._copy_prefixes(batch, source)
+            row = {i: k for k, i in enumerate(fed)}
+            logits = logits[torch.tensor([row[i] for i in source], device=dev)]
         settings = request_settings(requests, dev)
         end_pos = torch.tensor([len(r.tokens) for r in requests], dtype=torch.long, device=dev)
         uniforms = counter_uniform(settings["seed"], settings["key"], end_pos)
         use_top_p = any(r.top_p < 1 for r in requests)
         tokens, logps = sample_tokens(logits, settings["temperature"], settings["top_p"], uniforms, use_top_p=use_top_p)
         self.calls += 1
-        self.tokens_fed += sum(len(r.tokens) - c for r, c in batch)
+        self.tokens_fed += sum(len(batch[i][0].tokens) - batch[i][1] for i in fed)
         return tokens, logps
+
+    def _copy_prefixes(self, batch: list[tuple[Request, int]], source: list[int]) -> None:
+        """Copy each fed row's new keys/values (positions held..end) into the slots of the rows that share them."""
+        ranges: dict[tuple[int, int], list[tuple[int, int]]] = {}  # (start, end) -> [(to slot, from slot)]
+        for i, (request, cached) in enumerate(batch):
+            if source[i] != i:
+                ranges.setdefault((cached, len(request.tokens)), []).append((request.slot, batch[source[i]][0].slot))
+        for (lo, hi), pairs in ranges.items():
+            to = torch.tensor([t for t, _ in pairs], device=self.device)
+            fro = torch.tensor([f for _, f in pairs], device=self.device)
+            for cache in (*self.plan.k_cache, *self.plan.v_cache):
+                cache[to, :, lo:hi] = cache[fro, :, lo:hi]
 
     def join(self, joining: list[Request], tokens: torch.Tensor, batch: list[Request]) -> None:
         """Make the slots of ``joining`` (some of the prefilled ``batch``, whose first tokens are ``tokens``)

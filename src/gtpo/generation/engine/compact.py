@@ -1,0 +1,201 @@
+"""The engine's compact forward: a Llama-family decoder in few tensor operations, over the slot KV cache.
+
+Why: on a CPU a small model's forward costs its number of operations more than its arithmetic. transformers'
+modeling code runs some fifty tensor operations and a dozen Python module calls per layer (rotary embeddings
+recomputed, q, k and v projected and rotated separately, masks prepared); for the shipped tiny model (4 layers,
+hidden 128) that is most of a decode step. This forward computes the same function with about sixteen per layer:
+
+- one projection for q, k and v together and one for the MLP's gate and up: their weights are fused into one
+  tensor each and the model's own ``q_proj``/``k_proj``/... weights become views of it, so a weight sync that
+  fills the model's parameters fills the fused tensors too (no second copy);
+- rotary embeddings of q and k in one pass, from cos/sin tables of every position computed once by the model's
+  own rotary module; torch's fused RMSNorm;
+- the attention of ``gtpo.generation.engine.attention`` on the same cache and plan.
+
+On a CPU in float32 it computes the same bits as the model's own forward (tested on the shipped model): each
+product is the same matrix product on the same rows (a fused projection's columns are the separate ones'), and
+where a cheaper form rounds differently it is not used (a residual added inside ``addmm``, the head on a copied
+last row). So the default run samples the same tokens whichever path the engine takes.
+
+What it covers: decoders whose layers are exactly that computation (``COMPACT_MODEL_TYPES``: pre-norm RMSNorm,
+rotary embeddings with a static frequency table, grouped-query attention with optional q/k/v bias and no o bias,
+a SiLU-gated MLP without bias). ``CompactForward.of`` checks the model's config and then compares the two forwards
+on a short input; any other model runs transformers' modeling code with the engine's attention function. It is
+the engine's path on a CPU only: on CUDA a decode step is one CUDA-graph replay, where the number of operations
+no longer matters, and the transformers path is the one measured there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from gtpo.generation.engine.attention import AttentionPlan, decode_attention, prefill_attention, write_kv
+
+COMPACT_MODEL_TYPES = ("llama", "qwen2", "mistral")
+"""transformers model types whose decoder layers are the computation ``CompactForward`` implements."""
+STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+"""Rotary variants whose cos/sin depend on the position alone (a table is exact); "dynamic" ones grow with the
+sequence."""
+
+
+@dataclass
+class _Layer:
+    input_norm: torch.Tensor
+    qkv: torch.Tensor
+    qkv_bias: torch.Tensor | None
+    o: torch.Tensor
+    post_norm: torch.Tensor
+    gate_up: torch.Tensor
+    down: torch.Tensor
+
+
+class CompactForward:
+    """``forward(ids, positions) -> logits`` of the last token of each row, over the engine's cache and plan."""
+
+    def __init__(self, model: torch.nn.Module, plan: AttentionPlan, max_len: int) -> None:
+        config, decoder = model.config, model.model
+        self.plan = plan
+        self.q_heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.q_heads
+        self.scale = self.head_dim**-0.5
+        self.eps = config.rms_norm_eps
+        self.intermediate = config.intermediate_size
+        self.embed = decoder.embed_tokens.weight
+        self.final_norm = decoder.norm.weight
+        self.head = model.lm_head.weight
+        self.layers = [_fused_layer(layer) for layer in decoder.layers]
+        table = torch.arange(max_len, device=self.embed.device)[None]
+        with torch.no_grad():
+            cos, sin = decoder.rotary_emb(self.embed[:1][None], table)  # [1, max_len, D], in the model's dtype
+        half = self.head_dim // 2
+        self.cos = cos[0]
+        # rotate_half(x) * sin == cat(x2, x1) * cat(-sin1, sin2): the sign goes into the table, once
+        self.signed_sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, plan: AttentionPlan, max_len: int) -> CompactForward | None:
+        """The compact forward of ``model`` if its architecture is one this implements and both forwards agree on a
+        short input; else None (the caller runs the model's own forward)."""
+        if not supported(model.config, model):
+            return None
+        compact = cls(model, plan, max_len)
+        return compact if compact.agrees_with(model) else None
+
+    @torch.no_grad()
+    def __call__(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Logits [R, V] of the last of each row's ``ids`` [R, n] at ``positions`` [R, n]; the keys/values of every
+        token are written where ``plan`` says and attention reads as ``plan`` says."""
+        rows, n = ids.shape
+        qh, kvh, dim, half = self.q_heads, self.kv_heads, self.head_dim, self.head_dim // 2
+        x = F.embedding(ids, self.embed).view(rows * n, -1)
+        cos = self.cos[positions].view(rows * n, 1, dim)
+        sin = self.signed_sin[positions].view(rows * n, 1, dim)
+        for index, layer in enumerate(self.layers):
+            h = F.rms_norm(x, (x.shape[-1],), layer.input_norm, self.eps)
+            qkv = F.linear(h, layer.qkv, layer.qkv_bias)  # [R * n, (Hq + 2 Hkv) * D]: q | k | v of each token
+            qk = qkv[:, : (qh + kvh) * dim].view(rows * n, qh + kvh, dim)
+            rotated = torch.cat([qk[..., half:], qk[..., :half]], dim=-1)
+            qk = qk * cos + rotated * sin
+            write_kv(self.plan, index, qk[:, qh:], qkv[:, (qh + kvh) * dim :].view(rows * n, kvh, dim))
+            if n == 1:
+                query = qk[:, :qh].view(rows, kvh, qh // kvh, dim)
+                attended = decode_attention(self.plan, index, query, self.scale)
+            else:
+                query = qk[:, :qh].view(rows, n, qh, dim).transpose(1, 2)
+                attended = prefill_attention(self.plan, index, query, self.scale).transpose(1, 2)
+            x = x + F.linear(attended.reshape(rows * n, qh * dim), layer.o)
+            h = F.rms_norm(x, (x.shape[-1],), layer.post_norm, self.eps)
+            gate_up = F.linear(h, layer.gate_up)
+            x = x + F.linear(F.silu(gate_up[:, : self.intermediate]) * gate_up[:, self.intermediate :], layer.down)
+        # As transformers does it (norm of every position, head on the last as a strided [R, 1, H] view): the same
+        # operations on the same layouts round the same, so both paths sample the same tokens.
+        hidden = F.rms_norm(x, (x.shape[-1],), self.final_norm, self.eps).view(rows, n, -1)
+        return F.linear(hidden[:, -1:], self.head)[:, -1]
+
+    @torch.no_grad()
+    def agrees_with(self, model: torch.nn.Module) -> bool:
+        """Whether this and the model's own forward give the same last-token logits on a short input (two rows, a
+        prefill of 5 tokens into slots 0-1, then one decode token each); float32 within 1e-4 of the logits'
+        scale, lower precisions within 2e-2."""
+        plan, device = self.plan, self.embed.device
+        generator = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, self.embed.shape[0], (2, 6), generator=generator).to(device)
+        positions = torch.arange(6, device=device).expand(2, 6)
+        saved = (plan.write_slot, plan.write_pos, plan.mask, plan.kv_len, plan.read_slots)
+        outputs = []
+        try:
+            for forward in (self, transformers_forward(model)):
+                for cols in (slice(0, 5), slice(5, 6)):
+                    span = cols.stop
+                    pos = positions[:, cols]
+                    plan.write_slot = torch.arange(2, device=device).repeat_interleave(pos.shape[1])
+                    plan.write_pos = pos.reshape(-1)
+                    plan.mask = (torch.arange(span, device=device)[None, None] <= pos[:, :, None]).unsqueeze(1)
+                    plan.kv_len, plan.read_slots = span, slice(0, 2)
+                    outputs.append(forward(ids[:, cols], pos).float())
+        finally:
+            plan.write_slot, plan.write_pos, plan.mask, plan.kv_len, plan.read_slots = saved
+        ours, theirs = torch.stack(outputs[:2]), torch.stack(outputs[2:])
+        tolerance = (1e-4 if self.embed.dtype == torch.float32 else 2e-2) * (1 + theirs.abs().max().item())
+        return bool((ours - theirs).abs().max().item() <= tolerance)
+
+
+def supported(config: Any, model: torch.nn.Module) -> bool:
+    """Whether ``model``'s layers are the computation ``CompactForward`` implements (by its config and modules)."""
+    decoder = getattr(model, "model", None)
+    layers = getattr(decoder, "layers", None)
+    if config.model_type not in COMPACT_MODEL_TYPES or not layers or getattr(config, "hidden_act", "") != "silu":
+        return False
+    rope = getattr(getattr(decoder, "rotary_emb", None), "rope_type", None)
+    if rope not in STATIC_ROPE_TYPES or getattr(config, "mlp_bias", False):
+        return False
+    attention = layers[0].self_attn
+    parts = ("q_proj", "k_proj", "v_proj", "o_proj")
+    if not all(hasattr(attention, p) for p in parts) or attention.o_proj.bias is not None:
+        return False
+    if len({attention.q_proj.bias is None, attention.k_proj.bias is None, attention.v_proj.bias is None}) > 1:
+        return False
+    # No extra norms (Qwen3's q/k norms), sliding windows or soft-capping: those are other computations.
+    extra = {"q_norm", "k_norm"} & set(dict(attention.named_children()))
+    return not extra and not getattr(config, "final_logit_softcapping", None)
+
+
+def _fused_layer(layer: torch.nn.Module) -> _Layer:
+    attention, mlp = layer.self_attn, layer.mlp
+    qkv = _fuse([attention.q_proj, attention.k_proj, attention.v_proj], "weight")
+    bias = (
+        _fuse([attention.q_proj, attention.k_proj, attention.v_proj], "bias")
+        if attention.q_proj.bias is not None
+        else None
+    )
+    gate_up = _fuse([mlp.gate_proj, mlp.up_proj], "weight")
+    return _Layer(
+        layer.input_layernorm.weight, qkv, bias, attention.o_proj.weight,
+        layer.post_attention_layernorm.weight, gate_up, mlp.down_proj.weight,
+    )  # fmt: skip
+
+
+def _fuse(linears: list[torch.nn.Module], name: str) -> torch.Tensor:
+    """One tensor holding the linears' ``name`` parameters stacked on dim 0; each linear's parameter becomes a view of
+    it (same values), so whatever later fills the parameters fills the fused tensor."""
+    fused = torch.cat([getattr(linear, name).detach() for linear in linears])
+    offset = 0
+    for linear in linears:
+        size = getattr(linear, name).shape[0]
+        setattr(linear, name, torch.nn.Parameter(fused[offset : offset + size], requires_grad=False))
+        offset += size
+    return fused
+
+
+def transformers_forward(model: torch.nn.Module) -> Any:
+    """``forward(ids, positions) -> logits`` of the last token of each row, by the model's own modeling code (with
+    the engine's attention function, which reads the plan set on its attention modules)."""
+
+    def forward(ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return model(input_ids=ids, position_ids=positions, use_cache=False, logits_to_keep=1).logits[:, -1]
+
+    return forward

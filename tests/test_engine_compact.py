@@ -1,0 +1,142 @@
+"""The engine's compact forward (``gtpo.generation.engine.compact``) against the model's own modeling code.
+
+The compact forward is the engine's path on a CPU; transformers' modeling code with the engine's attention function
+is its path on CUDA and for any architecture the compact one does not implement. Both must sample the same tokens
+with the same log-probs, for every architecture the compact forward accepts, and weight syncs must reach it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gtpo.generation.engine import EngineOptions, EngineSampler
+from gtpo.generation.engine.compact import CompactForward
+from gtpo.generation.hf import HFSampler
+from gtpo.model.policy import inference_weights, load_policy, prompt_ids
+from gtpo.tasks.arith import SYSTEM_PROMPT, heldout_problems
+from gtpo.tiny import DEFAULT_MODEL_DIR
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_policy(str(DEFAULT_MODEL_DIR))[1]
+
+
+@pytest.fixture(scope="module")
+def prompts(tokenizer):
+    return [prompt_ids(tokenizer, SYSTEM_PROMPT, p.question) for p in heldout_problems()[:6]]
+
+
+def random_model(kind: str, vocab: int) -> torch.nn.Module:
+    """A small random decoder of ``kind``: Qwen2 (q/k/v bias), Llama (no bias, explicit head_dim, untied head,
+    Llama 3 rotary scaling) or Qwen3 (q/k norms: not a computation the compact forward implements)."""
+    import transformers
+
+    common = {
+        "vocab_size": vocab, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2,
+    }  # fmt: skip
+    if kind == "qwen2":
+        config = transformers.Qwen2Config(**common, tie_word_embeddings=True)
+        model = transformers.Qwen2ForCausalLM(config)
+    elif kind == "llama":
+        rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}  # fmt: skip
+        config = transformers.LlamaConfig(**common, head_dim=24, tie_word_embeddings=False, rope_parameters=rope)
+        model = transformers.LlamaForCausalLM(config)
+    else:
+        config = transformers.Qwen3Config(**common, head_dim=16)
+        model = transformers.Qwen3ForCausalLM(config)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():  # larger than the init, so that greedy tokens differ between positions
+            p.normal_(0, 0.3)
+    return model.eval()
+
+
+def engine(model, tokenizer, compact: bool, **options) -> EngineSampler:
+    return EngineSampler(
+        model, tokenizer, EngineOptions(**{"slots": 4, "max_len": 256, "chunk": 3} | options, compact=compact)
+    )
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "llama"])
+def test_compact_forward_samples_what_the_models_own_forward_samples(tokenizer, prompts, kind):
+    model = random_model(kind, len(tokenizer))
+    caps = [20, 9, 20, 14, 20, 5]
+    compact, plain = engine(model, tokenizer, True), engine(model, tokenizer, False)
+    assert compact.engine.compact is not None and plain.engine.compact is None
+    for temperature in (0.0, 1.0):
+        got = compact.generate(prompts, caps, temperature=temperature, seed=3)
+        want = plain.generate(prompts, caps, temperature=temperature, seed=3)
+        assert [s.token_ids for s in got] == [s.token_ids for s in want]
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4, rtol=0)
+    reference = HFSampler(model, tokenizer).generate(prompts, caps, temperature=0.0)
+    greedy = compact.generate(prompts, caps, temperature=0.0)
+    assert [s.token_ids for s in greedy] == [s.token_ids for s in reference]
+    assert len({tuple(s.token_ids) for s in greedy}) > 1  # the rows differ: the check compares something
+
+
+def test_on_the_shipped_model_both_forwards_compute_the_same_bits(tokenizer, prompts):
+    """Float32 on a CPU: the compact forward rounds as the model's own does, so the default run's tokens and
+    log-probs (which enter the loss) do not depend on which path the engine takes."""
+    model, _ = load_policy(str(DEFAULT_MODEL_DIR))
+    compact, plain = engine(model, tokenizer, True, slots=6), engine(model, tokenizer, False, slots=6)
+    assert compact.engine.compact is not None  # the engine's path on a CPU by default
+    assert EngineSampler(model, tokenizer, EngineOptions(slots=2, max_len=64)).engine.compact is not None
+    got = compact.generate(prompts, [48] * 6, temperature=1.0, seed=5)
+    want = plain.generate(prompts, [48] * 6, temperature=1.0, seed=5)
+    assert [s.token_ids for s in got] == [s.token_ids for s in want]
+    assert [s.logprobs for s in got] == [s.logprobs for s in want]
+
+
+def test_other_architectures_run_the_models_own_forward(tokenizer, prompts):
+    model = random_model("qwen3", len(tokenizer))
+    sampler = engine(model, tokenizer, True)
+    assert sampler.engine.compact is None  # q/k norms: not the computation the compact forward implements
+    got = sampler.generate(prompts, [12] * 6, temperature=0.0)
+    reference = HFSampler(model, tokenizer).generate(prompts, [12] * 6, temperature=0.0)
+    assert [s.token_ids for s in got] == [s.token_ids for s in reference]
+
+
+def test_a_compact_forward_that_disagrees_is_not_used(tokenizer):
+    """The check at build compares the two forwards: a wrong weight in the compact one is caught."""
+    model = random_model("qwen2", len(tokenizer))
+    sampler = engine(model, tokenizer, True)
+    compact = sampler.engine.compact
+    assert compact.agrees_with(sampler.engine.model)
+    compact.final_norm = compact.final_norm + 0.01  # no longer the model's own weight
+    assert not compact.agrees_with(sampler.engine.model)
+
+
+def test_fused_weights_are_the_models_parameters_and_a_sync_fills_them(tokenizer, prompts):
+    model = random_model("qwen2", len(tokenizer))
+    sampler = engine(model, tokenizer, True)
+    layer, fused = sampler.engine.model.model.layers[0], sampler.engine.compact.layers[0]
+    q_rows = layer.self_attn.q_proj.weight.shape[0]
+    assert layer.self_attn.q_proj.weight.data_ptr() == fused.qkv.data_ptr()
+    assert layer.self_attn.k_proj.weight.data_ptr() == fused.qkv[q_rows:].data_ptr()
+    assert layer.mlp.up_proj.weight.data_ptr() == fused.gate_up[layer.mlp.gate_proj.weight.shape[0] :].data_ptr()
+    other = random_model("qwen2", len(tokenizer))
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    before = sampler.generate(prompts, [16] * 6, temperature=0.0)
+    sampler.sync_weights(inference_weights(other).items())
+    after = sampler.generate(prompts, [16] * 6, temperature=0.0)
+    reference = HFSampler(other, tokenizer).generate(prompts, [16] * 6, temperature=0.0)
+    assert [s.token_ids for s in after] == [s.token_ids for s in reference]
+    assert [s.token_ids for s in after] != [s.token_ids for s in before]
+
+
+def test_compact_forward_refuses_what_it_does_not_implement():
+    import transformers
+
+    config = transformers.LlamaConfig(
+        vocab_size=32, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2,
+        hidden_act="gelu",
+    )  # fmt: skip
+    model = transformers.LlamaForCausalLM(config).eval()
+    assert CompactForward.of(model, plan=None, max_len=16) is None  # type: ignore[arg-type]
