@@ -170,6 +170,36 @@ def test_run_summary_by_hand(tmp_path):
     assert run.values["train_accuracy"] == pytest.approx((0.6 + 0.7 + 0.8 + 0.9 + 1.0) / 5)
 
 
+def test_repair_counts_a_failed_call_fixed_by_a_later_call_that_ran_in_a_correct_episode():
+    from gtpo.compare.report import _repair
+    from gtpo.eval.evaluate import repaired_call
+    from gtpo.types import Problem, Trajectory, Turn
+
+    def trajectory(*turns: str) -> Trajectory:  # "bad": an invalid call, "ok": a valid call, "end": no call
+        made = {
+            "bad": Turn(text="", has_tool_call=True, exec_status="error", invalid_call=True),
+            "ok": Turn(text="", has_tool_call=True, exec_status="ok"),
+            "end": Turn(text=""),
+        }
+        return Trajectory(problem=Problem(id="p", question="", answer=""), group_id=0, turns=[made[t] for t in turns])
+
+    assert repaired_call(trajectory("bad", "ok", "end"))
+    assert repaired_call(trajectory("ok", "bad", "bad", "ok"))
+    assert not repaired_call(trajectory("ok", "bad", "end"))  # nothing ran after the failure
+    assert not repaired_call(trajectory("bad", "bad"))
+    assert not repaired_call(trajectory("ok", "ok", "end"))  # no failure to repair
+    # 4 trajectories with an invalid call: repaired and correct, repaired and wrong, correct without a repair
+    # (recovery counts it, repair does not), neither; the one without an invalid call is not counted
+    record = {
+        "correct": [[1, 0], [1, 0], [1]],
+        "invalid_calls": [[1, 2], [1, 1], [0]],
+        "repaired": [[1, 1], [0, 0], [0]],
+    }
+    assert _repair(record) == pytest.approx(1 / 4)
+    assert _repair({"correct": [[1]], "invalid_calls": [[0]], "repaired": [[0]]}) is None
+    assert _repair({"correct": [[1]], "invalid_calls": [[1]]}) is None  # a record written before the field
+
+
 def test_report_statistics_by_hand(tmp_path):
     for variant, seed in FINAL:
         _write_run(tmp_path, variant, seed)

@@ -4,7 +4,7 @@ Reads only what runs write (``metrics.jsonl`` and the per-problem held-out resul
 so a report can be rebuilt from finished runs at any time; a run without its done marker is left out.
 Per run, at the last held-out evaluation: avg@k, the area under the held-out curve (its mean level over
 training), invalid calls per turn, how often a trajectory that made an invalid call still ends correct
-(recovery), turns and model tokens per trajectory. Per variant: mean and interval over
+(recovery) and how often it ends correct after a later call ran (repair), turns and model tokens per trajectory. Per variant: mean and interval over
 seeds. Against the first variant: the difference paired by seed, and for accuracy and area by problem too.
 """
 
@@ -35,6 +35,7 @@ QUANTITIES = {
     "area": "area under held-out curve",
     "invalid_rate": "invalid calls / turn",
     "recovery": "correct after an invalid call",
+    "repair": "fixed after a failed call",
     "turns": "turns / trajectory",
     "tokens": "model tokens / trajectory",
 }
@@ -50,7 +51,7 @@ PLOTTED = {
     "rollout/invalid_call_rate": "train invalid calls / turn (5-step mean)",
 }
 SMOOTH = 5
-PROPORTIONS = ("final", "area", "invalid_rate", "recovery", "train_accuracy", "eval", "reward/accuracy",
+PROPORTIONS = ("final", "area", "invalid_rate", "recovery", "repair", "train_accuracy", "eval", "reward/accuracy",
                "rollout/invalid_call_rate")  # fmt: skip
 """Quantities in [0, 1] (their differences in [-1, 1]): intervals are clipped there (``stats.clipped``)."""
 NON_NEGATIVE = ("turns", "tokens", "step_s", "wall_s", "rollout/turns_mean")
@@ -106,6 +107,7 @@ def summarize_run(records: list[dict[str, Any]], evals: list[dict[str, Any]], wi
         "area": _mean(per_problem_area),
         "invalid_rate": invalid / turns if turns else None,
         "recovery": recovered,
+        "repair": _repair(last),
         "turns": turns / len(trajectories) if trajectories else None,
         "tokens": _mean(tokens) if tokens else None,
         "train_accuracy": _mean([r["reward/accuracy"] for r in tail]) if tail else None,
@@ -131,6 +133,22 @@ def _recovery(record: dict[str, Any]) -> float | None:
         bool(ok)
         for oks, calls in zip(record["correct"], record["invalid_calls"], strict=True)
         for ok, n in zip(oks, calls, strict=True)
+        if n > 0
+    ]
+    return sum(outcomes) / len(outcomes) if outcomes else None
+
+
+def _repair(record: dict[str, Any]) -> float | None:
+    """Of the trajectories that made at least one invalid call, the fraction in which a later call ran validly
+    and the episode ended correct: a failure read and fixed, not only a right answer after an error (recovery
+    also counts a correct function defined before a failed check, or a boxed answer guessed after an error).
+    None when no trajectory made an invalid call, or the record predates ``repaired``."""
+    if "invalid_calls" not in record or "repaired" not in record:
+        return None
+    outcomes = [
+        bool(ok and fixed)
+        for oks, calls, fixes in zip(record["correct"], record["invalid_calls"], record["repaired"], strict=True)
+        for ok, n, fixed in zip(oks, calls, fixes, strict=True)
         if n > 0
     ]
     return sum(outcomes) / len(outcomes) if outcomes else None

@@ -106,9 +106,22 @@ def evaluate_problems(
     return EvalReport(name=name, k=k, per_problem=per_problem, trajectories=trajectories)
 
 
+def repaired_call(trajectory: Trajectory) -> bool:
+    """Whether an invalid tool call was followed, in a later turn, by a call that ran and was valid: the model
+    read a failure and tried again successfully (whether the episode then succeeded is ``correct``'s)."""
+    failed = False
+    for turn in trajectory.turns:
+        if turn.invalid_call:
+            failed = True
+        elif failed and turn.has_tool_call and turn.exec_status is not None:
+            return True
+    return False
+
+
 def eval_record(report: EvalReport, step: int) -> dict[str, Any]:
     """One evaluation, per problem (rows in problem order, k entries each): correctness, and per trajectory
-    turns, model tokens and invalid tool calls. What ``gtpo compare`` pairs runs by; written to
+    turns, model tokens, invalid tool calls and whether one was repaired (``repaired_call``). What
+    ``gtpo compare`` pairs runs by; written to
     ``gtpo.run.metrics.EVAL_FILE`` by the run recorder (``gtpo.run.recorder``)."""
     k = report.k
     rows = [report.trajectories[i * k : (i + 1) * k] for i in range(len(report.per_problem))]
@@ -118,6 +131,7 @@ def eval_record(report: EvalReport, step: int) -> dict[str, Any]:
         record["turns"] = [[t.num_turns for t in row] for row in rows]
         record["tokens"] = [[sum(turn.num_model_tokens for turn in t.turns) for t in row] for row in rows]
         record["invalid_calls"] = [[sum(turn.invalid_call for turn in t.turns) for t in row] for row in rows]
+        record["repaired"] = [[int(repaired_call(t)) for t in row] for row in rows]
     return record
 
 
