@@ -308,6 +308,8 @@ def test_two_steps_train_on_the_documented_example(hotcold, tmp_path):
     turns = [turn for record in samples for turn in record["turns"]]
     assert turns and all("env_reward" in turn and "observation" in turn for turn in turns)
     assert any(turn["observation"] for turn in turns)
+    evaluations = [json.loads(line) for line in (tmp_path / "run" / "eval_problems.jsonl").read_text().splitlines()]
+    assert {e["name"] for e in evaluations} == {hotcold}  # named as the environment, not the unused arith set
 
 
 # ----------------------------------------------------------------------------------------------------------- GEM

@@ -365,7 +365,7 @@ class Trainer:
         return evaluate_sharded(
             self.eval_problems,
             self.ctx,
-            name=self.cfg.data.eval,
+            name=eval_source(self.cfg.data),
             sampler=self.sampler,
             tokenizer=self.tokenizer,
             make_env=self.eval_envs,

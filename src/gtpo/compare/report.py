@@ -4,8 +4,9 @@ Reads only what runs write (``metrics.jsonl`` and the per-problem held-out resul
 so a report can be rebuilt from finished runs at any time; a run without its done marker is left out.
 Per run, at the last held-out evaluation: avg@k, the area under the held-out curve (its mean level over
 training), invalid calls per turn, how often a trajectory that made an invalid call still ends correct
-(recovery) and how often it ends correct after a later call ran (repair), turns and model tokens per trajectory. Per variant: mean and interval over
-seeds. Against the first variant: the difference paired by seed, and for accuracy and area by problem too.
+(recovery) and how often it ends correct after a later call ran (repair), turns and model tokens per trajectory.
+Per variant: mean and interval over seeds. Against the first variant: the difference paired by seed, and for
+accuracy and area by problem too.
 """
 
 from __future__ import annotations
