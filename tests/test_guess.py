@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-from gtpo.tasks import guess_traces
-from gtpo.tasks.guess_traces import GAME, GAMES, SKILLS, SYSTEM_PROMPT, Skill, believe, make_traces, play
+from gtpo.tiny import guess_traces
+from gtpo.tiny.guess_traces import GAME, GAMES, SKILLS, SYSTEM_PROMPT, Skill, believe, make_traces, play
 
 gem = pytest.importorskip("gem", reason="GEM is installed by sh scripts/install-gem.sh")
 

@@ -34,9 +34,9 @@ from gtpo.model.policy import prompt_ids
 from gtpo.rollout.observation import ObservationTokens
 from gtpo.run.export import save_tokenizer
 from gtpo.tasks.arith import SYSTEM_PROMPT
-from gtpo.tasks.guess_traces import GameTrace
 from gtpo.tasks.traces import Trace
 from gtpo.tiny import DEFAULT_MODEL_DIR, GUESS_MODEL_DIR, MULTISTEP_MODEL_DIR, RELAY_MODEL_DIR
+from gtpo.tiny.guess_traces import GameTrace
 from gtpo.tiny.model import new_model
 from gtpo.tiny.tokenizer import build_tokenizer
 
@@ -93,13 +93,13 @@ RECIPES = {
         lr=1e-3,
         init_from=DEFAULT_MODEL_DIR,
     ),
-    # GEM's GuessTheNumber (gtpo.tasks.guess_traces): a new tokenizer (GEM's words, digits one by one) and a new
+    # GEM's GuessTheNumber (gtpo.tiny.guess_traces): a new tokenizer (GEM's words, digits one by one) and a new
     # model; measured on the easy game and the long one, each as its preset plays it. The shipped model is this
     # first stage continued for 250 steps on fresh traces at half the rate (docs/environments.md gives both
     # commands; its build_info.json records both stages).
     "guess": Recipe(
-        "gtpo.tasks.guess_traces",
-        "gtpo.tasks.guess_traces",
+        "gtpo.tiny.guess_traces",
+        "gtpo.tiny.guess_traces",
         GUESS_MODEL_DIR,
         300,
         6000,
