@@ -158,3 +158,16 @@ QUICK_TRAIN_FLAGS = [
     "1",
 ]
 """`gtpo train` flags for a run of the shipped tiny model that takes seconds a step."""
+
+
+def run_gtpo(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Run ``gtpo ARGV`` in-process: (exit code, stdout, stderr). An exception escaping main fails the test."""
+    from gtpo import cli
+
+    code = 0
+    try:
+        cli.main(argv)
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err

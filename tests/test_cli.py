@@ -21,20 +21,9 @@ from pathlib import Path
 
 import pytest
 from conftest import QUICK_TRAIN_FLAGS as QUICK
+from conftest import run_gtpo as _gtpo
 
-from gtpo import cli
 from gtpo.run.metrics import read_metrics
-
-
-def _gtpo(argv: list[str], capsys) -> tuple[int, str, str]:
-    """Run ``gtpo ARGV`` in-process: (exit code, stdout, stderr). An exception escaping main fails the test."""
-    code = 0
-    try:
-        cli.main(argv)
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _write(path: Path, text: str) -> str:

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import run_gtpo as _gtpo
 
 from gtpo import cli
 from gtpo.config import ConfigError
@@ -33,16 +34,6 @@ RUN_FLAGS = [
 """A run of the shipped tiny model with the embedded default's caps (5 turns of 96 tokens, 512 in all) that
 evaluates 72 held-out problems at steps 0 and 1 (two chunks: the engine's 64 and 8) and exports ``model/``; its
 seed is not the evaluation's default 0."""
-
-
-def _gtpo(argv: list[str], capsys) -> tuple[int, str, str]:
-    code = 0
-    try:
-        cli.main(argv)
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
