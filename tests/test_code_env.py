@@ -73,6 +73,23 @@ def test_the_last_definition_wins_and_a_broken_cell_does_not_hide_the_ones_after
     assert t.correct
 
 
+def test_a_python_prompt_runs_first_in_the_session_and_in_the_graded_solution(sandbox, tiny_tokenizer):
+    """HumanEval's prompts import what their signatures name (``from typing import List``) and HumanEval's harness
+    grades prompt + completion; a model that writes the function without repeating the import is right."""
+    typed = CodeProblem(
+        id="typed",
+        prompt='from typing import List\n\n\ndef double(xs: List[int]) -> List[int]:\n    """Double each."""\n',
+        tests=TESTS,
+        entry_point="double",
+    )
+    cell = "def double(xs: List[int]) -> List[int]:\n    return [2 * x for x in xs]\nprint(double([1, 2]))"
+    (t,) = _play(sandbox, tiny_tokenizer, [cell, "Done."], problems=(typed,))
+    assert t.turns[0].tool_output == "[2, 4]\n" and not t.turns[0].invalid_call
+    assert t.correct
+    (stub,) = _play(sandbox, tiny_tokenizer, ["print(1)", "Done."], problems=(typed,))
+    assert not stub.correct  # the prompt's own stub (a docstring, no body) passes nothing
+
+
 def test_fraction_reward_and_submitting_nothing(sandbox, tiny_tokenizer):
     (t,) = _play(sandbox, tiny_tokenizer, [HALF, "Done."], reward="fraction")
     assert not t.correct and t.turns[-1].reward == pytest.approx(3 / 4)

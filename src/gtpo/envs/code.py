@@ -6,6 +6,9 @@ its output continues the model's message as an ```` ```output ```` block. The mo
 it on the docstring's examples, read a failure and fix it.
 
 The final solution (documented convention):
+- a prompt that is Python source (HumanEval's: imports, helpers, the signature and docstring) runs first in the
+  model's session, unseen, and first in the graded solution, as HumanEval's harness runs prompt + completion:
+  ``from typing import List`` is there when the model's signature names ``List`` (``preamble``).
 - the model **submits by ending its message without a code block** (any text: "Done."); the solution is the
   function as its session defines it then: every code block it ran, replayed in order, each on its own (a block
   that raised stops there, as it did in the session, and the next one runs). So the last definition of the
@@ -44,11 +47,29 @@ SYSTEM_PROMPT = (
 NO_TOOL_SYSTEM_PROMPT = "Write the Python function the user asks for, complete, in one ```python block."
 
 
+PYTHON_STARTS = ("def ", "from ", "import ", "class ", "@", "#", '"""')
+"""How a prompt that is Python source begins (shown as a code block, run as the session's preamble)."""
+
+
 def question(problem: CodeProblem) -> str:
     """What the model is shown: the function to write (HumanEval's prompt, or a request in words)."""
     prompt = problem.prompt.rstrip()
-    if prompt.lstrip().startswith(("def ", "from ", "import ", "class ", "@", "#", '"""')):
+    if prompt.lstrip().startswith(PYTHON_STARTS):
         return f"Write this function:\n```python\n{prompt}\n```"
+    return prompt
+
+
+def preamble(problem: CodeProblem) -> str:
+    """The prompt when it is Python source that runs (HumanEval's: imports, helpers, the signature with its
+    docstring), else "" (a request in words). It runs first in the model's session and first in the graded
+    solution, as HumanEval's own harness runs prompt + completion: the imports a signature needs are there."""
+    prompt = problem.prompt
+    if not prompt.lstrip().startswith(PYTHON_STARTS):
+        return ""
+    try:
+        compile(prompt, "<prompt>", "exec")
+    except (SyntaxError, ValueError):
+        return ""
     return prompt
 
 
@@ -91,6 +112,7 @@ class CodeEnv:
         self.harness = harness
         self.invalid_statuses = frozenset(invalid_statuses)
         self.session: str | None = None
+        self.preamble = preamble(problem)
         self.cells: list[str] = []
         self.turns = 0
         self.result: HiddenTestResult | None = None
@@ -109,6 +131,8 @@ class CodeEnv:
             return self._submit(info, "submitted", terminated=True)
         if self.session is None:
             (self.session,) = open_sessions(self.executor, [Problem(id=self.problem.id, question="", answer="")])
+            if self.preamble:
+                self.executor.run_batch([(self.session, self.preamble)])
         (result,) = self.executor.run_batch([(self.session, code)])
         self.cells.append(code)
         info.update(
@@ -128,8 +152,9 @@ class CodeEnv:
         """Grade the session's function on the hidden tests and end the episode."""
         problem = self.problem
         if self.cells:
+            cells = [self.preamble, *self.cells] if self.preamble else self.cells
             self.result = run_hidden_tests(
-                replay(self.cells), problem.tests, problem.entry_point, setup=problem.setup, harness=self.harness
+                replay(cells), problem.tests, problem.entry_point, setup=problem.setup, harness=self.harness
             )
         passed = self.result is not None and self.result.status == "passed"
         fraction = self.result.fraction if self.result is not None else 0.0
