@@ -200,6 +200,23 @@ def test_repair_counts_a_failed_call_fixed_by_a_later_call_that_ran_in_a_correct
     assert _repair({"correct": [[1]], "invalid_calls": [[1]]}) is None  # a record written before the field
 
 
+def test_repair_is_left_out_where_no_call_runs_code():
+    """A game's moves are calls that never run code: "fixed after a failed call" is undefined there (the report
+    shows "-"), not 0."""
+    from gtpo.compare.report import _repair
+    from gtpo.eval.evaluate import EvalReport, eval_record
+    from gtpo.types import Problem, Trajectory, Turn
+
+    def report(status: str | None) -> EvalReport:
+        turns = [Turn(text="", has_tool_call=True, exec_status=status, invalid_call=True), Turn(text="")]
+        trajectory = Trajectory(problem=Problem(id="p", question="", answer=""), group_id=0, turns=turns)
+        return EvalReport(name="x", k=1, per_problem=[[False]], trajectories=[trajectory])
+
+    game, code = eval_record(report(None), step=0), eval_record(report("error"), step=0)
+    assert "repaired" not in game and _repair(game) is None
+    assert code["repaired"] == [[0]] and _repair(code) == 0.0
+
+
 def test_report_statistics_by_hand(tmp_path):
     for variant, seed in FINAL:
         _write_run(tmp_path, variant, seed)

@@ -131,7 +131,9 @@ def eval_record(report: EvalReport, step: int) -> dict[str, Any]:
         record["turns"] = [[t.num_turns for t in row] for row in rows]
         record["tokens"] = [[sum(turn.num_model_tokens for turn in t.turns) for t in row] for row in rows]
         record["invalid_calls"] = [[sum(turn.invalid_call for turn in t.turns) for t in row] for row in rows]
-        record["repaired"] = [[int(repaired_call(t)) for t in row] for row in rows]
+        if any(turn.exec_status is not None for t in report.trajectories for turn in t.turns):
+            # Only where calls run code: a game's moves never "run", so repair has no meaning there ("-").
+            record["repaired"] = [[int(repaired_call(t)) for t in row] for row in rows]
     return record
 
 
