@@ -16,6 +16,7 @@ from gtpo.config import SandboxConfig
 from gtpo.envs.code import SYSTEM_PROMPT, as_problem, code_envs, question
 from gtpo.rollout.spec import EpisodeSpec
 from gtpo.tasks import functions
+from gtpo.tasks.notebook import Notebook
 from gtpo.tiny.functions_traces import (
     SUBMIT,
     broken_attempt,
@@ -26,7 +27,6 @@ from gtpo.tiny.functions_traces import (
     solution,
     wrong_pipeline,
 )
-from gtpo.tasks.notebook import Notebook
 
 STYLES = ("clean", "fix", "repair", "quit")
 PASSES = {"clean": True, "fix": True, "repair": True, "quit": False}

@@ -275,9 +275,9 @@ def measure(
 
 
 def measure_preset(model: torch.nn.Module, tokenizer: Any, preset: str, n: int = 0) -> dict[str, float]:
-    """Held-out success of the warm-started model on a preset (a game's, the code environment's), by its rules (its episode caps,
-    its evaluation temperature and seed, its sampler): the first ``n`` held-out games (0: all), evaluated as a
-    run's step-0 evaluation of the preset evaluates them."""
+    """Held-out success of the warm-started model on a preset (a game's, the code environment's), by its rules
+    (its episode caps, its evaluation temperature and seed, its sampler, its tool sandbox): the first ``n``
+    held-out games or problems (0: all), evaluated as a run's step-0 evaluation of the preset evaluates them."""
     from gtpo.components import build_sampler, build_sandbox
     from gtpo.config import load_preset, validate
     from gtpo.envs.code import is_source as is_code_source

@@ -30,12 +30,12 @@ import random
 import re
 from typing import Any
 
-from gtpo.types import CodeProblem
 from gtpo.envs.code import question
 from gtpo.tasks import functions
 from gtpo.tasks.functions import Pipeline, Step
 from gtpo.tasks.notebook import TraceWriter
 from gtpo.tasks.traces import Trace
+from gtpo.types import CodeProblem
 
 MIX = {"clean": 0.35, "fix": 0.25, "repair": 0.1, "quit": 0.3}
 SUBMIT = "Done."
