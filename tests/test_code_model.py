@@ -176,6 +176,7 @@ def test_the_shipped_tokenizer_fits_every_trace_in_the_presets_lengths():
                 assert len(tokenizer.encode(text, add_special_tokens=False)) < config.rollout.max_new_tokens_per_turn
 
 
+@pytest.mark.slow  # 200 held-out episodes through the sandbox and the hidden tests: about 50 s
 def test_the_shipped_model_starts_between_a_fifth_and_two_fifths_right():
     """The warm start leaves room both ways: the preset's whole held-out set at the training temperature, sampled
     as a run's step-0 evaluation samples it."""

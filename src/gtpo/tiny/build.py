@@ -118,9 +118,9 @@ RECIPES = {
     # model's 384-token vocabulary (learnt on arithmetic text) spends 818 tokens on the mean trace and up to 1454,
     # past its 1024 positions; a 1024-token vocabulary learnt on these traces spends 421 (at most 855). Batches
     # of similar length: a random batch of code traces pads to 1.6x their mean length. The shipped model is this
-    # first stage continued twice on fresh traces at lower rates (docs/code.md gives the three commands; its
-    # build_info.json records each stage): after this stage alone it copies the function's name and examples
-    # wrongly (held-out 0.02).
+    # first stage continued three times on fresh traces at lower rates (docs/code.md gives the four commands;
+    # its build_info.json records each stage): after this stage alone it miscopies the function's name and
+    # examples (held-out 0.02).
     "functions": Recipe(
         "gtpo.envs.code",
         "gtpo.tiny.functions_traces",

@@ -30,7 +30,7 @@ import random
 import re
 from typing import Any
 
-from gtpo.envs.code import question
+from gtpo.envs.code import preamble, question
 from gtpo.tasks import functions
 from gtpo.tasks.functions import Pipeline, Step
 from gtpo.tasks.notebook import TraceWriter
@@ -121,7 +121,8 @@ def make_episode(rng: random.Random, style: str, level: int | None = None) -> tu
         level = rng.choices(levels, weights)[0]
     pipeline, inputs, outputs = functions.draw(rng, level, "train")
     problem = functions.render(pipeline, inputs, outputs, "trace", level)
-    writer = TraceWriter(question(problem), "", "")
+    # the environment runs the prompt (a Python stub) first in the session, so the first call is cell 2 there
+    writer = TraceWriter(question(problem), "", preamble(problem))
     check = check_line(pipeline.name, inputs, outputs)
     right = f"{solution(pipeline)}\n{check}"
     if style in ("fix", "quit"):
