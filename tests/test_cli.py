@@ -74,7 +74,7 @@ TRAIN_CASES = {
     "unknown preset": (
         lambda d: ["--preset", "qwen-9000"],
         r"^gtpo train: --preset 'qwen-9000': no such file or shipped preset "
-        r"\(shipped: guess, guess-long, multistep, qwen2\.5-math-1\.5b",
+        r"\(shipped: code, guess, guess-long, multistep, qwen2\.5-math-1\.5b",
     ),
     "resume without a checkpoint": (
         lambda d: ["--resume"],
