@@ -423,3 +423,13 @@ def test_gem_source_problems_and_a_rollout_through_the_adapter(gem, tiny_tokeniz
     (t,) = rollout(train[:1], 1, sampler, tiny_tokenizer, make, spec).trajectories
     assert "Guess The Number" in tiny_tokenizer.decode(t.input_ids[: t.prompt_len])
     assert t.turns and all(turn.observation for turn in t.turns) and t.finish_reason in {"terminated", "max_turns"}
+
+
+def test_the_run_sandbox_goes_to_sources_whose_episodes_run_code():
+    """The trainer and the tiny-model build open the tool sandbox for these sources only: math data and code
+    problems run code in it; a GEM game or a user's class does not."""
+    from gtpo.envs.sources import needs_sandbox
+
+    assert needs_sandbox("arith") and needs_sandbox("data/my.jsonl")
+    assert needs_sandbox("code:functions") and needs_sandbox("code:humaneval")
+    assert not needs_sandbox("gem:game:GuessTheNumber-v0-easy") and not needs_sandbox("mypkg.envs:MyEnv")

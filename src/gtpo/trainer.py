@@ -35,8 +35,15 @@ from gtpo.distributed import (
     shard_indices,
     wrap_model,
 )
-from gtpo.envs.code import is_source as is_code_source
-from gtpo.envs.sources import env_factory, eval_problems, eval_source, is_env_source, system_prompt, train_problems
+from gtpo.envs.sources import (
+    env_factory,
+    eval_problems,
+    eval_source,
+    is_env_source,
+    needs_sandbox,
+    system_prompt,
+    train_problems,
+)
 from gtpo.eval.evaluate import EvalReport, eval_record, evaluate_sharded
 from gtpo.method.advantages import turns_to_tokens
 from gtpo.method.credit import bind_credit
@@ -123,8 +130,8 @@ class Trainer:
         )
         self.sampler = sampler or components.build_sampler(config, self.policy, self.tokenizer)
         sources = [config.data.train, eval_source(config.data)]
-        needs_sandbox = any(source and (not is_env_source(source) or is_code_source(source)) for source in sources)
-        self.sandbox = executor or (components.build_sandbox(config.sandbox) if needs_sandbox else None)
+        sandboxed = any(source and needs_sandbox(source) for source in sources)
+        self.sandbox = executor or (components.build_sandbox(config.sandbox) if sandboxed else None)
         """The math tool environment's sandbox; None when every source is an environment of its own."""
         r = config.rollout
         self.train_envs = env_factory(

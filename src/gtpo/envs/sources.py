@@ -31,6 +31,12 @@ def is_env_source(source: str) -> bool:
     return code.is_source(source) or gem.is_source(source) or user.is_source(source)
 
 
+def needs_sandbox(source: str) -> bool:
+    """Whether ``source``'s episodes run code in the run's tool sandbox: the math tool environment's data and code
+    problems do; a GEM game or a user's class brings whatever it needs itself."""
+    return not is_env_source(source) or code.is_source(source)
+
+
 def env_problems(source: str, field: str, *, heldout: bool, run_seed: int = 0) -> list[Problem]:
     """The problems of an environment source (reset seeds, or code problems), for training or the held-out set."""
     module = code if code.is_source(source) else gem if gem.is_source(source) else user

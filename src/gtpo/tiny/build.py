@@ -283,8 +283,7 @@ def measure_preset(model: torch.nn.Module, tokenizer: Any, preset: str, n: int =
     held-out games or problems (0: all), evaluated as a run's step-0 evaluation of the preset evaluates them."""
     from gtpo.components import build_sampler, build_sandbox
     from gtpo.config import load_preset, validate
-    from gtpo.envs.code import is_source as is_code_source
-    from gtpo.envs.sources import env_factory, eval_problems, eval_source, system_prompt
+    from gtpo.envs.sources import env_factory, eval_problems, eval_source, needs_sandbox, system_prompt
     from gtpo.eval.evaluate import evaluate_problems
     from gtpo.rollout.metrics import rollout_metrics
     from gtpo.rollout.spec import episode_spec
@@ -294,7 +293,7 @@ def measure_preset(model: torch.nn.Module, tokenizer: Any, preset: str, n: int =
     spec = episode_spec(config, system_prompt(config.data)).evaluation(config.eval.temperature)
     source = eval_source(config.data)
     # The run's own tool sandbox where the environment runs code (the code environment's calls and hidden tests).
-    sandbox = build_sandbox(config.sandbox) if is_code_source(source) else None
+    sandbox = build_sandbox(config.sandbox) if needs_sandbox(source) else None
     try:
         make_env = env_factory(source, "data.eval", sandbox=sandbox, max_turns=spec.max_turns)
         start = time.perf_counter()
