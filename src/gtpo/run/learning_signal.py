@@ -10,6 +10,12 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
+from typing import Literal
+
+Protocol = Literal["math", "code", "env"]
+"""How episodes end, which decides what a healthy step looks like. ``math``: python blocks and a final
+``\\boxed{}`` answer. ``code``: python blocks, then a message without one submits the function to the hidden
+tests (no boxed answer). ``env``: an environment's game or task ends episodes itself (no blocks, no answers)."""
 
 WINDOW = 5
 """Steps a condition must hold for before it is reported: one step can be bad luck, five in a row are not."""
@@ -21,15 +27,16 @@ def _fmt_steps(first: int, last: int) -> str:
     return f"step {first}" if first == last else f"steps {first}-{last}"
 
 
-def diagnose(window: list[tuple[int, Mapping[str, float]]], answers: bool = True) -> dict[str, str]:
+def diagnose(window: list[tuple[int, Mapping[str, float]]], protocol: Protocol = "math") -> dict[str, str]:
     """The problems that hold on every step of ``window`` ((step, metrics) pairs): key -> the warning.
 
     Keys, most specific first: ``no_turns`` (every prompt fills the token budget), ``no_answer`` (no trajectory
     gave a final answer), ``zero_accuracy`` (answers, none right), ``all_correct``, ``no_variance`` (every group
     all right or all wrong), ``void`` (most trajectories have a void turn). A more specific problem hides the
-    ones it implies. ``answers`` False (an environment other than the math task: episodes end by the
-    environment, not by a ``\\boxed{}`` answer) leaves out the two checks that read answers and code blocks.
+    ones it implies. Only the ``math`` protocol has ``\\boxed{}`` answers (``no_answer``); ``env`` has no code
+    blocks either (``void``).
     """
+    answers, blocks = protocol == "math", protocol in ("math", "code")
     if not window:
         return {}
     steps = _fmt_steps(window[0][0], window[-1][0])
@@ -60,6 +67,10 @@ def diagnose(window: list[tuple[int, Mapping[str, float]]], answers: bool = True
             "that data.answer_field holds the final answers (not worked solutions) in the form the model writes "
             "them, and that the problems are within the model's reach."
             if answers
+            else f"no submitted function passed the hidden tests in {steps}: only partial credit (a source's "
+            "?reward=fraction) and format penalties teach. Check that the problems are within the model's "
+            "reach; samples.jsonl shows each call's output and the hidden tests' result."
+            if protocol == "code"
             else f"no episode succeeded in {steps}: only the environment's step rewards and format penalties "
             "teach. Check that the system prompt says how to act (data.system_prompt) and that the task is within "
             "the model's reach; samples.jsonl shows each turn's observation and reward."
@@ -76,13 +87,14 @@ def diagnose(window: list[tuple[int, Mapping[str, float]]], answers: bool = True
             "temperature; check the data, or raise rollout.group_size."
         )
     void = mean("rollout/void_rate")
-    if answers and void > VOID_SHARE:
+    if blocks and void > VOID_SHARE:
         cut = mean("rollout/finish_length")
+        contract = "python-block / \\boxed{}" if answers else "python-block / submission"
         found["void"] = (
             f"{void:.0%} of trajectories in {steps} had a void turn (neither a code block nor an answer), which "
             f"the loss learns little from. {cut:.0%} ended at the token budget: check "
             "rollout.max_new_tokens_per_turn and rollout.max_total_tokens, and that the prompt explains the "
-            "python-block / \\boxed{} protocol (filter.void leaves such trajectories out of the loss)."
+            f"{contract} protocol (filter.void leaves such trajectories out of the loss)."
         )
     return found
 
@@ -90,15 +102,15 @@ def diagnose(window: list[tuple[int, Mapping[str, float]]], answers: bool = True
 class SignalWatch:
     """Feeds each step's metrics to ``diagnose`` over the last ``window`` steps; returns new warnings only."""
 
-    def __init__(self, window: int = WINDOW, answers: bool = True) -> None:
+    def __init__(self, window: int = WINDOW, protocol: Protocol = "math") -> None:
         self.window: deque[tuple[int, Mapping[str, float]]] = deque(maxlen=max(window, 1))
-        self.answers = answers
+        self.protocol = protocol
         self.reported: set[str] = set()
 
     def observe(self, step: int, metrics: Mapping[str, float]) -> list[str]:
         self.window.append((step, metrics))
         if len(self.window) < self.window.maxlen:  # type: ignore[operator]
             return []
-        new = {k: v for k, v in diagnose(list(self.window), self.answers).items() if k not in self.reported}
+        new = {k: v for k, v in diagnose(list(self.window), self.protocol).items() if k not in self.reported}
         self.reported.update(new)
         return list(new.values())
