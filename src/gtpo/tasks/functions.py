@@ -241,7 +241,9 @@ def str_step(name: str, rng: random.Random) -> Step:
     raise ValueError(f"unknown string step {name!r}")
 
 
-def _str_fold(rng: random.Random) -> Step:
+def str_fold(rng: random.Random) -> Step:
+    """A string problem's last step that folds the string to a number (its length or a letter's count): public
+    because the tiny code model's traces draw a wrong fold for their mistakes from it."""
     if rng.random() < 0.5:
         return Step(("length",), "return its length", "return len(s)", len, fold=True)
     c = rng.choice(LETTERS)
@@ -285,7 +287,7 @@ def _draw_pipeline(rng: random.Random, level: int) -> Pipeline:
         name = rng.choice([n for n in names if not steps or n != steps[-1].key[0]])  # no step twice in a row
         steps.append(build(name, rng))
     if fold:
-        steps.append(rng.choice(LIST_FOLDS) if kind == "list" else _str_fold(rng))
+        steps.append(rng.choice(LIST_FOLDS) if kind == "list" else str_fold(rng))
     return Pipeline(kind, tuple(steps), f"{rng.choice(VERBS)}_{rng.choice(NOUNS)}")
 
 

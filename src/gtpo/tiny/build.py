@@ -18,6 +18,7 @@ then the measurement), and the folder it writes records the task's system prompt
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import random
@@ -293,8 +294,7 @@ def measure_preset(model: torch.nn.Module, tokenizer: Any, preset: str, n: int =
     spec = episode_spec(config, system_prompt(config.data)).evaluation(config.eval.temperature)
     source = eval_source(config.data)
     # The run's own tool sandbox where the environment runs code (the code environment's calls and hidden tests).
-    sandbox = build_sandbox(config.sandbox) if needs_sandbox(source) else None
-    try:
+    with build_sandbox(config.sandbox) if needs_sandbox(source) else contextlib.nullcontext() as sandbox:
         make_env = env_factory(source, "data.eval", sandbox=sandbox, max_turns=spec.max_turns)
         start = time.perf_counter()
         report = evaluate_problems(
@@ -302,9 +302,6 @@ def measure_preset(model: torch.nn.Module, tokenizer: Any, preset: str, n: int =
             tokenizer=tokenizer, make_env=make_env, spec=spec, k=config.eval.samples, seed=config.seed,
         )  # fmt: skip
         seconds = time.perf_counter() - start
-    finally:
-        if sandbox is not None:
-            sandbox.close()
     metrics = rollout_metrics(report.trajectories)
     return {
         "heldout_accuracy": report.accuracy,

@@ -66,7 +66,7 @@ def _other_step(pipeline: Pipeline, index: int, rng: random.Random) -> Step:
     if step.fold:
         if pipeline.kind == "list":
             return rng.choice([f for f in functions.LIST_FOLDS if f.key != step.key])
-        return functions._str_fold(rng)
+        return functions.str_fold(rng)
     build = functions.list_step if pipeline.kind == "list" else functions.str_step
     names = functions.LIST_STEPS if pipeline.kind == "list" else functions.STR_STEPS
     name = step.key[0] if rng.random() < 0.5 else rng.choice(names)
