@@ -143,3 +143,32 @@ def test_an_environments_mean_return_is_reported_with_its_interval():
     assert (row["return_ci95_low"], row["return_ci95_high"]) == pytest.approx((mean - half, mean + half), abs=1e-5)
     assert "mean return" in markdown_table([row])
     assert "mean return" not in markdown_table([summarize(_report("toy", [[True, False], [False, False]]))])
+
+
+def test_an_evaluation_samples_the_same_trajectories_with_and_without_a_progress_bar(shipped_tiny):
+    """The chunking picks each chunk's seed, so it must not follow the progress bar: a tiny model's build (no
+    bar) would otherwise score other samples than the run's step-0 evaluation (a bar) on the same seed."""
+    from gtpo.components import build_sampler
+    from gtpo.config import TrainConfig
+    from gtpo.envs.python_tool import python_tool_envs
+    from gtpo.envs.sources import eval_problems
+    from gtpo.eval.evaluate import STREAMING_CHUNK, evaluate_problems
+    from gtpo.rollout.spec import episode_spec
+    from gtpo.sandbox import SandboxLimits, SandboxPool
+    from gtpo.tasks import system_prompt_for
+
+    model, tokenizer = shipped_tiny
+    config = TrainConfig()
+    problems = eval_problems(config.data)[: STREAMING_CHUNK + 6]  # a second chunk
+    spec = episode_spec(config, system_prompt_for(config.data)).evaluation(config.eval.temperature)
+    bars: list[int] = []
+    runs = []
+    with SandboxPool(SandboxLimits(wall_time_s=5.0), max_workers=2) as pool:
+        for progress in (None, bars.append):
+            report = evaluate_problems(
+                problems, name="arith-heldout", sampler=build_sampler(config, model, tokenizer), tokenizer=tokenizer,
+                make_env=python_tool_envs(pool, max_turns=spec.max_turns), spec=spec, seed=0, on_progress=progress,
+            )  # fmt: skip
+            runs.append([t.input_ids for t in report.trajectories])
+    assert bars == [STREAMING_CHUNK, 6]
+    assert runs[0] == runs[1]

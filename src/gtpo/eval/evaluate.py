@@ -21,6 +21,11 @@ from gtpo.rollout.spec import EpisodeSpec
 from gtpo.run.metrics import read_metrics
 from gtpo.types import Problem, Trajectory
 
+STREAMING_CHUNK = 64
+"""Problems per evaluation rollout with a streaming sampler (the engine)."""
+BATCH_CHUNK = 32
+"""Problems per evaluation rollout with a batch sampler."""
+
 
 @dataclass
 class EvalReport:
@@ -82,18 +87,16 @@ def evaluate_problems(
     """Roll out ``k`` samples per problem by the rules of ``spec``, each in its own environment from ``make_env``
     (in chunks of ``batch_problems``), and collect success.
 
-    ``batch_problems`` None: all problems in one rollout with the engine (its queue keeps every slot busy),
-    32 at a time with batch samplers (their padded batches grow with the longest row). ``on_progress(n)`` is
-    called after each chunk with its number of problems (a progress bar; it may raise to abandon the
-    evaluation); ``on_trajectory_end()`` as each trajectory ends.
+    ``batch_problems`` None: 64 at a time with the engine (enough to keep its slots busy, few enough that a
+    progress bar moves), 32 with batch samplers (their padded batches grow with the longest row). A chunk
+    samples with ``seed`` plus the index of its first problem, so the chunking picks the random numbers: it
+    is fixed here and never depends on whether progress is shown, so every caller (a run's evaluations,
+    ``gtpo eval``, a tiny model's build) samples the same trajectories. ``on_progress(n)`` is called after
+    each chunk with its number of problems (a progress bar; it may raise to abandon the evaluation);
+    ``on_trajectory_end()`` as each trajectory ends.
     """
     if batch_problems is None:
-        if not isinstance(sampler, StreamingSampler):
-            batch_problems = 32
-        elif on_progress is not None:  # chunks large enough to keep the engine's slots busy, so the bar moves
-            batch_problems = 64
-        else:
-            batch_problems = max(len(problems), 1)
+        batch_problems = STREAMING_CHUNK if isinstance(sampler, StreamingSampler) else BATCH_CHUNK
     trajectories: list[Trajectory] = []
     for start in range(0, len(problems), batch_problems):
         chunk = list(problems[start : start + batch_problems])
