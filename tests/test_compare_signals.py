@@ -108,7 +108,8 @@ QUICK = [
 ]
 
 
-@pytest.mark.parametrize("parallel", ["1", "2"])
+# one run at a time by default; two at a time (about 30 s) under -m slow
+@pytest.mark.parametrize("parallel", ["1", pytest.param("2", marks=pytest.mark.slow)])
 def test_ctrl_c_stops_a_comparison_with_every_run_checkpointed(tmp_path, parallel):
     """Ctrl-C from a terminal goes to the whole process group. With --parallel 2 it used to kill the children
     without their checkpoint; with --parallel 1 it ended in a TrainingStopped traceback."""

@@ -202,6 +202,7 @@ def test_the_long_game_has_room_for_delayed_consequences():
     assert budget >= 6 and math.ceil(math.log2(top + 1)) < budget
 
 
+@pytest.mark.slow  # 200 held-out games a preset: 15-30 s each
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_the_shipped_model_starts_between_a_fifth_and_two_fifths_right(preset):
     """The warm start leaves room both ways on both presets: every held-out game, at the training temperature,

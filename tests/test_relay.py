@@ -116,6 +116,7 @@ def test_the_preset_selects_the_task_its_heldout_set_and_its_model():
     assert model_path(config.model.name_or_path).endswith("tiny-relay") and config.rollout.max_turns == 5
 
 
+@pytest.mark.slow  # 300 held-out problems through the sandbox: about 26 s
 def test_the_shipped_model_starts_between_a_fifth_and_two_fifths_right():
     """The warm start leaves room both ways: the whole held-out set at the training temperature, sampled as a
     run's step-0 evaluation samples it (measured 0.313 and 0.327: one thread or two change the float sums)."""

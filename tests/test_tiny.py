@@ -48,7 +48,10 @@ def test_trace_tokenization_trains_only_model_segments(tiny_tokenizer):
     assert "```output" not in trained
 
 
-@pytest.mark.parametrize("task", ["arith", "multistep", "relay"])
+# arith by default; the other two recipes (about 20 s each) under -m slow
+@pytest.mark.parametrize(
+    "task", ["arith", pytest.param("multistep", marks=pytest.mark.slow), pytest.param("relay", marks=pytest.mark.slow)]
+)
 def test_rebuild_command_writes_the_model_it_trained_and_measured(tmp_path, task):
     """The folder loads with plain transformers; its weights moved from where the warm start began (a new model,
     or the shipped arithmetic one it continues); measuring it again gives the numbers build_info records."""
