@@ -284,3 +284,21 @@ def test_build_tiny_says_what_it_does_and_records_the_task_prompt(tmp_path, caps
         [{"role": "user", "content": "What is 2 + 2?"}], add_generation_prompt=True, tokenize=False
     )
     assert SYSTEM_PROMPT in text and own_default not in text
+
+
+def test_a_folder_saved_from_a_saved_folder_holds_one_default_prompt(tmp_path):
+    """A model trained from a gtpo folder (a tiny model's next build stage, a run from an exported model) is saved
+    again: its template's default prompt is replaced, not stacked before the old one (the shipped code model,
+    built in four stages, once carried four)."""
+    from transformers import AutoTokenizer
+
+    from gtpo.run.export import save_tokenizer
+    from gtpo.tiny import CODE_MODEL_DIR, DEFAULT_MODEL_DIR
+
+    save_tokenizer(AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR), tmp_path / "a", 'first "prompt"')
+    save_tokenizer(AutoTokenizer.from_pretrained(tmp_path / "a"), tmp_path / "b", "second prompt")
+    saved = AutoTokenizer.from_pretrained(tmp_path / "b")
+    assert saved.chat_template.count("set messages") == 1
+    text = saved.apply_chat_template([{"role": "user", "content": "q"}], add_generation_prompt=True, tokenize=False)
+    assert "second prompt" in text and "first" not in text
+    assert (CODE_MODEL_DIR / "chat_template.jinja").read_text().count("set messages") == 1

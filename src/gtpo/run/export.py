@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from functools import partial
 from pathlib import Path
@@ -36,19 +37,25 @@ RUN_FILE = "gtpo_run.json"
 --model FOLDER`` samples and scores as the run's own evaluations did."""
 
 
+_PREFIX_HEAD = (
+    "{%- if not messages or messages[0]['role'] != 'system' -%}{%- set messages = [{'role': 'system', 'content': "
+)
+_PREFIX_TAIL = "}] + messages -%}{%- endif -%}"
+_EARLIER_DEFAULT = re.compile(re.escape(_PREFIX_HEAD) + r'"(?:[^"\\]|\\.)*"' + re.escape(_PREFIX_TAIL))
+"""The prefix this module wrote into a folder gtpo saved before (any prompt as a JSON string literal)."""
+
+
 def with_default_system_prompt(template: str, system_prompt: str) -> str:
     """A chat template that puts ``system_prompt`` first when the messages bring no system message.
 
     The policy learned the tool protocol under that prompt; a user of the plain folder who sends only a user
     message (``apply_chat_template([{"role": "user", ...}])``) gets the prompt the model was trained with. The
-    prompt goes in as a Jinja string literal (JSON's escapes are Jinja's), before the template's own text."""
-    literal = json.dumps(system_prompt)
-    prefix = (
-        "{%- if not messages or messages[0]['role'] != 'system' -%}"
-        "{%- set messages = [{'role': 'system', 'content': " + literal + "}] + messages -%}"
-        "{%- endif -%}"
-    )
-    return prefix + template
+    prompt goes in as a Jinja string literal (JSON's escapes are Jinja's), before the template's own text. A
+    template gtpo saved before (a model trained from a gtpo folder, a tiny model's next build stage) already
+    starts with such a prefix: it is replaced, not stacked (the new one would win anyway)."""
+    while match := _EARLIER_DEFAULT.match(template):
+        template = template[match.end() :]
+    return _PREFIX_HEAD + json.dumps(system_prompt) + _PREFIX_TAIL + template
 
 
 def is_lora(model: torch.nn.Module) -> bool:
