@@ -167,13 +167,13 @@ def test_an_environment_without_answers_is_not_told_to_ask_for_boxed_answers():
 
 def test_a_code_run_is_not_told_to_ask_for_boxed_answers_but_still_hears_of_void_turns():
     """The code environment submits by a message without a block: no ``\\boxed{}`` answer on a healthy step."""
-    from gtpo.run.recorder import protocol_of
+    from gtpo.envs.sources import source_kind
 
-    watch = SignalWatch(window=3, protocol=protocol_of("code:functions"))
+    watch = SignalWatch(window=3, protocol=source_kind("code:functions"))
     healthy = {**HEALTHY, "rollout/finish_answer": 0.0, "rollout/finish_terminated": 0.97}
     assert [warning for step in range(1, 4) for warning in watch.observe(step, healthy)] == []
     failing = _window(**{"rollout/finish_answer": 0.0, "reward/accuracy": 0.0, "rollout/void_rate": 0.9})
     found = diagnose(failing, protocol="code")
     assert set(found) == {"zero_accuracy", "void"} and "hidden tests" in found["zero_accuracy"]
     assert "boxed" not in found["zero_accuracy"] + found["void"]
-    assert protocol_of("gem:game:GuessTheNumber-v0-easy") == "env" and protocol_of("arith") == "math"
+    assert source_kind("gem:game:GuessTheNumber-v0-easy") == "env" and source_kind("arith") == "math"

@@ -10,6 +10,7 @@ environment of its own: ``gem:ENV_ID[?...]`` (``gtpo.envs.gem``) or ``module.pat
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Literal
 
 from gtpo.config import DataConfig
 from gtpo.data.problems import load_eval_problems, load_train_problems
@@ -31,10 +32,21 @@ def is_env_source(source: str) -> bool:
     return code.is_source(source) or gem.is_source(source) or user.is_source(source)
 
 
+SourceKind = Literal["math", "code", "env"]
+
+
+def source_kind(source: str) -> SourceKind:
+    """What runs ``source``'s episodes: the math tool environment (data; boxed answers), the code environment
+    (code problems; a submission ends the episode) or an environment of its own (a GEM game, a user's class)."""
+    if code.is_source(source):
+        return "code"
+    return "env" if is_env_source(source) else "math"
+
+
 def needs_sandbox(source: str) -> bool:
     """Whether ``source``'s episodes run code in the run's tool sandbox: the math tool environment's data and code
     problems do; a GEM game or a user's class brings whatever it needs itself."""
-    return not is_env_source(source) or code.is_source(source)
+    return source_kind(source) != "env"
 
 
 def env_problems(source: str, field: str, *, heldout: bool, run_seed: int = 0) -> list[Problem]:

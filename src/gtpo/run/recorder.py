@@ -19,25 +19,15 @@ from typing import Any
 import torch
 
 from gtpo.config import ConfigError, TrainConfig, to_dict
-from gtpo.envs.code import is_source as is_code_source
-from gtpo.envs.sources import is_env_source
+from gtpo.envs.sources import source_kind
 from gtpo.run import report
 from gtpo.run.checkpoint import check_run_dir, claim_run_dir, latest_checkpoint
 from gtpo.run.console import Console
 from gtpo.run.export import MODEL_DIR
-from gtpo.run.learning_signal import WINDOW, Protocol, SignalWatch
+from gtpo.run.learning_signal import WINDOW, SignalWatch
 from gtpo.run.metrics import EVAL_FILE, METRICS_FILE, MetricLogger, append_record, read_metrics
 from gtpo.run.stop import TrainingStopped
 from gtpo.types import Trajectory
-
-
-def protocol_of(source: str) -> Protocol:
-    """How a training source's episodes end: the code environment's submissions, another environment's own
-    ending, or the math task's boxed answers (``gtpo.run.learning_signal.Protocol``)."""
-    if is_code_source(source):
-        return "code"
-    return "env" if is_env_source(source) else "math"
-
 
 RUN_FILES = (report.CURVES, report.SUMMARY, report.SAMPLES, MODEL_DIR)
 """What a run writes beside metrics and checkpoints; --overwrite deletes these too."""
@@ -51,7 +41,7 @@ class RunRecorder:
         self.is_main = is_main
         self.run_dir = Path(cfg.output_dir)
         self.console = Console(enabled=is_main, progress=cfg.progress)
-        self.watch = SignalWatch(min(WINDOW, cfg.steps), protocol=protocol_of(cfg.data.train))
+        self.watch = SignalWatch(min(WINDOW, cfg.steps), protocol=source_kind(cfg.data.train))
         self.notes: list[str] = []
         """Warnings raised during the run (also written to summary.md)."""
         self.logger: MetricLogger | None = None
