@@ -42,6 +42,9 @@ class AttentionPlan:
     mask: torch.Tensor
     kv_len: int
     read_slots: torch.Tensor | slice | None = None
+    _bias: torch.Tensor | None = None
+    _bias_of: torch.Tensor | None = None
+    """``mask`` in SDPA's additive form and the mask it was made from (see ``additive_mask``)."""
 
 
 def slot_cache_attention(
@@ -110,7 +113,8 @@ def decode_attention(plan: AttentionPlan, layer: int, query: torch.Tensor, scale
     keys, values = read_kv(plan, layer, rows)
     if not query.is_cuda:
         heads = query.view(rows, kv_heads * group, 1, dim)
-        out = F.scaled_dot_product_attention(heads, keys, values, attn_mask=plan.mask, scale=scale, enable_gqa=True)
+        mask = additive_mask(plan, query.dtype)
+        out = F.scaled_dot_product_attention(heads, keys, values, attn_mask=mask, scale=scale, enable_gqa=True)
         return out.view(rows, kv_heads, group, dim)
     scores = torch.matmul(query, keys.transpose(-1, -2)).float() * scale
     scores = scores.masked_fill(~plan.mask.view(rows, 1, 1, plan.kv_len), float("-inf"))
@@ -129,7 +133,19 @@ def prefill_attention(plan: AttentionPlan, layer: int, query: torch.Tensor, scal
         keys = keys.repeat_interleave(q_heads // keys.shape[1], dim=1)
         values = values.repeat_interleave(q_heads // values.shape[1], dim=1)
     gqa = q_heads != keys.shape[1]
-    return F.scaled_dot_product_attention(query, keys, values, attn_mask=plan.mask, scale=scale, enable_gqa=gqa)
+    mask = plan.mask if query.is_cuda else additive_mask(plan, query.dtype)
+    return F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale, enable_gqa=gqa)
+
+
+def additive_mask(plan: AttentionPlan, dtype: torch.dtype) -> torch.Tensor:
+    """``plan.mask`` as the additive mask SDPA turns a boolean one into (0 where a query may attend, -inf
+    elsewhere), made by the first layer of a call and reused by the others: SDPA on a CPU would otherwise
+    convert the boolean mask once per layer. The same values, so the same attention, bit for bit."""
+    if plan._bias_of is not plan.mask or plan._bias is None or plan._bias.dtype != dtype:
+        zeros = torch.zeros(plan.mask.shape, dtype=dtype, device=plan.mask.device)
+        plan._bias = zeros.masked_fill_(plan.mask.logical_not(), float("-inf"))
+        plan._bias_of = plan.mask
+    return plan._bias
 
 
 def register() -> None:

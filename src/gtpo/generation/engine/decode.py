@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from gtpo.generation.engine.attention import AttentionPlan, slots_index
-from gtpo.generation.engine.sampling import counter_uniform, sample_tokens
+from gtpo.generation.engine.sampling import position_uniform, sample_tokens
 
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``forward(ids [R, n], positions [R, n]) -> logits [R, V]`` of each row's last token, writing and reading the
@@ -37,8 +37,8 @@ class DecodeState:
         self.alive = torch.zeros(slots, dtype=torch.bool, device=device)
         self.remaining = torch.zeros(slots, **long)
         """Tokens the slot may still sample in this turn."""
-        self.seed = torch.zeros(slots, **long)
-        self.key = torch.zeros(slots, **long)
+        self.stream = torch.zeros(slots, **long)
+        """The slot's sequence's ``sampling.sequence_stream`` (its seed and key, hashed once)."""
         self.temperature = torch.ones(slots, dtype=torch.float32, device=device)
         self.top_p = torch.ones(slots, dtype=torch.float32, device=device)
         self.step = torch.zeros(1, **long)
@@ -79,7 +79,7 @@ def decode_step(
     plan.mask = (state.span[None, :kv_len] <= pos[:, None]).view(n, 1, 1, kv_len)
     plan.kv_len, plan.read_slots = kv_len, None if isinstance(rows, int) else rows
     logits = forward(tokens[:, None], pos[:, None])
-    uniforms = counter_uniform(state.seed[sel], state.key[sel], pos + 1)
+    uniforms = position_uniform(state.stream[sel], pos + 1)
     new, logp = sample_tokens(logits, state.temperature[sel], state.top_p[sel], uniforms, use_top_p=use_top_p)
     cell = (slots, state.step.expand(n))
     state.out_tokens.index_put_(cell, new)

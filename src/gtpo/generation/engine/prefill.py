@@ -12,7 +12,7 @@ import torch
 
 from gtpo.generation.engine.attention import AttentionPlan, slots_index
 from gtpo.generation.engine.decode import DecodeState, Forward, round_up
-from gtpo.generation.engine.sampling import counter_uniform, sample_tokens
+from gtpo.generation.engine.sampling import position_uniform, sample_tokens, sequence_stream
 from gtpo.generation.engine.slots import Request
 
 
@@ -55,7 +55,7 @@ class Prefiller:
             logits = logits[torch.tensor([row[i] for i in source], device=dev)]
         settings = request_settings(requests, dev)
         end_pos = torch.tensor([len(r.tokens) for r in requests], dtype=torch.long, device=dev)
-        uniforms = counter_uniform(settings["seed"], settings["key"], end_pos)
+        uniforms = position_uniform(settings["stream"], end_pos)
         use_top_p = any(r.top_p < 1 for r in requests)
         tokens, logps = sample_tokens(logits, settings["temperature"], settings["top_p"], uniforms, use_top_p=use_top_p)
         self.calls += 1
@@ -105,9 +105,10 @@ class Prefiller:
 
 def request_settings(requests: list[Request], device: torch.device) -> dict[str, torch.Tensor]:
     """The requests' sampling settings as tensors named as ``DecodeState``'s."""
+    seeds = torch.tensor([r.seed for r in requests], dtype=torch.long, device=device)
+    keys = torch.tensor([r.key for r in requests], dtype=torch.long, device=device)
     return {
-        "seed": torch.tensor([r.seed for r in requests], dtype=torch.long, device=device),
-        "key": torch.tensor([r.key for r in requests], dtype=torch.long, device=device),
+        "stream": sequence_stream(seeds, keys),
         "temperature": torch.tensor([r.temperature for r in requests], dtype=torch.float32, device=device),
         "top_p": torch.tensor([r.top_p for r in requests], dtype=torch.float32, device=device),
     }
