@@ -62,17 +62,22 @@ def engine(model, tokenizer, compact: bool, **options) -> EngineSampler:
     )
 
 
-@pytest.mark.parametrize("head_block", [None, 100], ids=["whole-head", "head-in-blocks"])
+@pytest.mark.parametrize("layout", ["whole-head", "head-in-blocks", "weights-streamed"])
 @pytest.mark.parametrize("kind", ["qwen2", "llama"])
-def test_compact_forward_samples_what_the_models_own_forward_samples(tokenizer, prompts, kind, head_block, monkeypatch):
+def test_compact_forward_samples_what_the_models_own_forward_samples(tokenizer, prompts, kind, layout, monkeypatch):
     """``head-in-blocks``: the LM head multiplied in blocks of vocabulary rows, as it is for a large vocabulary
-    (SmolLM2's 49,152), here on the shipped tokenizer's 384 rows in blocks of 100 (the last one short)."""
-    if head_block is not None:
-        monkeypatch.setattr(compact_module, "HEAD_BLOCK", head_block)
+    (SmolLM2's 49,152), here on the shipped tokenizer's 384 rows in blocks of 100 (the last one short).
+    ``weights-streamed``: decode products and the head as W·hᵀ, as they are for weights larger than a core's cache
+    (SmolLM2's), here on every weight of the small model."""
+    if layout == "head-in-blocks":
+        monkeypatch.setattr(compact_module, "HEAD_BLOCK", 100)
+    if layout == "weights-streamed":
+        monkeypatch.setattr(compact_module, "STREAMED_WEIGHT_BYTES", 0)
     model = random_model(kind, len(tokenizer))
     caps = [20, 9, 20, 14, 20, 5]
     compact, plain = engine(model, tokenizer, True), engine(model, tokenizer, False)
     assert compact.engine.compact is not None and plain.engine.compact is None
+    assert compact.engine.compact.streamed == compact.engine.compact.streamed_head == (layout == "weights-streamed")
     for temperature in (0.0, 1.0):
         got = compact.generate(prompts, caps, temperature=temperature, seed=3)
         want = plain.generate(prompts, caps, temperature=temperature, seed=3)
@@ -91,6 +96,7 @@ def test_on_the_shipped_model_both_forwards_compute_the_same_bits(tokenizer, pro
     model, _ = load_policy(str(DEFAULT_MODEL_DIR))
     compact, plain = engine(model, tokenizer, True, slots=6), engine(model, tokenizer, False, slots=6)
     assert compact.engine.compact is not None  # the engine's path on a CPU by default
+    assert not compact.engine.compact.streamed and not compact.engine.compact.streamed_head  # weights fit in cache
     assert EngineSampler(model, tokenizer, EngineOptions(slots=2, max_len=64)).engine.compact is not None
     got = compact.generate(prompts, [48] * 6, temperature=1.0, seed=5)
     want = plain.generate(prompts, [48] * 6, temperature=1.0, seed=5)

@@ -17,6 +17,12 @@ product is the same matrix product on the same rows (a fused projection's column
 where a cheaper form rounds differently it is not used (a residual added inside ``addmm``, the head on a copied
 last row). So the default run samples the same tokens whichever path the engine takes.
 
+One exception, for models whose weights do not fit in a core's cache (``STREAMED_WEIGHT_BYTES``): a few rows
+times such a weight reads the whole weight from memory for little arithmetic, and the CPU's BLAS reads it far
+faster as W·hᵀ than as h·Wᵀ (``F.linear``'s form). There, the products of a decode step and the LM head (a few
+rows in every call) are computed as W·hᵀ: the same function, rounded differently, within the agreement check's
+tolerance. The shipped tiny models' weights are all smaller, so their tokens stay those of the model's own forward.
+
 What it covers: decoders whose layers are exactly that computation (``COMPACT_MODEL_TYPES``: pre-norm RMSNorm,
 rotary embeddings with a static frequency table, grouped-query attention with optional q/k/v bias and no o bias,
 a SiLU-gated MLP without bias). ``CompactForward.of`` checks the model's config and then compares the two forwards
@@ -38,9 +44,16 @@ from gtpo.generation.engine.attention import AttentionPlan, decode_attention, pr
 COMPACT_MODEL_TYPES = ("llama", "qwen2", "mistral")
 """transformers model types whose decoder layers are the computation ``CompactForward`` implements."""
 HEAD_BLOCK = 1024
-"""Vocabulary rows of the LM head multiplied at once. A few rows times a large vocabulary is a skinny product that
-the CPU's BLAS runs far below its rate (SmolLM2's 49,152 x 576 head at 8 rows: 54 ms whole, 35 ms in blocks of
-512-1024 rows, best of 9 on 2 shared cores); each block's columns are the whole product's, bit for bit."""
+"""Vocabulary rows of the LM head multiplied at once (as h·Wᵀ, for a head smaller than ``STREAMED_WEIGHT_BYTES``).
+A few rows times a large vocabulary is a skinny product that the CPU's BLAS runs far below its rate (SmolLM2's
+49,152 x 576 head at 8 rows: 54 ms whole, 35 ms in blocks of 512-1024 rows, best of 9 on 2 shared cores); each
+block's columns are the whole product's, bit for bit."""
+STREAMED_WEIGHT_BYTES = 1 << 20
+"""A model whose decode-step weights (each layer's q/k/v, o, gate/up and down) are all at least this large (a core's
+L2 cache on the machines measured) multiplies them, and its LM head, as W·hᵀ when few rows go through: there the
+product streams the weight from memory, and MKL reads it about 1.6x faster in that form (SmolLM2-135M, 8 rows,
+every weight of a decode step in turn, 2 threads: 91-120 ms against 148-195 ms; the head alone 18 ms against 32 ms
+in blocks). Smaller weights stay in cache, where the two forms run alike and ``F.linear`` keeps the model's bits."""
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 """Rotary variants whose cos/sin depend on the position alone (a table is exact); "dynamic" ones grow with the
 sequence."""
@@ -72,6 +85,11 @@ class CompactForward:
         self.final_norm = decoder.norm.weight
         self.head = model.lm_head.weight
         self.layers = [_fused_layer(layer) for layer in decoder.layers]
+        weights = [w for layer in self.layers for w in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+        self.streamed = bool(weights) and min(_nbytes(w) for w in weights) >= STREAMED_WEIGHT_BYTES
+        """Decode products as W·hᵀ (``STREAMED_WEIGHT_BYTES``)."""
+        self.streamed_head = _nbytes(self.head) >= STREAMED_WEIGHT_BYTES
+        """The LM head as W·hᵀ (every call takes it on one row per sequence)."""
         table = torch.arange(max_len, device=self.embed.device)[None]
         with torch.no_grad():
             cos, sin = decoder.rotary_emb(self.embed[:1][None], table)  # [1, max_len, D], in the model's dtype
@@ -96,11 +114,12 @@ class CompactForward:
         rows, n = ids.shape
         qh, kvh, dim, half = self.q_heads, self.kv_heads, self.head_dim, self.head_dim // 2
         x = F.embedding(ids, self.embed).view(rows * n, -1)
+        by_weight = n == 1 and self.streamed
         cos = self.cos[positions].view(rows * n, 1, dim)
         sin = self.signed_sin[positions].view(rows * n, 1, dim)
         for index, layer in enumerate(self.layers):
             h = F.rms_norm(x, (x.shape[-1],), layer.input_norm, self.eps)
-            qkv = F.linear(h, layer.qkv, layer.qkv_bias)  # [R * n, (Hq + 2 Hkv) * D]: q | k | v of each token
+            qkv = _linear(h, layer.qkv, layer.qkv_bias, by_weight)  # [R * n, (Hq + 2 Hkv) * D]: q | k | v of each token
             qk = qkv[:, : (qh + kvh) * dim].view(rows * n, qh + kvh, dim)
             rotated = torch.cat([qk[..., half:], qk[..., :half]], dim=-1)
             qk = qk * cos + rotated * sin
@@ -111,13 +130,16 @@ class CompactForward:
             else:
                 query = qk[:, :qh].view(rows, n, qh, dim).transpose(1, 2)
                 attended = prefill_attention(self.plan, index, query, self.scale).transpose(1, 2)
-            x = x + F.linear(attended.reshape(rows * n, qh * dim), layer.o)
+            x = x + _linear(attended.reshape(rows * n, qh * dim), layer.o, None, by_weight)
             h = F.rms_norm(x, (x.shape[-1],), layer.post_norm, self.eps)
-            gate_up = F.linear(h, layer.gate_up)
-            x = x + F.linear(F.silu(gate_up[:, : self.intermediate]) * gate_up[:, self.intermediate :], layer.down)
+            gate_up = _linear(h, layer.gate_up, None, by_weight)
+            activated = F.silu(gate_up[:, : self.intermediate]) * gate_up[:, self.intermediate :]
+            x = x + _linear(activated, layer.down, None, by_weight)
         # As transformers does it (norm of every position, head on the last as a strided [R, 1, H] view): the same
         # operations on the same layouts round the same, so both paths sample the same tokens.
         hidden = F.rms_norm(x, (x.shape[-1],), self.final_norm, self.eps).view(rows, n, -1)[:, -1:]
+        if self.streamed_head:
+            return _linear(hidden[:, -1], self.head, None, True)
         if self.head.shape[0] <= HEAD_BLOCK:
             return F.linear(hidden, self.head)[:, -1]
         return torch.cat([F.linear(hidden, part) for part in self.head.split(HEAD_BLOCK)], dim=-1)[:, -1]
@@ -148,6 +170,20 @@ class CompactForward:
         ours, theirs = torch.stack(outputs[:2]), torch.stack(outputs[2:])
         tolerance = (1e-4 if self.embed.dtype == torch.float32 else 2e-2) * (1 + theirs.abs().max().item())
         return bool((ours - theirs).abs().max().item() <= tolerance)
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, by_weight: bool) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` for ``x`` [rows, in]; ``by_weight``: computed as W·xᵀ (``STREAMED_WEIGHT_BYTES``)
+    and copied back to [rows, out] rows (a few rows: a small copy; SDPA's fast CPU kernel wants rows contiguous)."""
+    if not by_weight:
+        return F.linear(x, weight, bias)
+    if bias is None:
+        return torch.mm(weight, x.t()).t().contiguous()
+    return torch.addmm(bias[:, None], weight, x.t()).t().contiguous()
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
 
 
 def supported(config: Any, model: torch.nn.Module) -> bool:
