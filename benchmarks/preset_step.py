@@ -1,7 +1,9 @@
 """Training steps of a preset against this machine's floor: the smollm2-135m preset by default.
 
 Run: ``python benchmarks/preset_step.py [--preset smollm2-135m] [--steps 4] [--threads N] [gtpo train flags]``
-(for example ``--model.name-or-path runs/smollm2-arith --rollout.temperature 1.0`` for the warm-started recipe)
+(for example ``--model.name-or-path runs/smollm2-arith --rollout.temperature 1.0`` for the warm-started recipe).
+``--linear-only`` runs every product of the engine's compact forward as ``F.linear`` (h·Wᵀ), the form used before
+large weights were streamed as W·hᵀ: the same command with and without it, one after the other, is the comparison.
 
 First the machine, in this process at its torch threads: fp32 matmul GFLOP/s (a 2048 x 2048 product) and memory
 read GB/s (a sum over a 512 MB tensor), each the best of several tries, per busy thread-second (CPU time) and per
@@ -80,11 +82,18 @@ def main() -> None:
     parser.add_argument(
         "--head-block", type=int, default=None, help="vocabulary rows of the LM head per product (0: whole head)"
     )
+    parser.add_argument(
+        "--linear-only",
+        action="store_true",
+        help="every product in F.linear's h·Wᵀ form, also for weights larger than STREAMED_WEIGHT_BYTES",
+    )
     args, flags = parser.parse_known_args()  # the rest: gtpo train's flags, over the preset
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.head_block is not None:
         compact.HEAD_BLOCK = args.head_block or 2**62
+    if args.linear_only:
+        compact.STREAMED_WEIGHT_BYTES = 2**62
     flops, bandwidth = machine_rates(time.process_time)
     wall_flops, wall_bandwidth = machine_rates()
     print(
