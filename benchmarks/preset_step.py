@@ -80,7 +80,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own)")
     parser.add_argument(
-        "--head-block", type=int, default=None, help="vocabulary rows of the LM head per product (0: whole head)"
+        "--head-block",
+        type=int,
+        default=None,
+        help="vocabulary rows of the LM head per product (0: whole head); only where the head runs as F.linear: "
+        "a head under STREAMED_WEIGHT_BYTES, or with --linear-only (SmolLM2's head is streamed otherwise)",
     )
     parser.add_argument(
         "--linear-only",
