@@ -60,6 +60,7 @@ from gtpo.run.export import export_final_policy
 from gtpo.run.recorder import RunRecorder
 from gtpo.run.stop import StopRequests
 from gtpo.training.batch import TokenBatch, collate
+from gtpo.training.memory import AUTO_MAX_TOKENS
 from gtpo.training.update import PolicyUpdate, build_optimizer
 from gtpo.types import CodeExecutor, Trajectory
 
@@ -182,6 +183,13 @@ class Trainer:
             recorder.already_finished(self.step)
             return {}
         recorder.start(len(self.eval_problems))
+        updater = self.updater
+        if updater.bytes_per_token is not None and updater.token_budget < AUTO_MAX_TOKENS:
+            recorder.console.line(
+                f"gtpo: micro-batches of up to {updater.token_budget:,} tokens: the model keeps "
+                f"{updater.bytes_per_token / 2**20:.2f} MiB of activations a token for the backward "
+                f"(optim.activation_gb {cfg.optim.activation_gb:g}; optim.micro_batch_tokens sets a budget)"
+            )
         if self.overlong_prompts:
             recorder.warn(
                 f"{self.overlong_prompts} of {self._train_problems} training problems are left out: their prompt "

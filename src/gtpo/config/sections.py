@@ -217,10 +217,15 @@ class OptimConfig:
     """Linear learning-rate warmup, then constant."""
     grad_clip: float = 1.0
     """Global gradient-norm clip (0 = off)."""
-    micro_batch_tokens: int = 8192
+    micro_batch_tokens: int = 0
     """Token budget of one forward/backward: the batch's trajectories are packed whole, without padding, into
     micro-batches of at most this many tokens (a longer trajectory gets one of its own); gradients accumulate
-    over them. Activation memory grows with this, not with the batch (docs/training_speed.md)."""
+    over them. Activation memory grows with this, not with the batch (docs/training_speed.md). 0 = measured:
+    the most tokens, up to 8192, whose activations saved for the backward fit optim.activation_gb."""
+    activation_gb: float = 2.0
+    """With micro_batch_tokens 0: GiB of activations one micro-batch may keep for its backward (measured on
+    the model at start; SmolLM2-135M keeps ~1.3 MiB a token in float32, so 2 GiB is ~1,500 tokens). Peak memory
+    adds the weights, gradients and AdamW state (16 bytes a parameter) and the generation engine's copy."""
     update_epochs: int = 1
     """Optimizer steps per rollout batch (one pass over it each). Above 1, old log-probs are computed once
     before them; at 1 they equal the current ones and that extra forward pass is skipped."""

@@ -42,6 +42,7 @@ from gtpo.method.losses import clipped_policy_loss, importance_weights
 from gtpo.model.policy import checkpointing_active, packed_attention_active, packed_token_logprobs
 from gtpo.model.precision import autocast as default_autocast
 from gtpo.training.batch import MicroBatch, TokenBatch, pack_micro_batches
+from gtpo.training.memory import auto_token_budget, saved_bytes_per_token
 
 
 def build_optimizer(
@@ -84,6 +85,10 @@ class PolicyUpdate:
         self.device = device
         self.ref_model = ref_model
         self.autocast = autocast or (lambda: default_autocast(config.model.dtype, device))
+        self.bytes_per_token: float | None = None
+        """Activation bytes saved for the backward per token, where the budget was measured (else None)."""
+        self.token_budget = config.optim.micro_batch_tokens or self._measured_budget()
+        """Most tokens one micro-batch packs: ``optim.micro_batch_tokens``, or measured when that is 0."""
 
     def __call__(self, batch: TokenBatch, advantages: torch.Tensor, loss_mask: torch.Tensor) -> dict[str, float]:
         """One epoch = one optimizer step over the whole batch; ``update_epochs`` of them. All inputs [B, T]."""
@@ -139,13 +144,29 @@ class PolicyUpdate:
         batch with nothing to train still logs its metrics): a rank with fewer repeats its first micro-batch,
         or a placeholder, with weight 0, which adds nothing to the gradient."""
         lengths = batch.attention_mask.sum(dim=1)
-        micro = pack_micro_batches(batch.input_ids, lengths, loss_mask, self.cfg.optim.micro_batch_tokens)
+        micro = pack_micro_batches(batch.input_ids, lengths, loss_mask, self.token_budget)
         weights = [1.0] * len(micro)
         passes = max(int(all_reduce_max(len(micro), self.ctx, self.device)), 1)
         filler = micro[0] if micro else _placeholder(batch.input_ids, lengths)
         micro += [filler] * (passes - len(micro))
         weights += [0.0] * (passes - len(weights))
         return [m.to(self.device) for m in micro], weights
+
+    def _measured_budget(self) -> int:
+        """The token budget whose saved activations fit ``optim.activation_gb`` (``gtpo.training.memory``),
+        measured by two short forwards of one sequence through the update's own path, without a backward."""
+        lm = _unwrap(self.model)  # a DDP wrapper's forward would wait for a backward that never comes
+        vocab = lm.get_output_embeddings().weight.shape[0]
+
+        def forward(tokens: int) -> torch.Tensor:
+            ids = (torch.arange(tokens, device=self.device) * 7919 % vocab)[None]
+            scored = torch.arange(1, tokens, device=self.device)
+            checkpointing = checkpointing_active(lm, self.cfg.model.gradient_checkpointing)
+            with packed_attention_active(lm), checkpointing, torch.enable_grad(), self.autocast():
+                return packed_token_logprobs(lm, ids, [tokens], scored, self.cfg.rollout.temperature)[0]
+
+        self.bytes_per_token = saved_bytes_per_token(forward, exclude=lm.parameters())
+        return auto_token_budget(self.bytes_per_token, self.cfg.optim.activation_gb * 2**30)
 
     def _optimizer_step(self) -> float:
         """Clip, step and zero the gradients; returns the gradient norm before clipping.
