@@ -11,7 +11,8 @@ Run: ``python benchmarks/train_step.py [--steps 3] [--update-repeats 5] [--trl]`
    micro-batches, chunked head, no old-log-prob pass at one epoch, no entropy) against the padded update it
    replaced (``padded_update`` below, as the trainer ran it up to commit 3ef4f66), interleaved and repeated.
 4. ``--trl``: TRL's GRPOTrainer on the same tiny model, same prompts x group size and completion budget,
-   single turn (TRL has no code-execution loop), with the ratio of step times printed.
+   single turn (TRL has no code-execution loop), with the ratio of step times printed (in this process;
+   ``benchmarks/trl_step.py`` runs each side in its own, with peak memory, on any model).
 """
 
 from __future__ import annotations
@@ -126,67 +127,6 @@ def compare_updates(base: TrainConfig, batches: int, repeats: int) -> None:
     )
 
 
-def trl_step_time(base: TrainConfig, steps: int) -> float:
-    """Seconds per GRPOTrainer step on the tiny model, matching our batch shape (single-turn)."""
-    from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
-
-    from gtpo.data.grading import grade
-    from gtpo.model.policy import load_policy
-    from gtpo.model.source import model_path
-    from gtpo.tasks.arith import SYSTEM_PROMPT, train_problems
-    from gtpo.tools import extract_boxed
-
-    model, tokenizer = load_policy(model_path("tiny"))
-    problems = train_problems(seed=0)[: base.rollout.problems_per_step * (steps + 1)]
-    answers = {p.question: p.answer for p in problems}
-    data = Dataset.from_list(
-        [
-            {"prompt": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": p.question}]}
-            for p in problems
-        ]
-    )
-
-    def reward(prompts, completions, **_):
-        out = []
-        for prompt, completion in zip(prompts, completions, strict=True):
-            text = completion[0]["content"] if isinstance(completion, list) else completion
-            out.append(float(grade(extract_boxed(text), answers[prompt[-1]["content"]])))
-        return out
-
-    group = base.rollout.group_size
-    with tempfile.TemporaryDirectory() as tmp:
-        args = GRPOConfig(
-            output_dir=tmp,
-            per_device_train_batch_size=base.rollout.problems_per_step * group,
-            num_generations=group,
-            max_completion_length=base.rollout.max_new_tokens_per_turn * 2,
-            max_steps=steps + 1,
-            learning_rate=base.optim.lr,
-            logging_steps=1,
-            report_to=[],
-            use_cpu=True,
-            save_strategy="no",
-            bf16=False,
-        )
-        trainer = GRPOTrainer(
-            model=model, reward_funcs=reward, args=args, train_dataset=data, processing_class=tokenizer
-        )
-        times: list[float] = []
-        from transformers import TrainerCallback
-
-        class Clock(TrainerCallback):
-            def on_step_begin(self, *a, **k):
-                self.t = time.perf_counter()
-
-            def on_step_end(self, *a, **k):
-                times.append(time.perf_counter() - self.t)
-
-        trainer.add_callback(Clock())
-        trainer.train()
-    return statistics.mean(times[1:]) if len(times) > 1 else times[0]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3)
@@ -231,7 +171,10 @@ def main() -> None:
     )
     compare_updates(base, args.update_batches, args.update_repeats)
     if args.trl:
-        trl_s = trl_step_time(base, args.steps)
+        from trl_step import trl_steps  # this folder's script: TRL's side of benchmarks/trl_step.py
+
+        trl_times = trl_steps(base, "tiny", args.steps + 1)
+        trl_s = statistics.mean(trl_times[1:])  # the first step warms up
         grpo_step = statistics.mean(m["perf/step_s"] for m in results["grpo"])
         print(
             f"TRL GRPOTrainer (single turn, no tool): {trl_s:.2f} s/step; "
