@@ -63,13 +63,20 @@ def scripted_trainer(config, ctx):
     return trainer
 
 
-def _config(model_dir, out, strategy="ddp"):
+def _config(model_dir, out, strategy="ddp", budget=1):
+    """``budget``: optim.micro_batch_tokens (0: measured, with an activation budget of 1 KiB, less than one token, so
+    the measured budget is the smallest, 256 tokens, and several trajectories share a micro-batch)."""
     return from_dict(
         {
             "model": {"name_or_path": model_dir},
             "data": {"eval": ""},
             "rollout": {"group_size": GROUP, "problems_per_step": 3, "sandbox_workers": 1},
-            "optim": {"micro_batch_tokens": 1, "lr": 1e-2, "warmup_steps": 0},
+            "optim": {
+                "micro_batch_tokens": budget,
+                "activation_gb": 2**-20,
+                "lr": 1e-2,
+                "warmup_steps": 0,
+            },
             "strategy": strategy,
             "steps": 1,
             "eval_every": 0,
@@ -108,10 +115,10 @@ def _join(rank, world, folder):
     return init_distributed("gloo")  # the group above, as the trainer sees it
 
 
-def _worker(rank, world, model_dir, out, strategy):
+def _worker(rank, world, model_dir, out, strategy, budget):
     """One whole ``train()`` of one step on two ranks, into one run folder (rank 0 writes it)."""
     ctx = _join(rank, world, out)
-    config = dataclasses.replace(_config(model_dir, out / "run", strategy), export="merged")
+    config = dataclasses.replace(_config(model_dir, out / "run", strategy, budget), export="merged")
     trainer = scripted_trainer(config, ctx)
     try:
         metrics = trainer.train()
@@ -132,18 +139,22 @@ def test_sharding_is_round_robin_and_complete():
     assert shards == [[0, 2, 4, 6, 8], [1, 3, 5, 7]]
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_gloo_ranks_equal_one_process(tmp_path, tiny_tokenizer, tiny_model, strategy):
+@pytest.mark.parametrize(("strategy", "budget"), [("ddp", 1), ("fsdp", 1), ("ddp", 0), ("fsdp", 0)])
+def test_two_gloo_ranks_equal_one_process(tmp_path, tiny_tokenizer, tiny_model, strategy, budget):
     model_dir = tmp_path / "model"
     tiny_model.save_pretrained(model_dir)
     tiny_tokenizer.save_pretrained(model_dir)
-    single, single_metrics = _one_step(_config(str(model_dir), tmp_path / "single"))
+    single, single_metrics = _one_step(_config(str(model_dir), tmp_path / "single", budget=budget))
     assert single_metrics["adv/abs_mean"] > 0 and 0 < single_metrics["reward/accuracy"] < 1
-    assert single_metrics["perf/micro_batches"] == 9  # 9 trajectories, one per micro-batch
+    if budget:
+        assert single_metrics["perf/micro_batches"] == 9  # 9 trajectories, one per micro-batch
+    else:  # measured (every rank measures its own model: a probe forward under DDP/FSDP2 on two ranks)
+        assert single.updater.token_budget == 256 and single_metrics["perf/micro_batches"] < 9
 
-    mp.spawn(_worker, args=(2, str(model_dir), tmp_path, strategy), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(model_dir), tmp_path, strategy, budget), nprocs=2, join=True)
     two = torch.load(tmp_path / "two_ranks.pt", weights_only=False)
-    assert two["metrics"]["perf/micro_batches"] == 5  # rank 0 packs 5 trajectories; rank 1 runs a filler pass
+    if budget:
+        assert two["metrics"]["perf/micro_batches"] == 5  # rank 0 packs 5 trajectories; rank 1 runs a filler pass
     for name, moment in _first_moments(single).items():
         torch.testing.assert_close(two["moments"][name], moment, atol=1e-9, rtol=1e-4, msg=name)
     for name, value in single.policy.state_dict().items():

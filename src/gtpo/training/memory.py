@@ -41,7 +41,7 @@ def saved_bytes(run: Callable[[], object], exclude: Iterable[torch.Tensor] = ())
 
     Tensors sharing storage count once; storage of ``exclude`` (the parameters: weights a product saves are there
     anyway) counts not at all. The graph ``run`` builds is dropped without a backward."""
-    excluded = {t.untyped_storage().data_ptr() for t in exclude}
+    excluded = {_storage_ptr(t) for t in exclude}
     seen: dict[int, int] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
@@ -54,6 +54,12 @@ def saved_bytes(run: Callable[[], object], exclude: Iterable[torch.Tensor] = ())
         result = run()
     del result
     return sum(seen.values())
+
+
+def _storage_ptr(tensor: torch.Tensor) -> int:
+    """Where a tensor's storage starts; for a sharded (DTensor) parameter, its local shard's."""
+    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+    return local.untyped_storage().data_ptr()
 
 
 def saved_bytes_per_token(
