@@ -6,6 +6,7 @@ import copy
 import pytest
 import torch
 
+from gtpo.components import enable_checkpointing
 from gtpo.config import ConfigError, from_dict, validate
 from gtpo.distributed import DistContext
 from gtpo.training.batch import TokenBatch
@@ -74,8 +75,6 @@ def measured_update(model, checkpointing=False, **optim) -> PolicyUpdate:
     )
     model = copy.deepcopy(model)
     if checkpointing:
-        from gtpo.components import enable_checkpointing
-
         enable_checkpointing(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
