@@ -163,7 +163,7 @@ def main() -> None:
     floor = statistics.median(floors)
     print(
         f"median step {statistics.median(cpu):.1f} CPU s (wall {wall:.1f} s), its floor {floor:.1f} s ({over:.2f}x); "
-        f"peak resident memory {peak:.2f} GB; load average {os.getloadavg()[0]:.1f}"
+        f"peak resident memory {peak:.2f} GiB; load average {os.getloadavg()[0]:.1f}"
     )
 
 
