@@ -63,8 +63,9 @@ def own_memory(model: torch.nn.Module) -> None:
     On a CPU, transformers leaves the weights it loads from a safetensors file mapped from that file,
     copy-on-write and at the file's byte offsets (not aligned for vector loads): the first optimizer step then
     copies every page of the weights as it writes them (3.6 s for SmolLM2-135M's 538 MB on 2 cores, against
-    0.03 s for the same writes afterwards). One copy at load costs a fraction of that. Tied weights stay tied
-    (one parameter object, one new tensor)."""
+    0.03 s for the same writes afterwards), and until then a process rewriting the file in place changes the
+    loaded model. One copy at load costs a fraction of that. Tied weights stay tied (one parameter object, one
+    new tensor). Buffers are left as they are: the ones a model keeps (rotary frequencies) are computed, not read."""
     with torch.no_grad():
         for param in model.parameters():
             param.data = param.data.clone(memory_format=torch.contiguous_format)
