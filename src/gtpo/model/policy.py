@@ -65,7 +65,8 @@ def own_memory(model: torch.nn.Module) -> None:
     copies every page of the weights as it writes them (3.6 s for SmolLM2-135M's 538 MB on 2 cores, against
     0.03 s for the same writes afterwards), and until then a process rewriting the file in place changes the
     loaded model. One copy at load costs a fraction of that. Tied weights stay tied (one parameter object, one
-    new tensor). Buffers are left as they are: the ones a model keeps (rotary frequencies) are computed, not read."""
+    new tensor). Buffers are left as they are (a Llama's or Qwen2's rotary frequencies are computed at init,
+    not read from the file)."""
     with torch.no_grad():
         for param in model.parameters():
             param.data = param.data.clone(memory_format=torch.contiguous_format)
