@@ -7,7 +7,8 @@ from gtpo.model.policy import load_policy
 
 def test_loaded_weights_are_copies_not_views_of_the_file(tmp_path, tiny_tokenizer, tiny_model):
     """Rewriting the weights file in place (a writer of the same folder) must not change a loaded policy: a
-    copy-on-write mapping of the file would show the new bytes in every page the run has not written yet."""
+    copy-on-write mapping of the file would show the new bytes in every page the run has not written yet.
+    (A folder of its own, not the shared ``model_dir``: the test overwrites it.)"""
     tiny_model.save_pretrained(tmp_path)
     tiny_tokenizer.save_pretrained(tmp_path)
     model, _ = load_policy(str(tmp_path))
@@ -25,10 +26,8 @@ def test_loaded_weights_are_copies_not_views_of_the_file(tmp_path, tiny_tokenize
         assert torch.equal(param, before[name]), f"{name} follows the file"
 
 
-def test_copies_keep_tied_weights_tied_and_aligned(tmp_path, tiny_tokenizer, tiny_model):
-    tiny_model.save_pretrained(tmp_path)
-    tiny_tokenizer.save_pretrained(tmp_path)
-    model, _ = load_policy(str(tmp_path))
+def test_copies_keep_tied_weights_tied_and_aligned(model_dir, tiny_model):
+    model, _ = load_policy(model_dir)
     tied = tiny_model.get_output_embeddings().weight is tiny_model.get_input_embeddings().weight
     assert (model.get_output_embeddings().weight is model.get_input_embeddings().weight) == tied
     if tied:  # one tensor: an update of the head is an update of the embedding
