@@ -16,9 +16,12 @@ CPU seconds count this process's own work), beside its floor in CPU seconds:
 - rollout >= decode steps x weight bytes / read rate (each decode step reads every weight once) + prefill tokens
   x 2 x parameters / matmul rate;
 
-and the ratio of each to its floor; then the first step against the median of the later ones, and the peak
-resident memory of this process (the sandbox runs in processes of its own). The preset's model must be there
-(``gtpo prepare smollm2-135m-instruct``), or name another with ``--model.name-or-path``.
+and the ratio of each to its floor (weight bytes are the policy's, float32 for the preset, whatever dtype the
+engine samples in: ``generation.engine_dtype``, printed after setup); the sampler/trainer gap of each step (mean
+|log pi_trainer - log pi_sampler| over trained tokens, ``loss/is_mismatch_mean``); then the first step against the
+median of the later ones, and the peak resident memory of this process (the sandbox runs in processes of its
+own). The preset's model must be there (``gtpo prepare smollm2-135m-instruct``), or name another with
+``--model.name-or-path``.
 """
 
 from __future__ import annotations
@@ -113,8 +116,9 @@ def main() -> None:
         )
         start = time.perf_counter()
         trainer = Trainer(config)
-        print(f"setup (model, engine, sandbox): {time.perf_counter() - start:.1f} s")
         engine = getattr(trainer.sampler, "engine", None)
+        sampling = f"engine in {str(engine.k_cache[0].dtype).removeprefix('torch.')}" if engine else "no engine"
+        print(f"setup (model, engine, sandbox): {time.perf_counter() - start:.1f} s; {sampling}")
         params = sum(p.numel() for p in trainer.policy.parameters())
         weight_bytes = sum(p.numel() * p.element_size() for p in trainer.policy.parameters())
         log: dict[str, float] = {}
@@ -138,6 +142,7 @@ def main() -> None:
                         "update_floor_s": 6 * params * trained / flops,
                         "decode_steps": decode,
                         "trained_tokens": trained,
+                        "is_mismatch": metrics.get("loss/is_mismatch_mean", float("nan")),
                     }
                 )
         finally:

@@ -432,3 +432,29 @@ def test_backend_choice_and_settings_are_checked(shipped):
     sliding = type("Config", (), {"layer_types": ["full_attention", "sliding_attention"]})()
     with pytest.raises(ValueError, match=r"--generation\.backend hf"):
         check_supported(sliding)
+
+
+def test_engine_dtype_auto_samples_large_models_in_bf16_only_on_cpus_that_multiply_it(shipped, monkeypatch):
+    """The "auto" dtype: bf16 on CUDA; on a CPU only with native bf16 products and weights beyond
+    ``BF16_MIN_WEIGHT_BYTES`` (the shipped tiny model keeps float32 on any CPU: its tokens are the model's own);
+    explicit settings win."""
+    from gtpo.components import build_sampler
+    from gtpo.config import GenerationConfig, TrainConfig
+    from gtpo.generation.engine import weights
+
+    model, tokenizer = shipped
+    large = torch.nn.Linear(1, 1)
+    large.weight = torch.nn.Parameter(torch.empty(weights.BF16_MIN_WEIGHT_BYTES // 4 + 1, 1))
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for native in (True, False):
+        monkeypatch.setattr(weights, "native_bf16_cpu", lambda native=native: native)
+        assert weights.engine_dtype("auto", model, cpu) == torch.float32
+        assert weights.engine_dtype("auto", large, cpu) == (torch.bfloat16 if native else torch.float32)
+        assert weights.engine_dtype("auto", model, cuda) == torch.bfloat16
+        assert weights.engine_dtype("float32", large, cpu) == torch.float32
+        assert weights.engine_dtype("bfloat16", model, cpu) == torch.bfloat16
+    config = TrainConfig(generation=GenerationConfig(engine_dtype="bfloat16"))
+    sampler = build_sampler(config, model, tokenizer)
+    assert sampler.engine.k_cache[0].dtype == torch.bfloat16
+    assert next(sampler.engine.model.parameters()).dtype == torch.bfloat16
+    assert build_sampler(TrainConfig(), model, tokenizer).engine.k_cache[0].dtype == torch.float32

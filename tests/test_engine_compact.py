@@ -113,14 +113,72 @@ def test_other_architectures_run_the_models_own_forward(tokenizer, prompts):
     assert [s.token_ids for s in got] == [s.token_ids for s in reference]
 
 
-def test_a_compact_forward_that_disagrees_is_not_used(tokenizer):
-    """The check at build compares the two forwards: a wrong weight in the compact one is caught."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_compact_forward_that_disagrees_is_not_used(tokenizer, dtype):
+    """The check at build compares the two forwards: a wrong weight in the compact one is caught. In float32 a
+    weight off by 0.01 is; in bfloat16, whose check allows for rounding, a weight of the wrong sign is."""
     model = random_model("qwen2", len(tokenizer))
-    sampler = engine(model, tokenizer, True)
+    sampler = engine(model, tokenizer, True, dtype=dtype)
     compact = sampler.engine.compact
-    assert compact.agrees_with(sampler.engine.model)
-    compact.final_norm = compact.final_norm + 0.01  # no longer the model's own weight
+    assert compact is not None and compact.agrees_with(sampler.engine.model)
+    wrong = compact.final_norm + 0.01 if dtype == torch.float32 else -compact.final_norm
+    compact.final_norm = wrong  # no longer the model's own weight
     assert not compact.agrees_with(sampler.engine.model)
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "llama"])
+def test_packed_bf16_products_sample_what_plain_products_sample(tokenizer, prompts, kind, monkeypatch):
+    """In bfloat16 on a CPU every product runs on weights in oneDNN's layout (``PACKED_DTYPES``): the same function
+    as ``F.linear`` on the plain weights (the same bits where oneDNN runs both; the tolerance allows another CPU's
+    kernels), q/k/v bias (Qwen2) and an untied head (Llama) included. A weight packed transposed or from the
+    wrong tensor samples other tokens."""
+    model = random_model(kind, len(tokenizer))
+    packed = engine(model, tokenizer, True, dtype=torch.bfloat16)
+    assert packed.engine.compact.packed and packed.engine.compact.packed_head is not None
+    monkeypatch.setattr(compact_module, "PACKED_DTYPES", ())
+    plain = engine(model, tokenizer, True, dtype=torch.bfloat16)
+    assert not plain.engine.compact.packed
+    caps = [20, 9, 20, 14, 20, 5]
+    for temperature in (0.0, 1.0):
+        got = packed.generate(prompts, caps, temperature=temperature, seed=3)
+        want = plain.generate(prompts, caps, temperature=temperature, seed=3)
+        assert [s.token_ids for s in got] == [s.token_ids for s in want]
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=2e-2, rtol=0)
+    assert len({tuple(s.token_ids) for s in got}) > 1  # the rows differ: the check compares something
+
+
+def test_where_onednn_cannot_pack_bf16_the_plain_products_run(tokenizer, prompts, monkeypatch):
+    """oneDNN refuses bf16 packing on CPUs without AVX512-BW/VL/DQ (or AVX-NE-CONVERT): the engine must still build
+    and sample, on plain products, rather than fail at its first weight."""
+
+    def refuse(weight, rows):
+        raise RuntimeError("mkldnn_reorder_linear_weight: bf16 path needs the cpu support avx512bw")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", refuse)
+    assert not compact_module._can_pack.__wrapped__(torch.bfloat16)
+    monkeypatch.setattr(compact_module, "_can_pack", compact_module._can_pack.__wrapped__)
+    model = random_model("llama", len(tokenizer))
+    sampler = engine(model, tokenizer, True, dtype=torch.bfloat16)
+    assert sampler.engine.compact is not None and not sampler.engine.compact.packed
+    assert all(s.token_ids for s in sampler.generate(prompts, [6] * 6, temperature=1.0, seed=1))
+
+
+def test_a_weight_sync_repacks_the_packed_weights(tokenizer, prompts):
+    """The packed copies do not follow the model's parameters (the fused tensors do): after a sync, the engine
+    samples what a fresh engine built on the new weights samples, not what the old packed weights would."""
+    model, other = random_model("qwen2", len(tokenizer)), random_model("qwen2", len(tokenizer))
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    sampler = engine(model, tokenizer, True, dtype=torch.bfloat16)
+    assert sampler.engine.compact.packed
+    before = sampler.generate(prompts, [16] * 6, temperature=0.0)
+    sampler.sync_weights(inference_weights(other).items())
+    after = sampler.generate(prompts, [16] * 6, temperature=0.0)
+    fresh = engine(other, tokenizer, True, dtype=torch.bfloat16).generate(prompts, [16] * 6, temperature=0.0)
+    assert [s.token_ids for s in after] == [s.token_ids for s in fresh]
+    assert [s.token_ids for s in after] != [s.token_ids for s in before]
 
 
 def test_fused_weights_are_the_models_parameters_and_a_sync_fills_them(tokenizer, prompts):

@@ -96,7 +96,9 @@ def test_any_model_folder_scores_with_default_flags(tmp_path, capsys):
     # The generic caps, held to the model's 1,024 positions, reach the trajectories.
     records = [json.loads(line) for line in (tmp_path / "out" / "trajectories_arith-heldout.jsonl").open()]
     assert len(records) == 3
-    assert "max_total_tokens 1024" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "max_total_tokens 1024" in out
+    assert "1 sample each in float32;" in out  # the shipped model samples in float32 on any CPU
 
 
 def test_checkpoint_samples_with_its_runs_caps_on_gtpo_engine(tmp_path):
@@ -114,6 +116,19 @@ def test_checkpoint_samples_with_its_runs_caps_on_gtpo_engine(tmp_path):
     caps = (sampling.rollout.max_total_tokens, sampling.rollout.max_new_tokens_per_turn)
     assert (sampling.generation.backend, *caps) == ("engine", 8192, 1024)  # from a run saved before the rename
     assert "the settings of run" in note
+
+
+def test_the_sampling_dtype_is_the_runs_unless_a_flag_says_otherwise(tmp_path):
+    from gtpo.eval.cli import resolve_settings
+
+    step = tmp_path / "run" / "checkpoints" / "step_0000002"
+    step.mkdir(parents=True)
+    (step / "model.pt").write_bytes(b"")
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"generation": {"engine_dtype": "bfloat16"}}))
+    assert resolve_settings(EvalConfig(checkpoint=str(step)))[1].generation.engine_dtype == "bfloat16"
+    flagged = resolve_settings(EvalConfig(checkpoint=str(step), engine_dtype="float32"))[1]
+    assert flagged.generation.engine_dtype == "float32"
+    assert resolve_settings(EvalConfig(model="tiny"))[1].generation.engine_dtype == "auto"
 
 
 def test_an_environments_mean_return_is_reported_with_its_interval():

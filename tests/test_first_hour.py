@@ -122,7 +122,7 @@ def test_the_docs_loop_writes_the_first_turn_gtpo_eval_writes(trained, tmp_path,
 def test_eval_prints_what_it_scores_and_a_progress_line(trained, tmp_path, capsys):
     eval_main(["--checkpoint", str(trained), "--limit", "3", "--device", "cpu", "--output-dir", str(tmp_path)])
     out, err = capsys.readouterr()
-    assert f"gtpo eval: arith-heldout (3 problems), 1 sample each; results in {tmp_path}" in out
+    assert f"gtpo eval: arith-heldout (3 problems), 1 sample each in float32; results in {tmp_path}" in out
     assert re.search(r"arith-heldout: 100%\S* 3/3 \[\d\d:\d\d<00:00", err), err  # tqdm: done/total [spent<left]
 
 

@@ -83,10 +83,12 @@ def build_sampler(config: TrainConfig, model: torch.nn.Module, tokenizer: Any) -
 
         return HFSampler(model, tokenizer)
     from gtpo.generation.engine import EngineOptions, EngineSampler
+    from gtpo.generation.engine.weights import engine_dtype
 
     device = next(model.parameters()).device
     on_cuda = device.type == "cuda"
     options = EngineOptions(
+        dtype=engine_dtype(cfg.engine_dtype, model, device),
         slots=cfg.engine_slots or rollout.problems_per_step * rollout.group_size,
         max_len=rollout.max_total_tokens,
         chunk=cfg.engine_chunk or (16 if on_cuda else 2),
@@ -96,7 +98,7 @@ def build_sampler(config: TrainConfig, model: torch.nn.Module, tokenizer: Any) -
     if on_cuda and not cfg.engine_slots:
         from gtpo.generation.engine.cache import slots_in_memory
 
-        options.slots = min(options.slots, slots_in_memory(model, options.max_len, device))
+        options.slots = min(options.slots, slots_in_memory(model, options.max_len, device, options.dtype))
     return EngineSampler(model, tokenizer, options)
 
 

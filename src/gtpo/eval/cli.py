@@ -15,7 +15,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -104,6 +104,10 @@ class EvalConfig:
     evaluated then)."""
     device: str = "auto"
     """"auto", "cpu", "cuda", ..."""
+    engine_dtype: Literal["auto", "float32", "bfloat16"] | None = None
+    """dtype the engine samples in (``generation.engine_dtype``; greedy answers can differ between the two).
+    Unset: the training run's setting, else "auto" (bfloat16 on CUDA, and on CPUs that multiply bf16 natively for
+    models above 64 MB; float32 otherwise). The first printed line names the one used."""
     seed: int | None = None
     """Sampling seed. Unset: a gtpo-trained model's run seed (the seed its held-out evaluations used), else 0."""
     progress: bool = True
@@ -244,7 +248,9 @@ def _sampling_settings(base: TrainConfig, cfg: EvalConfig) -> TrainConfig:
     return dataclasses.replace(
         base,
         model=dataclasses.replace(base.model, name_or_path=cfg.model, dtype="auto"),
-        generation=dataclasses.replace(base.generation, backend=backend),
+        generation=dataclasses.replace(
+            base.generation, backend=backend, engine_dtype=cfg.engine_dtype or base.generation.engine_dtype
+        ),
         rollout=dataclasses.replace(
             base.rollout,
             max_turns=cfg.max_turns,
@@ -336,7 +342,10 @@ def run(cfg: EvalConfig) -> list[dict]:
     spec = dataclasses.replace(episode_spec(sampling, system).evaluation(cfg.temperature), max_turns=turns)
     sizes = ", ".join(f"{name} ({len(problems)} problems)" for name, problems in sets.items())
     again = "; it holds an earlier evaluation's results, which this one replaces" if (out / RESULTS).is_file() else ""
-    print(f"gtpo eval: {sizes}, {cfg.k} sample{'s' if cfg.k > 1 else ''} each; results in {out}{again}")
+    engine = getattr(sampler, "engine", None)
+    precision = f" in {str(engine.k_cache[0].dtype).removeprefix('torch.')}" if engine is not None else ""
+    samples = f"{cfg.k} sample{'s' if cfg.k > 1 else ''} each{precision}"
+    print(f"gtpo eval: {sizes}, {samples}; results in {out}{again}")
     reports: list[EvalReport] = []
     try:
         with torch.no_grad(), autocast("auto", device):

@@ -170,6 +170,8 @@ class GenerationEngine:
     def sync_weights(self, named_tensors: Any) -> None:
         """Copy the policy's updated weights in (called by the trainer after each optimizer step)."""
         load_weights(self.model, named_tensors)
+        if self.compact is not None:
+            self.compact.refresh()
 
     # -------------------------------------------------------------------------------------------- turns
     def _prefill(self) -> list[tuple[int, Sample]]:

@@ -1,0 +1,90 @@
+"""Decode-step benchmark by precision: one engine decode step of a model in float32 and in bfloat16, in one run.
+
+Run: ``python benchmarks/decode_dtype.py [--model DIR] [--rows 1,8] [--span 400] [--blocks 5] [--steps 30]``
+(default: SmolLM2-135M-Instruct as ``gtpo prepare smollm2-135m-instruct`` builds it; ``--model`` another folder).
+
+Three engines over the same weights, each with the compact forward (``gtpo.generation.engine.compact``):
+
+- ``float32``: what ``gtpo train`` builds with ``--generation.engine-dtype float32``;
+- ``bf16``: the same in bfloat16, products on weights in oneDNN's packed layout (``PACKED_DTYPES``): what "auto"
+  builds on a CPU with native bf16 products for a model above ``BF16_MIN_WEIGHT_BYTES``;
+- ``bf16 plain``: bfloat16 with every product as ``F.linear`` on the plain weights (packing off).
+
+Printed per row count: each engine's wall time per decode step (the minimum over ``--blocks`` blocks of ``--steps``
+steps, the engines' blocks alternating so that all see the same machine) and its ratio to float32; first, whether
+this CPU multiplies bf16 natively (``native_bf16_cpu``). Where it does not, bf16 is expected to be slower: the
+rule that picks the dtype leaves such CPUs in float32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+from decode_step import seconds_per_step, stepper
+
+from gtpo.generation.engine import EngineOptions, EngineSampler
+from gtpo.generation.engine import compact as compact_module
+from gtpo.generation.engine.weights import native_bf16_cpu
+from gtpo.model.policy import load_policy
+from gtpo.prepare import gtpo_home
+
+
+def build(model, tokenizer, rows: int, max_len: int, dtype: torch.dtype, packed: bool) -> EngineSampler:
+    saved = compact_module.PACKED_DTYPES
+    if not packed:
+        compact_module.PACKED_DTYPES = ()
+    try:
+        return EngineSampler(model, tokenizer, EngineOptions(slots=rows, max_len=max_len, chunk=2, dtype=dtype))
+    finally:
+        compact_module.PACKED_DTYPES = saved
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(gtpo_home() / "smollm2-135m-instruct"))
+    parser.add_argument("--rows", default="1,8")
+    parser.add_argument("--span", type=int, default=400)
+    parser.add_argument("--blocks", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=30)
+    args = parser.parse_args()
+    rows_list = [int(r) for r in args.rows.split(",")]
+    torch.set_grad_enabled(False)
+    model, tokenizer = load_policy(os.path.expanduser(args.model))
+    model.eval()
+    slots, max_len = max(rows_list), args.span + 64
+    engines = {
+        "float32": build(model, tokenizer, slots, max_len, torch.float32, True),
+        "bf16": build(model, tokenizer, slots, max_len, torch.bfloat16, True),
+        "bf16 plain": build(model, tokenizer, slots, max_len, torch.bfloat16, False),
+    }
+    for name, sampler in engines.items():
+        if sampler.engine.compact is None:
+            raise SystemExit(f"{name}: the compact forward was not built for this model; nothing to compare")
+    print(
+        f"model {args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; torch threads "
+        f"{torch.get_num_threads()}; native bf16 products {native_bf16_cpu()}; key span {args.span}; load average "
+        f"{os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"{'rows':>5}"
+        + "".join(f"{name + ' ms':>16}" for name in engines)
+        + "".join(f"{'float32/' + name:>20}" for name in list(engines)[1:])
+    )
+    for rows in rows_list:
+        steps = {name: stepper(sampler, rows, args.span) for name, sampler in engines.items()}
+        for step in steps.values():  # warm-up: caches, allocator
+            for _ in range(3):
+                step()
+        best = {name: float("inf") for name in steps}
+        for _ in range(args.blocks):
+            for name, step in steps.items():
+                best[name] = min(best[name], seconds_per_step(step, args.steps))
+        ratios = "".join(f"{best['float32'] / best[name]:20.2f}" for name in list(engines)[1:])
+        print(f"{rows:5d}" + "".join(f"{best[name] * 1e3:16.1f}" for name in engines) + ratios)
+    print(f"load average {os.getloadavg()[0]:.1f} after")
+
+
+if __name__ == "__main__":
+    main()
