@@ -386,3 +386,17 @@ def test_a_refilled_group_never_shares_an_id_with_a_group_kept_before():
     for t in out.kept:
         ids.setdefault(t.group_id, set()).add(t.problem.id)
     assert sorted(map(sorted, ids.values())) == [["p0"], ["p2"]]  # two groups, one problem each
+
+
+def test_a_bf16_engine_is_announced_and_its_gap_with_the_trainer_is_measured(tmp_path, capsys):
+    """Sampling in bfloat16 beside float32 weights: the run says so, and the logged sampler/trainer gap is that of
+    bf16 rounding (a float32 engine's is float32 noise), so the importance weights have something to weigh."""
+    _train(_config(tmp_path / "bf16", steps=1, generation={"engine_dtype": "bfloat16"}))
+    out = capsys.readouterr().out
+    assert "the engine samples in bfloat16, the trainer's weights are float32" in out
+    _train(_config(tmp_path / "fp32", steps=1))
+    assert "the engine samples in" not in capsys.readouterr().out
+    gap = {
+        name: read_metrics(tmp_path / name / "metrics.jsonl")[-1]["loss/is_mismatch_mean"] for name in ("bf16", "fp32")
+    }
+    assert gap["fp32"] < 1e-4 and gap["bf16"] > 1e-3, gap

@@ -23,6 +23,11 @@ faster as W·hᵀ than as h·Wᵀ (``F.linear``'s form). There, the products of 
 rows in every call) are computed as W·hᵀ: the same function, rounded differently, within the agreement check's
 tolerance. The shipped tiny models' weights are all smaller, so their tokens stay those of the model's own forward.
 
+In bfloat16 (the engine's dtype for large models on CPUs with bf16 products, ``weights.engine_dtype``) every
+product runs instead on a copy of its weight laid out once in oneDNN's own format (``PACKED_DTYPES``): the bits of
+``F.linear``, faster at every row count measured, for a second copy of the weights (270 MB for SmolLM2), refreshed
+after each weight sync. The agreement check then allows bf16 rounding (``LOW_PRECISION_AGREEMENT``).
+
 What it covers: decoders whose layers are exactly that computation (``COMPACT_MODEL_TYPES``: pre-norm RMSNorm,
 rotary embeddings with a static frequency table, grouped-query attention with optional q/k/v bias and no o bias,
 a SiLU-gated MLP without bias). ``CompactForward.of`` checks the model's config and then compares the two forwards

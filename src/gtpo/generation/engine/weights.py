@@ -1,8 +1,9 @@
 """The engine's own copy of the policy: built from the policy's config, loaded from its weights, kept in sync.
 
 Why a copy rather than the policy itself: the engine runs the model with its own attention function and,
-on a GPU, in bfloat16 weights (the trainer keeps float32 master weights and computes in bf16 under autocast;
-autocast would re-cast every weight on every decode step). A copy also keeps the policy untouched: its
+on a GPU and for large models on CPUs with bf16 products (``engine_dtype``), in bfloat16 weights (the trainer
+keeps float32 master weights and computes in bf16 under autocast on a GPU; autocast would re-cast every weight on
+every decode step). A copy also keeps the policy untouched: its
 config, attention implementation and autograd state are the trainer's. The trainer calls
 ``sync_weights`` after each optimizer step, as it does for vLLM; the copy costs one model's weights in the
 engine's dtype (3 GB for a 1.5B model in bf16).
