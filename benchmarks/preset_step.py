@@ -17,11 +17,12 @@ CPU seconds count this process's own work), beside its floor in CPU seconds:
   x 2 x parameters / matmul rate;
 
 and the ratio of each to its floor (weight bytes are the policy's, float32 for the preset, whatever dtype the
-engine samples in: ``generation.engine_dtype``, printed after setup); the sampler/trainer gap of each step (mean
-|log pi_trainer - log pi_sampler| over trained tokens, ``loss/is_mismatch_mean``); then the first step against the
-median of the later ones, and the peak resident memory of this process (the sandbox runs in processes of its
-own). The preset's model must be there (``gtpo prepare smollm2-135m-instruct``), or name another with
-``--model.name-or-path``.
+engine samples in: ``generation.engine_dtype``, printed after setup; where the engine's copy is smaller, as in
+bfloat16, the rollout against one read of that copy a decode step is printed too); the sampler/trainer gap of
+each step (mean |log pi_trainer - log pi_sampler| over trained tokens, ``loss/is_mismatch_mean``); then the first
+step against the median of the later ones, and the peak resident memory of this process (the sandbox runs in
+processes of its own). The preset's model must be there (``gtpo prepare smollm2-135m-instruct``), or name another
+with ``--model.name-or-path``.
 """
 
 from __future__ import annotations
@@ -121,6 +122,8 @@ def main() -> None:
         print(f"setup (model, engine, sandbox): {time.perf_counter() - start:.1f} s; {sampling}")
         params = sum(p.numel() for p in trainer.policy.parameters())
         weight_bytes = sum(p.numel() * p.element_size() for p in trainer.policy.parameters())
+        engine_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters()) if engine else 0
+        engine_reads: list[float] = []  # per step: the rollout's floor at the engine's own weight bytes
         log: dict[str, float] = {}
         trainer._collect_groups = timed(log, "rollout", trainer._collect_groups)
         trainer._update = timed(log, "update", trainer._update)
@@ -135,6 +138,7 @@ def main() -> None:
                 decode = after.get("decode_steps", 0) - before.get("decode_steps", 0)
                 prefill = after.get("prefill_tokens", 0) - before.get("prefill_tokens", 0)
                 trained = metrics["perf/train_tokens_per_s"] * metrics["perf/update_s"]
+                engine_reads.append(decode * engine_bytes / bandwidth + prefill * 2 * params / flops)
                 rows.append(
                     {
                         **{k: log.get(k, 0.0) for k in ("rollout_s", "rollout_cpu_s", "update_s", "update_cpu_s")},
@@ -164,6 +168,12 @@ def main() -> None:
         print(f"\nfirst step / median of the later ones (CPU seconds): {cpu[0] / statistics.median(cpu[1:]):.2f}")
     wall = statistics.median(r["rollout_s"] + r["update_s"] for r in rows)
     over = statistics.median(c / f for c, f in zip(cpu, floors, strict=True))
+    if engine_bytes and engine_bytes != weight_bytes:
+        own = statistics.median(r["rollout_cpu_s"] / f for r, f in zip(rows, engine_reads, strict=True))
+        print(
+            f"the engine's copy holds {engine_bytes / 1e6:.0f} MB of weights: against one read of those a decode step "
+            f"the rollout is {own:.2f}x its floor (median over steps)"
+        )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     floor = statistics.median(floors)
     print(
