@@ -3,15 +3,19 @@
 Run: ``python benchmarks/decode_dtype.py [--model DIR] [--rows 1,8] [--span 400] [--blocks 5] [--steps 30]``
 (default: SmolLM2-135M-Instruct as ``gtpo prepare smollm2-135m-instruct`` builds it; ``--model`` another folder).
 
-Three engines over the same weights, each with the compact forward (``gtpo.generation.engine.compact``):
+Four engines over the same weights, each with the compact forward (``gtpo.generation.engine.compact``):
 
-- ``float32``: what ``gtpo train`` builds with ``--generation.engine-dtype float32``;
+- ``float32``: what ``gtpo train`` builds with ``--generation.engine-dtype float32`` (for a model whose weights
+  are streamed, decode steps of 2+ rows on packed weights: ``PACK_STREAMED_FLOAT32``);
+- ``float32 unpacked``: the same without packed weights (decode products as W·hᵀ where weights are streamed,
+  the form before; else ``F.linear``);
 - ``bf16``: the same in bfloat16, products on weights in oneDNN's packed layout (``PACKED_DTYPES``): what "auto"
   builds on a CPU with native bf16 products for a model above ``BF16_MIN_WEIGHT_BYTES``;
 - ``bf16 plain``: bfloat16 with every product as ``F.linear`` on the plain weights (packing off).
 
 Printed per row count: each engine's wall time per decode step (the minimum over ``--blocks`` blocks of ``--steps``
-steps, the engines' blocks alternating so that all see the same machine) and its ratio to float32; first, whether
+steps, the engines' blocks alternating so that all see the same machine) and its speed-up over ``float32
+unpacked`` (that engine's time over its own); first, whether
 this CPU multiplies bf16 natively (``native_bf16_cpu``). Where it does not, bf16 is expected to be slower: the
 rule that picks the dtype leaves such CPUs in float32.
 """
@@ -32,13 +36,13 @@ from gtpo.prepare import gtpo_home
 
 
 def build(model, tokenizer, rows: int, max_len: int, dtype: torch.dtype, packed: bool) -> EngineSampler:
-    saved = compact_module.PACKED_DTYPES
+    saved = compact_module.PACKED_DTYPES, compact_module.PACK_STREAMED_FLOAT32
     if not packed:
-        compact_module.PACKED_DTYPES = ()
+        compact_module.PACKED_DTYPES, compact_module.PACK_STREAMED_FLOAT32 = (), False
     try:
         return EngineSampler(model, tokenizer, EngineOptions(slots=rows, max_len=max_len, chunk=2, dtype=dtype))
     finally:
-        compact_module.PACKED_DTYPES = saved
+        compact_module.PACKED_DTYPES, compact_module.PACK_STREAMED_FLOAT32 = saved
 
 
 def main() -> None:
@@ -56,6 +60,7 @@ def main() -> None:
     slots, max_len = max(rows_list), args.span + 64
     engines = {
         "float32": build(model, tokenizer, slots, max_len, torch.float32, True),
+        "float32 unpacked": build(model, tokenizer, slots, max_len, torch.float32, False),
         "bf16": build(model, tokenizer, slots, max_len, torch.bfloat16, True),
         "bf16 plain": build(model, tokenizer, slots, max_len, torch.bfloat16, False),
     }
@@ -67,10 +72,10 @@ def main() -> None:
         f"{torch.get_num_threads()}; native bf16 products {native_bf16_cpu()}; key span {args.span}; load average "
         f"{os.getloadavg()[0]:.1f}"
     )
+    base = "float32 unpacked"
+    others = [name for name in engines if name != base]
     print(
-        f"{'rows':>5}"
-        + "".join(f"{name + ' ms':>16}" for name in engines)
-        + "".join(f"{'float32/' + name:>20}" for name in list(engines)[1:])
+        f"{'rows':>5}" + "".join(f"{name + ' ms':>20}" for name in engines) + "".join(f"{'x ' + n:>14}" for n in others)
     )
     for rows in rows_list:
         steps = {name: stepper(sampler, rows, args.span) for name, sampler in engines.items()}
@@ -81,8 +86,8 @@ def main() -> None:
         for _ in range(args.blocks):
             for name, step in steps.items():
                 best[name] = min(best[name], seconds_per_step(step, args.steps))
-        ratios = "".join(f"{best['float32'] / best[name]:20.2f}" for name in list(engines)[1:])
-        print(f"{rows:5d}" + "".join(f"{best[name] * 1e3:16.1f}" for name in engines) + ratios)
+        ratios = "".join(f"{best[base] / best[name]:14.2f}" for name in others)
+        print(f"{rows:5d}" + "".join(f"{best[name] * 1e3:20.1f}" for name in engines) + ratios)
     print(f"load average {os.getloadavg()[0]:.1f} after")
 
 

@@ -78,6 +78,7 @@ def test_compact_forward_samples_what_the_models_own_forward_samples(tokenizer, 
     compact, plain = engine(model, tokenizer, True), engine(model, tokenizer, False)
     assert compact.engine.compact is not None and plain.engine.compact is None
     assert compact.engine.compact.streamed == compact.engine.compact.streamed_head == (layout == "weights-streamed")
+    assert compact.engine.compact.packed == (layout == "weights-streamed")  # float32: decode of 2+ rows packed
     for temperature in (0.0, 1.0):
         got = compact.generate(prompts, caps, temperature=temperature, seed=3)
         want = plain.generate(prompts, caps, temperature=temperature, seed=3)

@@ -26,7 +26,9 @@ tolerance. The shipped tiny models' weights are all smaller, so their tokens sta
 In bfloat16 (the engine's dtype for large models on CPUs with bf16 products, ``weights.engine_dtype``) every
 product runs instead on a copy of its weight laid out once in oneDNN's own format (``PACKED_DTYPES``): the bits of
 ``F.linear``, faster at every row count measured, for a second copy of the weights (270 MB for SmolLM2), refreshed
-after each weight sync. The agreement check then allows bf16 rounding (``LOW_PRECISION_AGREEMENT``).
+after each weight sync. The agreement check then allows bf16 rounding (``LOW_PRECISION_AGREEMENT``). In float32,
+a model whose weights are streamed also gets packed copies, for decode steps of 2 rows or more
+(``PACK_STREAMED_FLOAT32``): rounded differently, like W·hᵀ, and faster from 2 rows on.
 
 What it covers: decoders whose layers are exactly that computation (``COMPACT_MODEL_TYPES``: pre-norm RMSNorm,
 rotary embeddings with a static frequency table, grouped-query attention with optional q/k/v bias and no o bias,
@@ -70,8 +72,14 @@ PACKED_DTYPES = (torch.bfloat16,)
 """Weight dtypes whose products run on weights repacked in oneDNN's own layout (``_pack``; the path torch's compiler
 takes on a CPU): in bfloat16 it gives the bits of ``F.linear`` (the same oneDNN kernel, its weights laid out once
 instead of at every call) and runs 1.4-1.7x faster at 1-8 rows (a 3072 x 576 weight: 109-209 us against 177-291 us;
-SmolLM2's head at 8 rows 2.5 ms against 3.7 ms). Not float32: there it rounds differently from ``F.linear`` and is
-slower at 1-2 rows (320-374 us against 265-276 us), faster from 4 rows on (503 us against 806 us at 8)."""
+SmolLM2's head at 8 rows 2.5 ms against 3.7 ms). Float32 is not among them: there it rounds differently from
+``F.linear`` and is slower at 1 row, so it is used only where ``PACK_STREAMED_FLOAT32`` says."""
+PACK_STREAMED_FLOAT32 = True
+"""Float32 weights of a model whose weights are streamed (``STREAMED_WEIGHT_BYTES``) also get packed copies, used by
+decode steps of 2 rows or more (SmolLM2-135M, key span 400: 8 rows 48.5 ms a step against 66.8 ms as W·hᵀ, 2 rows
+33.5 against 55.5 ms; 1 row 31.6 against 26.6 ms, so one row stays W·hᵀ). Rounded differently from ``F.linear``,
+like W·hᵀ, within the agreement tolerance; prefill keeps ``F.linear``. The cost: a second float32 copy of the
+weights (538 MB for SmolLM2)."""
 PACK_ROWS = 8
 """The row count oneDNN is told to lay packed weights out for (a decode step's rows; any count runs)."""
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
@@ -112,10 +120,11 @@ class CompactForward:
         """Decode products as W·hᵀ (``STREAMED_WEIGHT_BYTES``)."""
         self.streamed_head = _nbytes(self.head) >= STREAMED_WEIGHT_BYTES
         """The LM head as W·hᵀ (every call takes it on one row per sequence)."""
-        self.packed = (
-            self.embed.dtype in PACKED_DTYPES and self.embed.device.type == "cpu" and _can_pack(self.embed.dtype)
-        )
-        """Every product on weights in oneDNN's layout (``PACKED_DTYPES``); then neither form above is used."""
+        dtype = self.embed.dtype
+        packable = dtype in PACKED_DTYPES or (dtype == torch.float32 and self.streamed and PACK_STREAMED_FLOAT32)
+        self.packed = packable and self.embed.device.type == "cpu" and _can_pack(dtype)
+        """Products on copies of the weights in oneDNN's layout: every one in ``PACKED_DTYPES``; in float32 (weights
+        streamed, ``PACK_STREAMED_FLOAT32``) those of decode steps of at least 2 rows."""
         self.packed_head: torch.Tensor | None = None
         self.refresh()
         table = torch.arange(max_len, device=self.embed.device)[None]
@@ -153,11 +162,12 @@ class CompactForward:
         rows, n = ids.shape
         qh, kvh, dim, half = self.q_heads, self.kv_heads, self.head_dim, self.head_dim // 2
         x = F.embedding(ids, self.embed).view(rows * n, -1)
-        by_weight = n == 1 and self.streamed and not self.packed
+        packed_now = self.packed and (self.embed.dtype != torch.float32 or (n == 1 and rows >= 2))
+        by_weight = n == 1 and self.streamed and not packed_now
         cos = self.cos[positions].view(rows * n, 1, dim)
         sin = self.signed_sin[positions].view(rows * n, 1, dim)
         for index, layer in enumerate(self.layers):
-            packed = layer.packed or (None, None, None, None)
+            packed = layer.packed if packed_now and layer.packed else (None, None, None, None)
             h = F.rms_norm(x, (x.shape[-1],), layer.input_norm, self.eps)
             # [R * n, (Hq + 2 Hkv) * D]: q | k | v of each token
             qkv = _linear(h, layer.qkv, layer.qkv_bias, by_weight, packed[0])
@@ -179,7 +189,7 @@ class CompactForward:
         # As transformers does it (norm of every position, head on the last as a strided [R, 1, H] view): the same
         # operations on the same layouts round the same, so both paths sample the same tokens.
         hidden = F.rms_norm(x, (x.shape[-1],), self.final_norm, self.eps).view(rows, n, -1)[:, -1:]
-        if self.packed_head is not None:
+        if packed_now and self.packed_head is not None:
             return _linear(hidden[:, -1], self.head, None, False, self.packed_head)
         if self.streamed_head:
             return _linear(hidden[:, -1], self.head, None, True)
