@@ -94,7 +94,7 @@ class GenerationConfig:
     engine_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Engine: dtype of its weight copy and KV cache. "auto": bfloat16 on CUDA, and on a CPU that multiplies
     bfloat16 natively (AVX512-BF16 or AMX) for a model of more than 64 MB of weights (there a decode step reads
-    its weights from memory and computes few-row products: bf16 halves the bytes and runs them ~1.8x faster);
+    its weights from memory and computes few-row products: bf16 halves the bytes, 1.2-1.35x faster a step);
     the policy's dtype otherwise (the shipped tiny models stay float32: their tokens are the model's own bits).
     The sampler/trainer gap of bf16 is logged (loss/is_mismatch_*) and weighed (algo.is_correction)."""
     engine_cuda_graphs: bool = True

@@ -32,15 +32,16 @@ def base_model(model: torch.nn.Module) -> torch.nn.Module:
 BF16_MIN_WEIGHT_BYTES = 64 << 20
 """On a CPU, "auto" samples in bfloat16 for policies with more weight bytes than this (far beyond a core's caches).
 There a decode step reads every weight from memory and multiplies it by a few rows, which runs below the CPU's
-rate in float32 (SmolLM2-135M, 8 rows: 64 ms a step in float32, 44 ms in bfloat16 on an AVX512-BF16 Xeon); a
-model whose weights stay in cache (the shipped tiny ones, a few MB) gains nothing (1.4 ms against 1.7 ms)."""
+rate in float32 (SmolLM2-135M, 8 rows, on an AVX512-BF16 Xeon: 52 ms a step in float32, 42 ms in bfloat16; 2 rows
+36 ms and 27 ms); a model whose weights stay in cache (the shipped tiny ones, a few MB) gains nothing (8 rows:
+1.4 ms in float32, 1.7 ms in bfloat16)."""
 
 
 def native_bf16_cpu() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX tiles), as torch detects it.
 
     Elsewhere oneDNN emulates bf16 products through float32 and a decode step gets slower (SmolLM2-135M, 8 rows,
-    oneDNN held to AVX2: 88 ms against 64 ms in float32). torch exposes the probes under private names; a torch
+    oneDNN held to AVX2: 92 ms against 67 ms in float32). torch exposes the probes under private names; a torch
     without them counts as no.
     """
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
