@@ -22,16 +22,14 @@ rule that picks the dtype leaves such CPUs in float32.
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import torch
-from decode_step import seconds_per_step, stepper
+from decode_step import best_times, decode_arguments, load_model, stepper
 
 from gtpo.generation.engine import EngineOptions, EngineSampler
 from gtpo.generation.engine import compact as compact_module
 from gtpo.generation.engine.weights import native_bf16_cpu
-from gtpo.model.policy import load_policy
 from gtpo.prepare import gtpo_home
 
 
@@ -46,18 +44,9 @@ def build(model, tokenizer, rows: int, max_len: int, dtype: torch.dtype, packed:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(gtpo_home() / "smollm2-135m-instruct"))
-    parser.add_argument("--rows", default="1,8")
-    parser.add_argument("--span", type=int, default=400)
-    parser.add_argument("--blocks", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=30)
-    args = parser.parse_args()
-    rows_list = [int(r) for r in args.rows.split(",")]
-    torch.set_grad_enabled(False)
-    model, tokenizer = load_policy(os.path.expanduser(args.model))
-    model.eval()
-    slots, max_len = max(rows_list), args.span + 64
+    model_dir = str(gtpo_home() / "smollm2-135m-instruct")
+    args = decode_arguments(__doc__.splitlines()[0], model_dir, "1,8", 400, 5, 30)
+    model, tokenizer, rows_list, slots, max_len = load_model(args)
     engines = {
         "float32": build(model, tokenizer, slots, max_len, torch.float32, True),
         "float32 unpacked": build(model, tokenizer, slots, max_len, torch.float32, False),
@@ -79,13 +68,7 @@ def main() -> None:
     )
     for rows in rows_list:
         steps = {name: stepper(sampler, rows, args.span) for name, sampler in engines.items()}
-        for step in steps.values():  # warm-up: caches, allocator
-            for _ in range(3):
-                step()
-        best = {name: float("inf") for name in steps}
-        for _ in range(args.blocks):
-            for name, step in steps.items():
-                best[name] = min(best[name], seconds_per_step(step, args.steps))
+        best = best_times(steps, args.blocks, args.steps)
         ratios = "".join(f"{best[base] / best[name]:14.2f}" for name in others)
         print(f"{rows:5d}" + "".join(f"{best[name] * 1e3:20.1f}" for name in engines) + ratios)
     print(f"load average {os.getloadavg()[0]:.1f} after")

@@ -85,19 +85,41 @@ def seconds_per_step(step, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR))
-    parser.add_argument("--rows", default="1,8,64")
-    parser.add_argument("--span", type=int, default=160)
-    parser.add_argument("--blocks", type=int, default=7)
-    parser.add_argument("--steps", type=int, default=50)
-    args = parser.parse_args()
+def decode_arguments(description: str, model: str, rows: str, span: int, blocks: int, steps: int) -> argparse.Namespace:
+    """The command line both decode benchmarks take, with these defaults."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", default=model)
+    parser.add_argument("--rows", default=rows)
+    parser.add_argument("--span", type=int, default=span)
+    parser.add_argument("--blocks", type=int, default=blocks)
+    parser.add_argument("--steps", type=int, default=steps)
+    return parser.parse_args()
+
+
+def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, object, list[int], int, int]:
+    """(model in eval mode, tokenizer, row counts, slots, max_len) for ``args``; gradients off."""
     rows_list = [int(r) for r in args.rows.split(",")]
     torch.set_grad_enabled(False)
     model, tokenizer = load_policy(os.path.expanduser(args.model))
-    model.eval()
-    slots, max_len = max(rows_list), args.span + 64
+    return model.eval(), tokenizer, rows_list, max(rows_list), args.span + 64
+
+
+def best_times(steps: dict, blocks: int, per_block: int) -> dict[str, float]:
+    """Each step function's shortest seconds per call over ``blocks`` blocks of ``per_block`` calls, after a
+    warm-up (caches, allocator), the functions' blocks alternating so that all see the same machine."""
+    for step in steps.values():
+        for _ in range(3):
+            step()
+    best = {name: float("inf") for name in steps}
+    for _ in range(blocks):
+        for name, step in steps.items():
+            best[name] = min(best[name], seconds_per_step(step, per_block))
+    return best
+
+
+def main() -> None:
+    args = decode_arguments(__doc__.splitlines()[0], str(DEFAULT_MODEL_DIR), "1,8,64", 160, 7, 50)
+    model, tokenizer, rows_list, slots, max_len = load_model(args)
     engines = {
         "default": build(model, tokenizer, slots, max_len, True),
         "linear": build(model, tokenizer, slots, max_len, False),
@@ -112,15 +134,9 @@ def main() -> None:
     print(f"{'rows':>5} {'aten ops':>9} {'default ms':>11} {'linear ms':>10} {'linear/default':>15}")
     for rows in rows_list:
         steps = {name: stepper(sampler, rows, args.span) for name, sampler in engines.items()}
-        for step in steps.values():  # warm-up: caches, allocator
-            for _ in range(3):
-                step()
+        best = best_times(steps, args.blocks, args.steps)
         with OpCounter() as counter:
             steps["default"]()
-        best = {name: float("inf") for name in steps}
-        for _ in range(args.blocks):
-            for name, step in steps.items():
-                best[name] = min(best[name], seconds_per_step(step, args.steps))
         ratio = best["linear"] / best["default"]
         print(
             f"{rows:5d} {sum(counter.counts.values()):9d} {best['default'] * 1e3:11.3f} {best['linear'] * 1e3:10.3f} "

@@ -62,6 +62,18 @@ def engine(model, tokenizer, compact: bool, **options) -> EngineSampler:
     )
 
 
+def assert_same_samples(sampler, other, prompts, caps, atol: float) -> list:
+    """Greedy and sampled turns (temperature 1.0, seed 3) of both: the same tokens, log-probs within ``atol``;
+    returns the sampled turns of ``sampler``."""
+    for temperature in (0.0, 1.0):
+        got = sampler.generate(prompts, caps, temperature=temperature, seed=3)
+        want = other.generate(prompts, caps, temperature=temperature, seed=3)
+        assert [s.token_ids for s in got] == [s.token_ids for s in want]
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=atol, rtol=0)
+    return got
+
+
 @pytest.mark.parametrize("layout", ["whole-head", "head-in-blocks", "weights-streamed"])
 @pytest.mark.parametrize("kind", ["qwen2", "llama"])
 def test_compact_forward_samples_what_the_models_own_forward_samples(tokenizer, prompts, kind, layout, monkeypatch):
@@ -79,12 +91,7 @@ def test_compact_forward_samples_what_the_models_own_forward_samples(tokenizer, 
     assert compact.engine.compact is not None and plain.engine.compact is None
     assert compact.engine.compact.streamed == compact.engine.compact.streamed_head == (layout == "weights-streamed")
     assert compact.engine.compact.packed == (layout == "weights-streamed")  # float32: decode of 2+ rows packed
-    for temperature in (0.0, 1.0):
-        got = compact.generate(prompts, caps, temperature=temperature, seed=3)
-        want = plain.generate(prompts, caps, temperature=temperature, seed=3)
-        assert [s.token_ids for s in got] == [s.token_ids for s in want]
-        for a, b in zip(got, want, strict=True):
-            torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4, rtol=0)
+    assert_same_samples(compact, plain, prompts, caps, atol=1e-4)
     reference = HFSampler(model, tokenizer).generate(prompts, caps, temperature=0.0)
     greedy = compact.generate(prompts, caps, temperature=0.0)
     assert [s.token_ids for s in greedy] == [s.token_ids for s in reference]
@@ -139,13 +146,7 @@ def test_packed_bf16_products_sample_what_plain_products_sample(tokenizer, promp
     monkeypatch.setattr(compact_module, "PACKED_DTYPES", ())
     plain = engine(model, tokenizer, True, dtype=torch.bfloat16)
     assert not plain.engine.compact.packed
-    caps = [20, 9, 20, 14, 20, 5]
-    for temperature in (0.0, 1.0):
-        got = packed.generate(prompts, caps, temperature=temperature, seed=3)
-        want = plain.generate(prompts, caps, temperature=temperature, seed=3)
-        assert [s.token_ids for s in got] == [s.token_ids for s in want]
-        for a, b in zip(got, want, strict=True):
-            torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=2e-2, rtol=0)
+    got = assert_same_samples(packed, plain, prompts, [20, 9, 20, 14, 20, 5], atol=2e-2)
     assert len({tuple(s.token_ids) for s in got}) > 1  # the rows differ: the check compares something
 
 
