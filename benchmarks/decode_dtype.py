@@ -11,7 +11,7 @@ Four engines over the same weights, each with the compact forward (``gtpo.genera
   the form before; else ``F.linear``);
 - ``bf16``: the same in bfloat16, products on weights in oneDNN's packed layout (``PACKED_DTYPES``): what "auto"
   builds on a CPU with native bf16 products for a model above ``BF16_MIN_WEIGHT_BYTES``;
-- ``bf16 plain``: bfloat16 with every product as ``F.linear`` on the plain weights (packing off).
+- ``bf16 plain``: bfloat16 with every product as ``F.linear`` on the plain weights (``packed_weights`` off).
 
 Printed per row count: each engine's wall time per decode step (the minimum over ``--blocks`` blocks of ``--steps``
 steps, the engines' blocks alternating so that all see the same machine) and its speed-up over ``float32
@@ -28,19 +28,13 @@ import torch
 from decode_step import best_times, decode_arguments, load_model, stepper
 
 from gtpo.generation.engine import EngineOptions, EngineSampler
-from gtpo.generation.engine import compact as compact_module
 from gtpo.generation.engine.weights import native_bf16_cpu
 from gtpo.prepare import gtpo_home
 
 
 def build(model, tokenizer, rows: int, max_len: int, dtype: torch.dtype, packed: bool) -> EngineSampler:
-    saved = compact_module.PACKED_DTYPES, compact_module.PACK_STREAMED_FLOAT32
-    if not packed:
-        compact_module.PACKED_DTYPES, compact_module.PACK_STREAMED_FLOAT32 = (), False
-    try:
-        return EngineSampler(model, tokenizer, EngineOptions(slots=rows, max_len=max_len, chunk=2, dtype=dtype))
-    finally:
-        compact_module.PACKED_DTYPES, compact_module.PACK_STREAMED_FLOAT32 = saved
+    options = EngineOptions(slots=rows, max_len=max_len, chunk=2, dtype=dtype, packed_weights=packed)
+    return EngineSampler(model, tokenizer, options)
 
 
 def main() -> None:

@@ -458,3 +458,8 @@ def test_engine_dtype_auto_samples_large_models_in_bf16_only_on_cpus_that_multip
     assert sampler.engine.k_cache[0].dtype == torch.bfloat16
     assert next(sampler.engine.model.parameters()).dtype == torch.bfloat16
     assert build_sampler(TrainConfig(), model, tokenizer).engine.k_cache[0].dtype == torch.float32
+    from gtpo.generation.engine.compact import _can_pack
+
+    assert sampler.engine.compact.packed == _can_pack(torch.bfloat16)  # bf16 products on packed weight copies ...
+    unpacked = GenerationConfig(engine_dtype="bfloat16", engine_packed_weights=False)
+    assert not build_sampler(TrainConfig(generation=unpacked), model, tokenizer).engine.compact.packed  # ... or not

@@ -89,6 +89,7 @@ def build_sampler(config: TrainConfig, model: torch.nn.Module, tokenizer: Any) -
     on_cuda = device.type == "cuda"
     options = EngineOptions(
         dtype=engine_dtype(cfg.engine_dtype, model, device),
+        packed_weights=cfg.engine_packed_weights,
         slots=cfg.engine_slots or rollout.problems_per_step * rollout.group_size,
         max_len=rollout.max_total_tokens,
         chunk=cfg.engine_chunk or (16 if on_cuda else 2),

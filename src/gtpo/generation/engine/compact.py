@@ -103,7 +103,8 @@ class _Layer:
 class CompactForward:
     """``forward(ids, positions) -> logits`` of the last token of each row, over the engine's cache and plan."""
 
-    def __init__(self, model: torch.nn.Module, plan: AttentionPlan, max_len: int) -> None:
+    def __init__(self, model: torch.nn.Module, plan: AttentionPlan, max_len: int, pack: bool = True) -> None:
+        """``pack``: allow packed weight copies (``PACKED_DTYPES``, ``PACK_STREAMED_FLOAT32``); False: no copy."""
         config, decoder = model.config, model.model
         self.plan = plan
         self.q_heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
@@ -122,7 +123,7 @@ class CompactForward:
         """The LM head as W·hᵀ (every call takes it on one row per sequence)."""
         dtype = self.embed.dtype
         packable = dtype in PACKED_DTYPES or (dtype == torch.float32 and self.streamed and PACK_STREAMED_FLOAT32)
-        self.packed = packable and self.embed.device.type == "cpu" and _can_pack(dtype)
+        self.packed = pack and packable and self.embed.device.type == "cpu" and _can_pack(dtype)
         """Products on copies of the weights in oneDNN's layout: every one in ``PACKED_DTYPES``; in float32 (weights
         streamed, ``PACK_STREAMED_FLOAT32``) those of decode steps of at least 2 rows."""
         self.packed_head: torch.Tensor | None = None
@@ -147,12 +148,12 @@ class CompactForward:
         self.packed_head = _pack(self.head)
 
     @classmethod
-    def of(cls, model: torch.nn.Module, plan: AttentionPlan, max_len: int) -> CompactForward | None:
+    def of(cls, model: torch.nn.Module, plan: AttentionPlan, max_len: int, pack: bool = True) -> CompactForward | None:
         """The compact forward of ``model`` if its architecture is one this implements and both forwards agree on a
         short input; else None (the caller runs the model's own forward)."""
         if not supported(model.config, model):
             return None
-        compact = cls(model, plan, max_len)
+        compact = cls(model, plan, max_len, pack)
         return compact if compact.agrees_with(model) else None
 
     @torch.no_grad()

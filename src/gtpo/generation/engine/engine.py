@@ -60,6 +60,9 @@ class EngineOptions:
     starts when an eighth of the slots' worth of requests waits, or when nothing decodes."""
     dtype: torch.dtype | None = None
     """Engine weights and cache dtype; None: bfloat16 on CUDA, the policy's dtype elsewhere."""
+    packed_weights: bool = True
+    """Compact forward on a CPU: run products on copies of the weights packed by oneDNN where that is faster (bf16;
+    float32 decode of streamed weights), at one more copy of the weights in the engine's dtype. False: no copy."""
     compact: bool | None = None
     """Run the compact forward (``compact``: fused projections, few operations) where the model's architecture
     allows; else transformers' modeling code. None: on a CPU, where a step costs its number of operations."""
@@ -87,7 +90,9 @@ class GenerationEngine:
         self.stop = TurnStop.of(tokenizer)
         self.state = DecodeState(options.slots, options.chunk, options.max_len, self.stop.eos_ids, self.device)
         compact = not on_cuda if options.compact is None else options.compact
-        self.compact = CompactForward.of(self.model, self.plan, options.max_len) if compact else None
+        self.compact = (
+            CompactForward.of(self.model, self.plan, options.max_len, options.packed_weights) if compact else None
+        )
         forward = self.compact or transformers_forward(self.model)
         self.prefiller = Prefiller(forward, self.plan, self.state)
         self.decoder = Decoder(
