@@ -118,7 +118,7 @@ def main() -> None:
         start = time.perf_counter()
         trainer = Trainer(config)
         engine = getattr(trainer.sampler, "engine", None)
-        sampling = f"engine in {str(engine.k_cache[0].dtype).removeprefix('torch.')}" if engine else "no engine"
+        sampling = f"engine in {str(engine.dtype).removeprefix('torch.')}" if engine else "no engine"
         print(f"setup (model, engine, sandbox): {time.perf_counter() - start:.1f} s; {sampling}")
         params = sum(p.numel() for p in trainer.policy.parameters())
         weight_bytes = sum(p.numel() * p.element_size() for p in trainer.policy.parameters())

@@ -185,8 +185,8 @@ class Trainer:
         recorder.start(len(self.eval_problems))
         engine = getattr(self.sampler, "engine", None)
         policy_dtype = next(self.policy.parameters()).dtype
-        if engine is not None and engine.k_cache[0].dtype != policy_dtype:
-            sampled, trained = (str(d).removeprefix("torch.") for d in (engine.k_cache[0].dtype, policy_dtype))
+        if engine is not None and engine.dtype != policy_dtype:
+            sampled, trained = (str(d).removeprefix("torch.") for d in (engine.dtype, policy_dtype))
             recorder.console.line(
                 f"gtpo: the engine samples in {sampled}, the trainer's weights are {trained} "
                 f"(generation.engine_dtype {cfg.generation.engine_dtype}); their gap is logged as loss/is_mismatch_*"

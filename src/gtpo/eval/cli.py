@@ -343,7 +343,7 @@ def run(cfg: EvalConfig) -> list[dict]:
     sizes = ", ".join(f"{name} ({len(problems)} problems)" for name, problems in sets.items())
     again = "; it holds an earlier evaluation's results, which this one replaces" if (out / RESULTS).is_file() else ""
     engine = getattr(sampler, "engine", None)
-    precision = f" in {str(engine.k_cache[0].dtype).removeprefix('torch.')}" if engine is not None else ""
+    precision = f" in {str(engine.dtype).removeprefix('torch.')}" if engine is not None else ""
     samples = f"{cfg.k} sample{'s' if cfg.k > 1 else ''} each{precision}"
     print(f"gtpo eval: {sizes}, {samples}; results in {out}{again}")
     reports: list[EvalReport] = []

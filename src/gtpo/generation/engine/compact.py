@@ -168,7 +168,7 @@ class CompactForward:
         cos = self.cos[positions].view(rows * n, 1, dim)
         sin = self.signed_sin[positions].view(rows * n, 1, dim)
         for index, layer in enumerate(self.layers):
-            packed = layer.packed if packed_now and layer.packed else (None, None, None, None)
+            packed = layer.packed if packed_now else (None, None, None, None)
             h = F.rms_norm(x, (x.shape[-1],), layer.input_norm, self.eps)
             # [R * n, (Hq + 2 Hkv) * D]: q | k | v of each token
             qkv = _linear(h, layer.qkv, layer.qkv_bias, by_weight, packed[0])
@@ -190,7 +190,7 @@ class CompactForward:
         # As transformers does it (norm of every position, head on the last as a strided [R, 1, H] view): the same
         # operations on the same layouts round the same, so both paths sample the same tokens.
         hidden = F.rms_norm(x, (x.shape[-1],), self.final_norm, self.eps).view(rows, n, -1)[:, -1:]
-        if packed_now and self.packed_head is not None:
+        if packed_now:
             return _linear(hidden[:, -1], self.head, None, False, self.packed_head)
         if self.streamed_head:
             return _linear(hidden[:, -1], self.head, None, True)

@@ -59,7 +59,9 @@ class EngineOptions:
     (a prefill is an eager forward: on a GPU it costs several graph-replayed decode steps). A prefill also
     starts when an eighth of the slots' worth of requests waits, or when nothing decodes."""
     dtype: torch.dtype | None = None
-    """Engine weights and cache dtype; None: bfloat16 on CUDA, the policy's dtype elsewhere."""
+    """Engine weights and cache dtype; None: bfloat16 on CUDA, the policy's dtype elsewhere. (A training run passes
+    the dtype its ``generation.engine_dtype`` resolves to, ``weights.engine_dtype``: its "auto" also picks bf16 on
+    CPUs with bf16 products for large models.)"""
     packed_weights: bool = True
     """Compact forward on a CPU: run products on copies of the weights packed by oneDNN where that is faster (bf16;
     float32 decode of streamed weights), at one more copy of the weights in the engine's dtype. False: no copy."""
@@ -79,7 +81,8 @@ class GenerationEngine:
             raise ValueError(f"engine options: slots and chunk must be >= 1 and max_len >= 2, got {options}")
         self.device = next(policy.parameters()).device
         on_cuda = self.device.type == "cuda"
-        dtype = options.dtype or (torch.bfloat16 if on_cuda else next(policy.parameters()).dtype)
+        self.dtype = dtype = options.dtype or (torch.bfloat16 if on_cuda else next(policy.parameters()).dtype)
+        """The dtype of the engine's weights and KV cache."""
         self.model = build_inference_copy(policy, inference_weights(policy), dtype, self.device)
         self.tokenizer = tokenizer
         self.k_cache, self.v_cache = allocate_caches(
